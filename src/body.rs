@@ -1,0 +1,139 @@
+//! Body types shared by the server and the upstream client.
+//!
+//! Everything is a [`BoxBody`]: bodies from hyper are streamed through
+//! unchanged (never collected), and gateway-made bodies are single `Bytes`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Errors a body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The one body type on both sides of the gateway.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body of known bytes.
+pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> BoxBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Wraps any body whose error converts into [`BoxError`].
+pub fn boxed<B>(body: B) -> BoxBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// The error a body ends with when the upstream broke off mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body ended early")]
+pub struct Truncated;
+
+/// Sends what was read before the upstream broke off, then fails, so the
+/// client sees a broken-off response and never a complete one.
+pub fn truncated(prefix: Bytes) -> BoxBody {
+    BoxBody::new(Prefixed {
+        prefix: (!prefix.is_empty()).then_some(prefix),
+        rest: Failing,
+    })
+}
+
+/// Bytes already read, then the rest of a body.
+pub fn prefixed<B>(prefix: Bytes, rest: B) -> BoxBody
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxBody::new(Prefixed {
+        prefix: (!prefix.is_empty()).then_some(prefix),
+        rest: rest.map_err(Into::into),
+    })
+}
+
+struct Failing;
+
+impl Body for Failing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(Some(Err(Box::new(Truncated))))
+    }
+}
+
+struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    rest: B,
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(u) = rest.upper() {
+            hint.set_upper(u + extra);
+        }
+        hint.set_lower(rest.lower() + extra);
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn truncated_body_yields_prefix_then_error() {
+        let mut b = truncated(Bytes::from_static(b"abc"));
+        let first = b.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "abc");
+        assert!(b.frame().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn prefixed_body_chains() {
+        let b = prefixed(
+            Bytes::from_static(b"ab"),
+            Full::new(Bytes::from_static(b"cd")),
+        );
+        let all = b.collect().await.unwrap().to_bytes();
+        assert_eq!(all, "abcd");
+    }
+}

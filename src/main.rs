@@ -1,0 +1,214 @@
+//! The `openai-admin-gateway` binary: CLI, logging, signals.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use openai_admin_gateway::config::LogFormat;
+use openai_admin_gateway::{auth, check_files, shutdown, Config, Reloader, Server};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// Configuration problems (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+/// Could not start (bind failed, bad certificate): EX_UNAVAILABLE.
+const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(version, about = "Caching reverse proxy for the OpenAI Admin API")]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_CONFIG",
+        default_value = "config/gateway.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate the configuration; print every problem and exit non-zero if any.
+    CheckConfig,
+    /// Read a client key on stdin, print its SHA-256 hex for `key_sha256`.
+    HashKey,
+    /// Print a fresh random client key and its SHA-256 hex.
+    NewKey {
+        /// Text put before the random part.
+        #[arg(long, default_value = "oag_")]
+        prefix: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&cli.config),
+        Command::CheckConfig => check_config(&cli.config),
+        Command::HashKey => hash_key(),
+        Command::NewKey { prefix } => new_key(&prefix),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("invalid configuration {}:", path.display());
+        for p in e.problems() {
+            eprintln!("  - {p}");
+        }
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = check_files(&config) {
+        eprintln!("invalid configuration {}:", path.display());
+        for p in e.problems() {
+            eprintln!("  - {p}");
+        }
+        return ExitCode::from(EX_USAGE);
+    }
+    println!(
+        "configuration OK: {} client(s), listen {}, admin {}, upstream {}",
+        config.clients.len(),
+        config.server.listen,
+        config.server.admin_listen,
+        config.upstream.base_url
+    );
+    ExitCode::SUCCESS
+}
+
+fn hash_key() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Drop exactly one trailing newline so `echo KEY | hash-key` works.
+    let key = input
+        .strip_suffix("\r\n")
+        .or_else(|| input.strip_suffix('\n'))
+        .unwrap_or(&input);
+    if key.is_empty() {
+        eprintln!("no key on stdin");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", auth::hash_key(key));
+    ExitCode::SUCCESS
+}
+
+fn new_key(prefix: &str) -> ExitCode {
+    match auth::new_key(prefix) {
+        Ok(key) => {
+            println!("key:        {key}");
+            println!("key_sha256: {}", auth::hash_key(&key));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot get randomness: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let _log_guard = init_logging(config.server.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!(cause = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(cause = %e, "cannot start");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+        info!(admin = %server.admin_addr(), "admin listener ready");
+        tokio::spawn(reload_on_sighup(path.to_path_buf(), server.reloader()));
+        match server.run(shutdown::signal()).await {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(cause = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGHUP re-reads the file; an invalid one is logged and ignored.
+async fn reload_on_sighup(path: PathBuf, reloader: Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            error!("cannot listen for SIGHUP; live reload disabled");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!(path = %path.display(), "SIGHUP: reloading configuration");
+            let p = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+            match loaded {
+                Ok(Ok(config)) => {
+                    if let Err(e) = reloader.reload(config) {
+                        error!(cause = %e, "reload refused; running configuration kept");
+                    }
+                }
+                Ok(Err(e)) => {
+                    reloader.rejected();
+                    for problem in e.problems() {
+                        error!(problem = %problem, "invalid configuration");
+                    }
+                    error!("reload refused; running configuration kept");
+                }
+                Err(e) => error!(cause = %e, "reload task failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, reloader);
+}
+
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    // Writes go through a bounded channel to a writer thread, so a slow
+    // stderr never blocks a runtime worker. Lines are not dropped (lossy =
+    // false): under a flood, backpressure beats losing audit lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(65_536)
+        .finish(std::io::stderr());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    guard
+}

@@ -1,0 +1,345 @@
+//! Prometheus metrics, served on the admin listener.
+//!
+//! Labels are bounded: route class, method (known methods, else `OTHER`),
+//! status code, client name (from config). Never user ids, paths or keys.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A client's name as a metric label (cheap to clone).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientLabel(Arc<str>);
+
+impl ClientLabel {
+    /// Wraps a configured client name.
+    pub fn new(name: &str) -> Self {
+        Self(name.into())
+    }
+
+    /// The label for requests that never authenticated.
+    pub fn anonymous() -> Self {
+        Self("-".into())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EncodeLabelValue for ClientLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// Outcome of one upstream exchange, as the `status` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamOutcome {
+    /// The upstream answered with this status.
+    Status(u16),
+    /// Connection or protocol failure.
+    Error,
+    /// No response headers within the timeout.
+    Timeout,
+}
+
+impl EncodeLabelValue for UpstreamOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        match self {
+            Self::Status(s) => write!(encoder, "{s}"),
+            Self::Error => encoder.write_str("error"),
+            Self::Timeout => encoder.write_str("timeout"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+    client: ClientLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    status: UpstreamOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClientLabels {
+    client: ClientLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+/// All gateway metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Owns every metric below, for encoding.
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    in_flight: Gauge,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_entries: Gauge,
+    cache_invalidations: Family<ReasonLabels, Counter>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_duration: Histogram,
+    upstream_in_flight: Gauge,
+    rate_limited: Family<ClientLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            in_flight: Gauge::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_entries: Gauge::default(),
+            cache_invalidations: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_duration: latency_histogram(),
+            upstream_in_flight: Gauge::default(),
+            rate_limited: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "gateway_requests",
+            "Requests answered, by route class, method, status and client",
+            m.requests.clone(),
+        );
+        r.register(
+            "gateway_request_duration_seconds",
+            "Time from request to response headers",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "gateway_requests_in_flight",
+            "Requests being handled now",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "gateway_cache_hits",
+            "Retrieve-user requests answered from the cache",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "gateway_cache_misses",
+            "Retrieve-user requests that fetched from the upstream",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "gateway_cache_entries",
+            "Users held in the cache (approximate)",
+            m.cache_entries.clone(),
+        );
+        r.register(
+            "gateway_cache_invalidations",
+            "Cache evictions caused by writes and purges",
+            m.cache_invalidations.clone(),
+        );
+        r.register(
+            "gateway_upstream_requests",
+            "Requests sent upstream, by upstream status (or error/timeout)",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "gateway_upstream_duration_seconds",
+            "Upstream time to response headers",
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "gateway_upstream_in_flight",
+            "Upstream requests holding a concurrency slot",
+            m.upstream_in_flight.clone(),
+        );
+        r.register(
+            "gateway_rate_limited",
+            "Requests refused with 429 by a client's rate limit",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "gateway_config_reloads",
+            "Configuration reloads, by result",
+            m.reloads.clone(),
+        );
+        m
+    }
+
+    /// Counts one answered request.
+    pub fn request(
+        &self,
+        route: &'static str,
+        method: &Method,
+        status: StatusCode,
+        client: &ClientLabel,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method_label(method),
+                status: status.as_u16(),
+                client: client.clone(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The in-flight request gauge.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// Counts a cache hit.
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    /// Counts a cache miss.
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    /// Counts an invalidation (`write`, `purge`, `purge_all`).
+    pub fn invalidation(&self, reason: &'static str) {
+        self.cache_invalidations
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts one upstream exchange.
+    pub fn upstream(&self, outcome: UpstreamOutcome, elapsed: Duration) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels { status: outcome })
+            .inc();
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The upstream in-flight gauge.
+    pub fn upstream_in_flight(&self) -> &Gauge {
+        &self.upstream_in_flight
+    }
+
+    /// Counts a 429 given to `client`.
+    pub fn rate_limited(&self, client: &ClientLabel) {
+        self.rate_limited
+            .get_or_create(&ClientLabels {
+                client: client.clone(),
+            })
+            .inc();
+    }
+
+    /// Counts a reload (`ok` or `error`).
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Prometheus text exposition, with the cache size sampled now.
+    pub fn encode(&self, cache_entries: u64) -> String {
+        self.cache_entries.set(cache_entries as i64);
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Bounded method label.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let m = Metrics::new();
+        m.request(
+            "get_user",
+            &Method::GET,
+            StatusCode::OK,
+            &ClientLabel::new("dash"),
+            Duration::from_millis(1),
+        );
+        m.cache_hit();
+        m.cache_miss();
+        m.upstream(UpstreamOutcome::Status(200), Duration::from_millis(3));
+        m.upstream(UpstreamOutcome::Timeout, Duration::from_millis(3));
+        let text = m.encode(7);
+        for needle in [
+            "gateway_requests_total{route=\"get_user\",method=\"GET\",status=\"200\",client=\"dash\"} 1",
+            "gateway_request_duration_seconds_bucket",
+            "gateway_cache_hits_total 1",
+            "gateway_cache_misses_total 1",
+            "gateway_cache_entries 7",
+            "gateway_upstream_requests_total{status=\"200\"} 1",
+            "gateway_upstream_requests_total{status=\"timeout\"} 1",
+            "gateway_upstream_duration_seconds_count 2",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_methods_are_bounded() {
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
+    }
+}

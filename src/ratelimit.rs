@@ -1,0 +1,164 @@
+//! Per-client rate limiting (GCRA via `governor`).
+//!
+//! Each client with a `rate_limit` owns one [`Limiter`]; a client's burst
+//! can never slow another. Every request the client makes is counted, cache
+//! hits included. [`Limiter::annotate`] writes the `x-ratelimit-*` headers the
+//! official SDKs read onto every response to a limited client.
+
+use std::fmt::Write as _;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::RateLimit;
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// One client's limiter.
+#[derive(Debug)]
+pub struct Limiter {
+    /// The GCRA state.
+    gcra: Gcra,
+    /// The configured budget (compared on reload to keep state).
+    limit: RateLimit,
+    /// Time for one request's worth of budget to come back.
+    per_request: Duration,
+    /// `x-ratelimit-limit-requests`, built once.
+    limit_header: HeaderValue,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead; `remaining` requests are left in the burst.
+    Allow {
+        /// Requests left right now.
+        remaining: u32,
+    },
+    /// Over the limit; the next request is allowed after `retry_after`.
+    Deny {
+        /// Wait before retrying.
+        retry_after: Duration,
+    },
+}
+
+impl Limiter {
+    /// A fresh, full limiter for `limit`.
+    pub fn new(limit: RateLimit) -> Self {
+        let rpm = NonZeroU32::new(limit.requests_per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_minute(rpm).allow_burst(burst);
+        Self {
+            gcra: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+            limit,
+            per_request: quota.replenish_interval(),
+            limit_header: HeaderValue::from(limit.requests_per_minute),
+        }
+    }
+
+    /// The budget this limiter enforces.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
+    /// Takes one request from the budget, or says how long to wait.
+    pub fn check(&self) -> Decision {
+        match self.gcra.check() {
+            Ok(state) => Decision::Allow {
+                remaining: state.remaining_burst_capacity(),
+            },
+            Err(not_until) => Decision::Deny {
+                retry_after: not_until.wait_time_from(self.gcra.clock().now()),
+            },
+        }
+    }
+
+    /// Adds `x-ratelimit-{limit,remaining,reset}-requests` for `decision`.
+    pub fn annotate(&self, decision: Decision, headers: &mut HeaderMap) {
+        let (remaining, reset) = match decision {
+            Decision::Allow { remaining } => {
+                let used = self.limit.burst.saturating_sub(remaining);
+                (remaining, self.per_request * used)
+            }
+            Decision::Deny { retry_after } => {
+                let rest = self.per_request * self.limit.burst.saturating_sub(1);
+                (0, retry_after + rest)
+            }
+        };
+        headers.insert("x-ratelimit-limit-requests", self.limit_header.clone());
+        headers.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from(remaining),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format_reset(reset)) {
+            headers.insert("x-ratelimit-reset-requests", v);
+        }
+    }
+}
+
+/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do:
+/// `20ms`, `1.5s`, `6m0s`.
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis();
+    let mut s = String::with_capacity(12);
+    if ms < 1000 {
+        let _ = write!(s, "{ms}ms");
+    } else if ms < 60_000 {
+        let secs = format!("{:.3}", d.as_secs_f64());
+        let secs = secs.trim_end_matches('0').trim_end_matches('.');
+        let _ = write!(s, "{secs}s");
+    } else {
+        let _ = write!(s, "{}m{}s", ms / 60_000, (ms % 60_000) / 1000);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_deny_with_wait() {
+        let l = Limiter::new(RateLimit {
+            requests_per_minute: 60,
+            burst: 3,
+        });
+        assert_eq!(l.check(), Decision::Allow { remaining: 2 });
+        assert_eq!(l.check(), Decision::Allow { remaining: 1 });
+        assert_eq!(l.check(), Decision::Allow { remaining: 0 });
+        match l.check() {
+            Decision::Deny { retry_after } => {
+                assert!(retry_after > Duration::from_millis(500), "{retry_after:?}");
+                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+            }
+            d => panic!("expected deny, got {d:?}"),
+        }
+    }
+
+    #[test]
+    fn headers_describe_the_budget() {
+        let l = Limiter::new(RateLimit {
+            requests_per_minute: 120,
+            burst: 10,
+        });
+        let d = l.check();
+        let mut h = HeaderMap::new();
+        l.annotate(d, &mut h);
+        assert_eq!(h["x-ratelimit-limit-requests"], "120");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "9");
+        assert_eq!(h["x-ratelimit-reset-requests"], "500ms");
+    }
+
+    #[test]
+    fn reset_format_matches_openai() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(2)), "2s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+}

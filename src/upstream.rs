@@ -1,0 +1,279 @@
+//! The upstream client: pooled keep-alive connections, HTTPS via rustls
+//! (webpki roots plus an optional extra CA), HTTP/2 when the upstream offers
+//! it over ALPN, a connect timeout, a time-to-headers timeout, and a global
+//! cap on concurrent upstream requests with a bounded wait queue.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::{BoxBody, BoxError};
+use crate::config::UpstreamConfig;
+use crate::error::{GatewayError, Result};
+use crate::headers::strip_hop_by_hop;
+use crate::metrics::{Metrics, UpstreamOutcome};
+use crate::secret::AdminKey;
+
+/// The upstream API.
+pub struct Upstream {
+    /// Pooled HTTP/1.1 + HTTP/2 client.
+    client: Client<HttpsConnector<HttpConnector>, BoxBody>,
+    /// `scheme://authority` of `base_url`.
+    origin: String,
+    /// Path of `base_url` without a trailing slash (e.g. `/v1`).
+    base_path: String,
+    /// The admin key; swapped on reload.
+    admin: ArcSwap<AdminKey>,
+    /// Time allowed until response headers.
+    timeout: Duration,
+    /// Concurrency slots.
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a slot now.
+    queued: AtomicUsize,
+    /// Most requests allowed to wait.
+    max_queued: usize,
+    /// Where exchanges are counted.
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// Builds the rustls client config: webpki roots plus `ca_file`'s certificates.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> std::io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(pem_error(path))? {
+            roots
+                .add(cert.map_err(pem_error(path))?)
+                .map_err(std::io::Error::other)?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(std::io::Error::other(format!(
+                "upstream.ca_file: no certificate in {}",
+                path.display()
+            )));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn pem_error(
+    path: &std::path::Path,
+) -> impl Fn(rustls::pki_types::pem::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::other(format!("{}: {e}", path.display()))
+}
+
+impl Upstream {
+    /// Builds the client for `cfg`.
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_client_config(cfg.ca_file.as_deref())?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        let base = &cfg.base_url;
+        let origin = format!(
+            "{}://{}",
+            base.scheme_str().unwrap_or("https"),
+            base.authority().map_or("", |a| a.as_str())
+        );
+        Ok(Self {
+            client,
+            origin,
+            base_path: base.path().trim_end_matches('/').to_string(),
+            admin: ArcSwap::from_pointee(cfg.admin_key.clone()),
+            timeout: cfg.timeout,
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
+            queued: AtomicUsize::new(0),
+            max_queued: cfg.max_queued_requests,
+            metrics,
+        })
+    }
+
+    /// Replaces the admin key (reload).
+    pub fn set_admin_key(&self, key: AdminKey) {
+        self.admin.store(Arc::new(key));
+    }
+
+    /// Sends `method {base}{rest}?{query}` with `headers` (client credential
+    /// replaced by the admin key, hop-by-hop headers dropped) and streams
+    /// `body`. Resolves at response headers; the body streams on.
+    pub async fn send(
+        &self,
+        method: Method,
+        rest: &str,
+        query: Option<&str>,
+        mut headers: HeaderMap,
+        body: BoxBody,
+    ) -> Result<Response<BoxBody>> {
+        let uri = self.uri(rest, query)?;
+        strip_hop_by_hop(&mut headers);
+        headers.remove(HOST);
+        headers.insert(AUTHORIZATION, self.admin.load().header().clone());
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+
+        let slot = self.acquire_slot().await?;
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let outcome = match &result {
+            Ok(Ok(r)) => UpstreamOutcome::Status(r.status().as_u16()),
+            Ok(Err(_)) => UpstreamOutcome::Error,
+            Err(_) => UpstreamOutcome::Timeout,
+        };
+        self.metrics.upstream(outcome, start.elapsed());
+        let resp = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(e))),
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = BoxBody::new(SlotBody {
+            inner: body,
+            _slot: slot,
+        });
+        Ok(Response::from_parts(parts, body))
+    }
+
+    fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri> {
+        let mut s = String::with_capacity(
+            self.origin.len()
+                + self.base_path.len()
+                + rest.len()
+                + query.map_or(0, |q| q.len() + 1),
+        );
+        s.push_str(&self.origin);
+        s.push_str(&self.base_path);
+        s.push_str(rest);
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        // Both parts came from already-parsed URIs, so this only fails on
+        // pathological input; treat it as a bad request path.
+        s.parse().map_err(|_| GatewayError::InvalidPath)
+    }
+
+    async fn acquire_slot(&self) -> Result<Slot> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => self.wait_for_slot().await?,
+        };
+        self.metrics.upstream_in_flight().inc();
+        Ok(Slot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(GatewayError::UpstreamOverloaded);
+        }
+        let waited = tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(GatewayError::UpstreamOverloaded),
+        }
+    }
+}
+
+/// The error chain as one line, for logs (never for clients). Request URIs
+/// and headers are not part of hyper's errors, so the admin key cannot be.
+fn describe(e: hyper_util::client::legacy::Error) -> BoxError {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg.into()
+}
+
+/// Holds a concurrency slot until the response body is done or dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.upstream_in_flight().dec();
+    }
+}
+
+struct SlotBody {
+    inner: hyper::body::Incoming,
+    _slot: Slot,
+}
+
+impl Body for SlotBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,429 @@
+//! The cached route: `GET {prefix}/organization/users/{user_id}`.
+//!
+//! A miss runs one upstream fetch shared by every concurrent request for the
+//! id. The fetch reads the body up to `cache.max_body_bytes`; only a 200 that
+//! parses as an `organization.user` with the requested id is stored, as the
+//! upstream's bytes. Anything else is handed to the waiting requests as it
+//! came (small bodies shared, a larger one streamed to one request while the
+//! others fetch for themselves), never stored.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    HeaderValue, ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
+};
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+
+use crate::body::{empty, full, prefixed, truncated, BoxBody};
+use crate::cache::{CachedUser, Lookup};
+use crate::error::{GatewayError, Result};
+use crate::headers::X_REQUEST_ID;
+use crate::proxy::Shared;
+
+/// `Cache-Status` outcomes (RFC 9211), also the `cache` log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from memory.
+    Hit,
+    /// Fetched and stored.
+    MissStored,
+    /// Fetched, not storable.
+    Miss,
+    /// `no-cache`/`no-store` asked for a fetch; stored afterwards.
+    RequestStored,
+    /// `no-cache`/`no-store` asked for a fetch; not stored.
+    Request,
+    /// The route does not use the cache.
+    Bypass,
+}
+
+impl CacheStatus {
+    /// Log field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::MissStored => "miss_stored",
+            Self::Miss => "miss",
+            Self::RequestStored => "request_stored",
+            Self::Request => "request",
+            Self::Bypass => "bypass",
+        }
+    }
+
+    /// The `Cache-Status` header for every outcome but a hit (which carries a ttl).
+    pub fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Hit => "openai-admin-gateway; hit",
+            Self::MissStored => "openai-admin-gateway; fwd=miss; stored",
+            Self::Miss => "openai-admin-gateway; fwd=miss",
+            Self::RequestStored => "openai-admin-gateway; fwd=request; stored",
+            Self::Request => "openai-admin-gateway; fwd=request",
+            Self::Bypass => "openai-admin-gateway; fwd=bypass",
+        })
+    }
+}
+
+/// `Cache-Status` header name.
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+/// A fetch that produced nothing to store, shared among its waiters.
+#[derive(Debug)]
+pub enum FetchFailure {
+    /// The upstream failed (502/504/503 for everyone).
+    Upstream(GatewayError),
+    /// A complete (or broken-off) small response, replayed to every waiter.
+    Replay(Replay),
+    /// A large response: the first waiter streams it, the others refetch.
+    Stream(Mutex<Option<Response<BoxBody>>>),
+}
+
+/// A buffered upstream response.
+#[derive(Debug)]
+pub struct Replay {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    /// The upstream broke off after `body`.
+    broken: bool,
+}
+
+impl Replay {
+    fn response(&self) -> Response<BoxBody> {
+        let body = if self.broken {
+            truncated(self.body.clone())
+        } else {
+            full(self.body.clone())
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = self.status;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// What `Cache-Control` on the request asks of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Directive {
+    Normal,
+    /// `no-cache`: fetch, then store.
+    Refresh,
+    /// `no-store`: fetch, don't store.
+    NoStore,
+}
+
+fn directive(headers: &HeaderMap) -> Directive {
+    let mut d = Directive::Normal;
+    for v in headers.get_all(CACHE_CONTROL) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("no-store") {
+                return Directive::NoStore;
+            }
+            if token.eq_ignore_ascii_case("no-cache") {
+                d = Directive::Refresh;
+            }
+        }
+    }
+    d
+}
+
+/// Serves the cached route.
+pub async fn get_user(
+    gw: &Shared,
+    headers: &HeaderMap,
+    rest: &str,
+    user_id: &str,
+) -> Result<(Response<BoxBody>, CacheStatus)> {
+    match directive(headers) {
+        Directive::Normal => lookup(gw, headers, rest, user_id).await,
+        Directive::Refresh => refresh(gw, headers, rest, user_id, true).await,
+        Directive::NoStore => refresh(gw, headers, rest, user_id, false).await,
+    }
+}
+
+async fn lookup(
+    gw: &Shared,
+    headers: &HeaderMap,
+    rest: &str,
+    user_id: &str,
+) -> Result<(Response<BoxBody>, CacheStatus)> {
+    let mut upstream_id = None;
+    let key = gw.cache.key(user_id);
+    let fetch = fetch(gw, headers, rest, user_id, &mut upstream_id);
+    match gw.cache.get_or_fetch(key, fetch).await {
+        Lookup::Hit(u) => {
+            gw.metrics.cache_hit();
+            Ok((hit_response(&u), CacheStatus::Hit))
+        }
+        Lookup::Filled(u) => {
+            gw.metrics.cache_miss();
+            let mut r = stored_response(&u);
+            if let Some(id) = upstream_id {
+                r.headers_mut().insert(X_REQUEST_ID, id);
+            }
+            Ok((r, CacheStatus::MissStored))
+        }
+        Lookup::Failed(f) => {
+            gw.metrics.cache_miss();
+            let r = match &*f {
+                FetchFailure::Upstream(e) => return Err(e.duplicate()),
+                FetchFailure::Replay(replay) => replay.response(),
+                FetchFailure::Stream(slot) => match take(slot) {
+                    Some(r) => r,
+                    // Another waiter streams the shared response; this one
+                    // fetches its own copy (large responses are not shared).
+                    None => {
+                        gw.upstream
+                            .send(Method::GET, rest, None, headers.clone(), empty())
+                            .await?
+                    }
+                },
+            };
+            Ok((r, CacheStatus::Miss))
+        }
+    }
+}
+
+fn take(slot: &Mutex<Option<Response<BoxBody>>>) -> Option<Response<BoxBody>> {
+    slot.lock().ok().and_then(|mut g| g.take())
+}
+
+/// `no-cache` (store = true) and `no-store` (store = false): always fetch.
+async fn refresh(
+    gw: &Shared,
+    headers: &HeaderMap,
+    rest: &str,
+    user_id: &str,
+    store: bool,
+) -> Result<(Response<BoxBody>, CacheStatus)> {
+    let key = gw.cache.key(user_id);
+    let mut upstream_id = None;
+    match fetch(gw, headers, rest, user_id, &mut upstream_id).await {
+        Ok(u) => {
+            let mut r = stored_response(&u);
+            if let Some(id) = upstream_id {
+                r.headers_mut().insert(X_REQUEST_ID, id);
+            }
+            if store {
+                gw.cache.insert(key, u).await;
+                Ok((r, CacheStatus::RequestStored))
+            } else {
+                Ok((r, CacheStatus::Request))
+            }
+        }
+        Err(FetchFailure::Upstream(e)) => Err(e),
+        Err(FetchFailure::Replay(replay)) => Ok((replay.response(), CacheStatus::Request)),
+        Err(FetchFailure::Stream(slot)) => match take(&slot) {
+            Some(r) => Ok((r, CacheStatus::Request)),
+            None => Err(GatewayError::UpstreamUnavailable(
+                "response already taken".into(),
+            )),
+        },
+    }
+}
+
+/// One upstream retrieve. Asks for an identity encoding so the body can be
+/// checked; records the upstream's request id for the caller.
+async fn fetch(
+    gw: &Shared,
+    headers: &HeaderMap,
+    rest: &str,
+    user_id: &str,
+    upstream_id: &mut Option<HeaderValue>,
+) -> std::result::Result<Arc<CachedUser>, FetchFailure> {
+    let mut headers = headers.clone();
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    let resp = gw
+        .upstream
+        .send(Method::GET, rest, None, headers, empty())
+        .await
+        .map_err(FetchFailure::Upstream)?;
+    let live = gw.live.load();
+    let max = live.max_body_bytes;
+    let (parts, mut body) = resp.into_parts();
+    *upstream_id = parts.headers.get(X_REQUEST_ID).cloned();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(stream(Response::from_parts(parts, body)));
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(replay(parts, buf.freeze(), true));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > max {
+            let r = Response::from_parts(parts, prefixed(buf.freeze(), body));
+            return Err(stream(r));
+        }
+    }
+    let bytes = buf.freeze();
+    if parts.status == StatusCode::OK && is_user(&bytes, user_id) && !encoded(&parts.headers) {
+        Ok(Arc::new(CachedUser {
+            body: bytes,
+            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+            content_encoding: parts.headers.get(CONTENT_ENCODING).cloned(),
+            stored_at: Instant::now(),
+            ttl: live.cache_ttl,
+        }))
+    } else {
+        Err(replay(parts, bytes, false))
+    }
+}
+
+fn stream(r: Response<BoxBody>) -> FetchFailure {
+    FetchFailure::Stream(Mutex::new(Some(r)))
+}
+
+fn replay(parts: http::response::Parts, body: Bytes, broken: bool) -> FetchFailure {
+    FetchFailure::Replay(Replay {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        broken,
+    })
+}
+
+/// A body we cannot check (compressed despite `identity`) is never stored.
+fn encoded(h: &HeaderMap) -> bool {
+    h.get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// The fields of `User` (OpenAPI `components.schemas.User`) that decide
+/// whether a body is one, with their types.
+#[derive(Deserialize)]
+struct UserProbe<'a> {
+    #[serde(borrow)]
+    object: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    email: Option<Cow<'a, str>>,
+    #[serde(default)]
+    added_at: Option<i64>,
+}
+
+/// True when `body` is an `organization.user` whose id is `user_id`.
+pub fn is_user(body: &[u8], user_id: &str) -> bool {
+    match serde_json::from_slice::<UserProbe<'_>>(body) {
+        // email and added_at are read only to reject bodies whose types are wrong.
+        Ok(u) => {
+            let _ = (u.email, u.added_at);
+            u.object == "organization.user" && u.id == user_id
+        }
+        Err(_) => false,
+    }
+}
+
+/// A stored user as a response (no cache headers yet).
+fn stored_response(u: &CachedUser) -> Response<BoxBody> {
+    let mut r = Response::new(full(u.body.clone()));
+    let h = r.headers_mut();
+    if let Some(ct) = &u.content_type {
+        h.insert(CONTENT_TYPE, ct.clone());
+    }
+    if let Some(ce) = &u.content_encoding {
+        h.insert(CONTENT_ENCODING, ce.clone());
+    }
+    h.insert(CONTENT_LENGTH, HeaderValue::from(u.body.len()));
+    r
+}
+
+/// A hit: the stored bytes plus `Cache-Status: ...; hit; ttl=N` and `Age`.
+fn hit_response(u: &CachedUser) -> Response<BoxBody> {
+    let now = Instant::now();
+    let mut r = stored_response(u);
+    // Age floors to whole seconds; ttl is counted from the same figure so
+    // that age + ttl always equals the stored TTL.
+    let age = u.age(now).as_secs();
+    let ttl = u.ttl.as_secs().saturating_sub(age);
+    let status = format!("openai-admin-gateway; hit; ttl={ttl}");
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(status)) {
+        h.insert(CACHE_STATUS, v);
+    }
+    h.insert(http::header::AGE, HeaderValue::from(age));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_bodies_are_recognised() {
+        let ok = br#"{"object":"organization.user","id":"user_abc","name":"A","email":"a@x","role":"owner","added_at":1711471533}"#;
+        assert!(is_user(ok, "user_abc"));
+        assert!(!is_user(ok, "user_other"), "wrong id");
+        assert!(!is_user(
+            br#"{"object":"organization.user.deleted","id":"user_abc"}"#,
+            "user_abc"
+        ));
+        assert!(
+            !is_user(
+                br#"{"object":"organization.user","id":"user_abc""#,
+                "user_abc"
+            ),
+            "truncated"
+        );
+        assert!(
+            !is_user(
+                br#"{"object":"organization.user","id":"user_abc","added_at":"x"}"#,
+                "user_abc"
+            ),
+            "bad type"
+        );
+        assert!(!is_user(b"[]", "user_abc"));
+        assert!(
+            is_user(
+                br#"{"object":"organization.user","id":"user\u005fabc"}"#,
+                "user_abc"
+            ),
+            "escaped id"
+        );
+    }
+
+    #[test]
+    fn cache_control_directives() {
+        let mut h = HeaderMap::new();
+        assert_eq!(directive(&h), Directive::Normal);
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-age=0, No-Cache"),
+        );
+        assert_eq!(directive(&h), Directive::Refresh);
+        h.append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert_eq!(directive(&h), Directive::NoStore);
+    }
+
+    #[test]
+    fn hit_response_carries_ttl_and_age() {
+        let u = CachedUser {
+            body: Bytes::from_static(b"{}"),
+            content_type: Some(HeaderValue::from_static("application/json")),
+            content_encoding: None,
+            stored_at: Instant::now() - std::time::Duration::from_secs(10),
+            ttl: std::time::Duration::from_secs(300),
+        };
+        let r = hit_response(&u);
+        assert_eq!(
+            r.headers()[CACHE_STATUS],
+            "openai-admin-gateway; hit; ttl=290"
+        );
+        assert_eq!(r.headers()["age"], "10");
+        assert_eq!(r.headers()[CONTENT_LENGTH], "2");
+    }
+}
