@@ -343,7 +343,7 @@ fn stored_response(u: &CachedUser) -> Response<BoxBody> {
 }
 
 /// A hit: the stored bytes plus `Cache-Status: ...; hit; ttl=N` and `Age`.
-fn hit_response(u: &CachedUser) -> Response<BoxBody> {
+pub fn hit_response(u: &CachedUser) -> Response<BoxBody> {
     let now = Instant::now();
     let mut r = stored_response(u);
     // Age floors to whole seconds; ttl is counted from the same figure so

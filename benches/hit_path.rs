@@ -1,0 +1,173 @@
+//! Criterion microbenches for the pieces of the cache-hit path, each next to
+//! a naive baseline so the figure has something to be judged against.
+//!
+//! Run: `cargo bench --bench hit_path`
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use openai_admin_gateway::auth::{digest, ClientTable};
+use openai_admin_gateway::cache::{CachedUser, Lookup, UserCache};
+use openai_admin_gateway::config::{ClientConfig, RateLimit};
+use openai_admin_gateway::ratelimit::Limiter;
+use openai_admin_gateway::route::classify;
+use openai_admin_gateway::scope::Scope;
+use openai_admin_gateway::users::hit_response;
+
+const PATH: &str = "/v1/organization/users/user_abc123def456";
+
+fn route(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    g.bench_function("classify", |b| {
+        b.iter(|| classify(black_box(&Method::GET), black_box(PATH), false, "/v1").is_ok())
+    });
+    // Baseline: the obvious allocating version (split into owned segments).
+    g.bench_function("naive_split_to_vec", |b| {
+        b.iter(|| {
+            let segs: Vec<String> = black_box(PATH).split('/').map(str::to_owned).collect();
+            segs.len() == 5 && segs[1] == "v1" && segs[2] == "organization" && segs[3] == "users"
+        })
+    });
+    g.finish();
+}
+
+fn clients(n: usize) -> Vec<ClientConfig> {
+    (0..n)
+        .map(|i| ClientConfig {
+            name: format!("client-{i}"),
+            key_sha256: vec![digest(format!("key-{i}").as_bytes())],
+            rate_limit: None,
+            allow: None,
+        })
+        .collect()
+}
+
+fn auth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("auth");
+    for n in [1, 20] {
+        let table = ClientTable::build(&clients(n), None);
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer key-0"));
+        g.bench_function(format!("sha256_ct_scan_{n}_clients"), |b| {
+            b.iter(|| table.authenticate(black_box(&h)).is_ok())
+        });
+    }
+    // Baseline: plaintext keys in a HashMap (fast, but stores secrets and
+    // leaks timing).
+    let plain: HashMap<String, usize> = (0..20).map(|i| (format!("key-{i}"), i)).collect();
+    g.bench_function("naive_plaintext_hashmap", |b| {
+        b.iter(|| plain.contains_key(black_box("key-0")))
+    });
+    g.finish();
+}
+
+fn limits(c: &mut Criterion) {
+    let mut g = c.benchmark_group("limits");
+    let limiter = Limiter::new(RateLimit {
+        requests_per_minute: u32::MAX / 2,
+        burst: u32::MAX / 2,
+    });
+    g.bench_function("governor_check", |b| b.iter(|| black_box(limiter.check())));
+    // Baseline: a token bucket behind a Mutex.
+    let bucket = Mutex::new((1e12f64, Instant::now()));
+    g.bench_function("naive_mutex_bucket", |b| {
+        b.iter(|| {
+            let mut s = bucket.lock().unwrap();
+            let now = Instant::now();
+            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64()).min(1e12) - 1.0;
+            s.1 = now;
+            s.0 >= 0.0
+        })
+    });
+    let scope = Scope::parse(&[
+        "GET /organization/users".to_string(),
+        "GET /organization/users/*".to_string(),
+    ])
+    .unwrap();
+    g.bench_function("scope_allows", |b| {
+        b.iter(|| {
+            scope.allows(
+                black_box(&Method::GET),
+                black_box("/organization/users/user_abc"),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn user(id: &str) -> Arc<CachedUser> {
+    let body = format!(
+        r#"{{"object":"organization.user","id":"{id}","name":"First Last","email":"user@example.com","role":"owner","added_at":1711471533}}"#
+    );
+    Arc::new(CachedUser {
+        body: Bytes::from(body),
+        content_type: Some(HeaderValue::from_static("application/json")),
+        content_encoding: None,
+        stored_at: Instant::now(),
+        ttl: Duration::from_secs(300),
+    })
+}
+
+fn cache(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let ids: Vec<String> = (0..10_000).map(|i| format!("user_{i:08}")).collect();
+    let cache = UserCache::new(100_000);
+    rt.block_on(async {
+        for id in &ids {
+            let u = user(id);
+            let _ = cache
+                .get_or_fetch(cache.key(id), async move { Ok::<_, ()>(u) })
+                .await;
+        }
+    });
+    let mut g = c.benchmark_group("cache");
+    let mut i = 0usize;
+    g.bench_function("moka_hit_10k_ids", |b| {
+        b.iter(|| {
+            i = (i + 7919) % ids.len();
+            let id = &ids[i];
+            rt.block_on(async {
+                matches!(
+                    cache
+                        .get_or_fetch(cache.key(id), async { Err::<Arc<CachedUser>, ()>(()) })
+                        .await,
+                    Lookup::Hit(_)
+                )
+            })
+        })
+    });
+    // Baseline: Mutex<HashMap> (no TTL, no bound, no single flight).
+    let map: Mutex<HashMap<String, Arc<CachedUser>>> =
+        Mutex::new(ids.iter().map(|id| (id.clone(), user(id))).collect());
+    g.bench_function("naive_mutex_hashmap_10k_ids", |b| {
+        b.iter(|| {
+            i = (i + 7919) % ids.len();
+            map.lock().unwrap().get(&ids[i]).cloned().is_some()
+        })
+    });
+    g.finish();
+}
+
+fn response(c: &mut Criterion) {
+    let u = user("user_abc");
+    let mut g = c.benchmark_group("response");
+    g.bench_function("hit_response_from_stored_bytes", |b| {
+        b.iter(|| hit_response(black_box(&u)))
+    });
+    // Baseline: re-serialising the JSON on every hit.
+    let v: serde_json::Value = serde_json::from_slice(&u.body).unwrap();
+    g.bench_function("naive_reserialize_json", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&v)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, route, auth, limits, cache, response);
+criterion_main!(benches);
