@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::auth::{Client, ClientTable};
 use crate::body::{boxed, BoxBody};
@@ -77,6 +77,8 @@ struct Outcome {
     upstream_status: Option<StatusCode>,
     /// The request was handed to the upstream (it may have changed something).
     forwarded: bool,
+    /// Why the upstream exchange failed (502/503/504), for the log line.
+    failure: Option<String>,
 }
 
 impl Gateway {
@@ -134,11 +136,17 @@ impl Gateway {
             cache: None,
             upstream_status: None,
             forwarded: false,
+            failure: None,
         };
         let resp = match self.handle_inner(req, &mut out).await {
             Ok(r) => r,
             Err(e) => {
-                debug!(cause = %e, "request refused");
+                if e.status().is_server_error() {
+                    // Logged with the access line (and its request id) in finish().
+                    out.failure = Some(e.to_string());
+                } else {
+                    debug!(cause = %e, "request refused");
+                }
                 if let GatewayError::RateLimited { .. } = e {
                     if let Some(c) = &out.client {
                         metrics.rate_limited(&c.name);
@@ -270,16 +278,20 @@ impl Gateway {
             .map(header_str)
             .unwrap_or("-");
         let cache = out.cache.map_or("-", CacheStatus::as_str);
-        info!(
-            target: "openai_admin_gateway::access",
-            request_id,
-            client = client.as_str(),
-            method = method.as_str(),
-            route = out.route.as_str(),
-            status = status.as_u16(),
-            cache,
-            latency_us = elapsed.as_micros() as u64,
-        );
+        let latency_us = elapsed.as_micros() as u64;
+        let (route, status_code) = (out.route.as_str(), status.as_u16());
+        match &out.failure {
+            None => info!(
+                target: "openai_admin_gateway::access",
+                request_id, client = client.as_str(), method = method.as_str(), route,
+                status = status_code, cache, latency_us,
+            ),
+            Some(error) => warn!(
+                target: "openai_admin_gateway::access",
+                request_id, client = client.as_str(), method = method.as_str(), route,
+                status = status_code, cache, latency_us, error = error.as_str(),
+            ),
+        }
         if let (Some(path), true) = (audit_path, out.forwarded) {
             // Anything but GET/HEAD may have changed something upstream.
             // upstream_status 0: no response (error or timeout), so the

@@ -243,8 +243,11 @@ async fn fetch(
         .send(Method::GET, rest, None, headers, empty())
         .await
         .map_err(FetchFailure::Upstream)?;
-    let live = gw.live.load();
-    let max = live.max_body_bytes;
+    // Copy what is needed instead of holding the reload guard across awaits.
+    let (max, ttl) = {
+        let live = gw.live.load();
+        (live.max_body_bytes, live.cache_ttl)
+    };
     let (parts, mut body) = resp.into_parts();
     *upstream_id = parts.headers.get(X_REQUEST_ID).cloned();
     let declared = parts
@@ -276,7 +279,7 @@ async fn fetch(
             content_type: parts.headers.get(CONTENT_TYPE).cloned(),
             content_encoding: parts.headers.get(CONTENT_ENCODING).cloned(),
             stored_at: Instant::now(),
-            ttl: live.cache_ttl,
+            ttl,
         }))
     } else {
         Err(replay(parts, bytes, false))
