@@ -1,6 +1,6 @@
 //! The `openai-admin-gateway` binary: CLI, logging, signals.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -203,8 +203,11 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .buffered_lines_limit(65_536)
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a terminal: journald, files and log shippers get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
