@@ -154,7 +154,9 @@ impl GatewayError {
 
 /// `retry-after` in whole seconds (rounded up, at least 1) and `retry-after-ms`.
 pub fn retry_after_values(d: Duration) -> (u64, u64) {
-    let ms = d.as_millis().max(1) as u64;
+    // Round up: a client that waits exactly the advertised time must not
+    // arrive early.
+    let ms = d.as_nanos().div_ceil(1_000_000).max(1) as u64;
     (ms.div_ceil(1000).max(1), ms)
 }
 

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use openai_admin_gateway::config::LogFormat;
-use openai_admin_gateway::{auth, check_files, shutdown, Config, Reloader, Server};
+use openai_admin_gateway::shutdown::Shutdown;
+use openai_admin_gateway::{auth, check_files, Config, Reloader, Server};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -138,6 +139,15 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Catch every signal before binding: a signal that arrives as soon
+        // as the port answers must reload or drain, not kill the process.
+        let (shutdown, hup) = match (Shutdown::install(), hangup()) {
+            (Ok(s), Ok(h)) => (s, h),
+            (Err(e), _) | (_, Err(e)) => {
+                error!(cause = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -146,8 +156,8 @@ fn serve(path: &Path) -> ExitCode {
             }
         };
         info!(admin = %server.admin_addr(), "admin listener ready");
-        tokio::spawn(reload_on_sighup(path.to_path_buf(), server.reloader()));
-        match server.run(shutdown::signal()).await {
+        tokio::spawn(reload_on_sighup(path.to_path_buf(), server.reloader(), hup));
+        match server.run(shutdown.recv()).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS
@@ -160,38 +170,42 @@ fn serve(path: &Path) -> ExitCode {
     })
 }
 
-/// SIGHUP re-reads the file; an invalid one is logged and ignored.
-async fn reload_on_sighup(path: PathBuf, reloader: Reloader) {
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn hangup() -> std::io::Result<Hangup> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            error!("cannot listen for SIGHUP; live reload disabled");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            info!(path = %path.display(), "SIGHUP: reloading configuration");
-            let p = path.clone();
-            let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
-            match loaded {
-                Ok(Ok(config)) => {
-                    if let Err(e) = reloader.reload(config) {
-                        error!(cause = %e, "reload refused; running configuration kept");
-                    }
+    return tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    #[cfg(not(unix))]
+    Ok(())
+}
+
+/// SIGHUP re-reads the file; an invalid one is logged and ignored.
+async fn reload_on_sighup(path: PathBuf, reloader: Reloader, mut hup: Hangup) {
+    #[cfg(unix)]
+    while hup.recv().await.is_some() {
+        info!(path = %path.display(), "SIGHUP: reloading configuration");
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || Config::load(&p)).await {
+            Ok(Ok(config)) => {
+                if let Err(e) = reloader.reload(config) {
+                    error!(cause = %e, "reload refused; running configuration kept");
                 }
-                Ok(Err(e)) => {
-                    reloader.rejected();
-                    for problem in e.problems() {
-                        error!(problem = %problem, "invalid configuration");
-                    }
-                    error!("reload refused; running configuration kept");
-                }
-                Err(e) => error!(cause = %e, "reload task failed"),
             }
+            Ok(Err(e)) => {
+                reloader.rejected();
+                for problem in e.problems() {
+                    error!(problem = %problem, "invalid configuration");
+                }
+                error!("reload refused; running configuration kept");
+            }
+            Err(e) => error!(cause = %e, "reload task failed"),
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, reloader);
+    let _ = (path, reloader, &mut hup);
 }
 
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
