@@ -1,0 +1,2 @@
+-- One fixed request (the URL's path, the -H headers): wrk pre-builds it, so
+-- the client side costs the least. Used for "hit one id".

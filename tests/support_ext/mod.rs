@@ -1,0 +1,485 @@
+//! Helpers for the "central control" tests (rate limits, scopes, reload, upstream cap, audit)
+//! that `tests/support` does not offer. Each test crate declares `mod support;` and
+//! `mod support_ext;` and uses a subset, hence the `dead_code` allowance.
+#![allow(dead_code, unused_imports)]
+
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle as TaskHandle;
+
+use crate::support::body::{full, TestBody};
+use crate::support::client::TestResponse;
+use crate::support::process::BIN;
+use crate::support::ADMIN_KEY;
+
+// === config text ===
+
+/// Adds `lines` (e.g. `max_concurrent_requests = 4`) to the `[upstream]` table of a config
+/// rendered by `GatewayConfig::toml`.
+pub fn with_upstream_keys(toml: &str, lines: &str) -> String {
+    assert!(
+        toml.contains("[upstream]\n"),
+        "no [upstream] table:\n{toml}"
+    );
+    toml.replacen("[upstream]\n", &format!("[upstream]\n{lines}\n"), 1)
+}
+
+/// A `rate_limit = {...}` line for `client_toml`'s `more`.
+pub fn rate_limit(requests_per_minute: u32, burst: u32) -> String {
+    format!("rate_limit = {{ requests_per_minute = {requests_per_minute}, burst = {burst} }}")
+}
+
+/// An `allow = [...]` line for `client_toml`'s `more`.
+pub fn allow(patterns: &[&str]) -> String {
+    let list: Vec<String> = patterns.iter().map(|p| format!("{p:?}")).collect();
+    format!("allow = [{}]", list.join(", "))
+}
+
+// === metrics ===
+
+/// Sum of every sample of `name` in Prometheus text whose labels include all of `labels`
+/// (0 when there is none). `name` is the full series name, e.g. `gateway_rate_limited_total`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = if let Some(inner) = rest.strip_prefix('{') {
+            match inner.split_once('}') {
+                Some((l, v)) => (l, v),
+                None => continue,
+            }
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue;
+        };
+        let all = labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if !all {
+            continue;
+        }
+        let v = value.split_whitespace().next().unwrap_or("");
+        sum += v
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("unparsable sample {line:?}"));
+    }
+    sum
+}
+
+// === rate-limit headers ===
+
+/// Parses OpenAI's `x-ratelimit-reset-*` format (`20ms`, `1.5s`, `6m0s`).
+pub fn parse_reset(s: &str) -> Option<Duration> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse::<u64>().ok().map(Duration::from_millis);
+    }
+    let s = s.strip_suffix('s')?;
+    match s.split_once('m') {
+        Some((m, sec)) => {
+            let m: u64 = m.parse().ok()?;
+            let sec: f64 = sec.parse().ok()?;
+            Some(Duration::from_secs(m * 60) + Duration::from_secs_f64(sec))
+        }
+        None => s.parse::<f64>().ok().map(Duration::from_secs_f64),
+    }
+}
+
+/// The three `x-ratelimit-*-requests` headers of `resp` as (limit, remaining, reset),
+/// failing the test when one is missing or malformed.
+#[track_caller]
+pub fn ratelimit_headers(resp: &TestResponse) -> (u64, u64, Duration) {
+    let get = |name: &str| {
+        resp.header(name)
+            .unwrap_or_else(|| panic!("{name} missing: {}", resp.describe()))
+    };
+    let limit = get("x-ratelimit-limit-requests");
+    let remaining = get("x-ratelimit-remaining-requests");
+    let reset = get("x-ratelimit-reset-requests");
+    let limit = limit
+        .parse()
+        .unwrap_or_else(|_| panic!("x-ratelimit-limit-requests {limit:?}"));
+    let remaining = remaining
+        .parse()
+        .unwrap_or_else(|_| panic!("x-ratelimit-remaining-requests {remaining:?}"));
+    let reset = parse_reset(&reset)
+        .unwrap_or_else(|| panic!("x-ratelimit-reset-requests {reset:?} is not like 1.5s"));
+    (limit, remaining, reset)
+}
+
+/// Fails the test if any `x-ratelimit-*` header is present.
+#[track_caller]
+pub fn assert_no_ratelimit_headers(resp: &TestResponse) {
+    let found: Vec<&str> = resp
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("x-ratelimit-"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "unlimited client got {found:?}: {}",
+        resp.describe()
+    );
+}
+
+// === one keep-alive connection ===
+
+/// Sends `method path` with `Authorization: Bearer key` on an existing HTTP/1.1 connection.
+pub async fn send_on(
+    conn: &mut http1::SendRequest<TestBody>,
+    method: Method,
+    path: &str,
+    key: &str,
+) -> TestResponse {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway")
+        .header("authorization", format!("Bearer {key}"))
+        .body(crate::support::body::empty())
+        .expect("request");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        conn.ready()
+            .await
+            .expect("the keep-alive connection was closed");
+        let resp = conn
+            .send_request(req)
+            .await
+            .expect("request on the keep-alive connection failed");
+        TestResponse::collect(resp).await.expect("body")
+    })
+    .await
+    .expect("no response on the keep-alive connection within 30s")
+}
+
+// === an upstream that measures its own concurrency ===
+
+/// A minimal upstream that answers every request after `delay`, counting how many requests it
+/// is handling at once. `/v1/organization/users/{id}` answers a `User` with that id; anything
+/// else answers `{"ok":true}`.
+pub struct CountingUpstream {
+    pub addr: SocketAddr,
+    state: Arc<Counts>,
+    accept: TaskHandle<()>,
+}
+
+#[derive(Default)]
+struct Counts {
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    total: AtomicUsize,
+    bad_auth: AtomicUsize,
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl CountingUpstream {
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+    /// Most requests that were in the handler at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+    /// Requests in the handler right now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+    /// Requests received.
+    pub fn total(&self) -> usize {
+        self.state.total.load(Ordering::SeqCst)
+    }
+    /// Requests that did not carry exactly the admin key.
+    pub fn bad_auth(&self) -> usize {
+        self.state.bad_auth.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts a [`CountingUpstream`] on `127.0.0.1:0`.
+pub async fn start_counting_upstream(delay: Duration) -> CountingUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = Arc::new(Counts::default());
+    let st = state.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| counted(st.clone(), req, delay));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    CountingUpstream {
+        addr,
+        state,
+        accept,
+    }
+}
+
+async fn counted(
+    st: Arc<Counts>,
+    req: Request<Incoming>,
+    delay: Duration,
+) -> Result<Response<TestBody>, Infallible> {
+    st.total.fetch_add(1, Ordering::SeqCst);
+    let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let expected = format!("Bearer {ADMIN_KEY}");
+    let auth = req
+        .headers()
+        .get_all("authorization")
+        .iter()
+        .collect::<Vec<_>>();
+    if auth.len() != 1 || auth[0].as_bytes() != expected.as_bytes() {
+        st.bad_auth.fetch_add(1, Ordering::SeqCst);
+    }
+    let path = req.uri().path().to_string();
+    let _ = req.into_body().collect().await;
+    tokio::time::sleep(delay).await;
+    let body = match path.strip_prefix("/v1/organization/users/") {
+        Some(id) if !id.is_empty() && !id.contains('/') => json!({
+            "object": "organization.user",
+            "id": id,
+            "name": "Counted User",
+            "email": format!("{id}@example.com"),
+            "role": "reader",
+            "added_at": 1711471533,
+        }),
+        _ => json!({"ok": true}),
+    };
+    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(full(serde_json::to_vec(&body).expect("json")))
+        .expect("response");
+    Ok(resp)
+}
+
+// === the real binary, with its pid ===
+
+/// The gateway binary serving in the background, stderr captured, signals sent with `kill`.
+/// Dropping it kills the process (by its own pid).
+pub struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `openai-admin-gateway --config PATH` with `env` added (`RUST_LOG=info` unless
+    /// `env` sets it).
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("GATEWAY_CONFIG")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn the gateway binary");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut from = child.stderr.take().expect("stderr");
+        let into = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Proc {
+            child,
+            stderr,
+            readers: vec![reader],
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "HUP") to this process with the `kill` command.
+    pub fn signal(&mut self, signal: &str) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "the gateway already exited with {status}; stderr:\n{}",
+                self.stderr_text()
+            );
+        }
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill -{signal} {pid} failed"
+        );
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Fails the test if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "the gateway exited with {status}; stderr:\n{}",
+                self.stderr_text()
+            );
+        }
+    }
+
+    /// Waits until `addr` accepts TCP connections.
+    pub async fn wait_listening(&mut self, addr: SocketAddr) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            self.assert_running();
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the gateway never listened on {addr}; stderr:\n{}",
+            self.stderr_text()
+        );
+    }
+
+    /// Waits (up to `secs`) until stderr holds a line for which `pred` is true.
+    pub async fn wait_for_line(&mut self, secs: u64, what: &str, pred: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            if self.stderr_text().lines().any(&pred) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "no log line {what} within {secs}s; stderr:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, then wait (up to `secs`) for the exit status.
+    pub fn terminate(&mut self, secs: u64) -> ExitStatus {
+        self.signal("TERM");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "the gateway did not exit within {secs}s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.exited = Some(status);
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        status
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// === log text ===
+
+/// `text` without ANSI escape sequences (the text log format colours field names).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// True when a text-format log `line` holds `key=value` or `key="value"`, or a JSON-format
+/// line holds `"key":value` or `"key":"value"`.
+pub fn log_field(line: &str, key: &str, value: &str) -> bool {
+    [
+        format!("{key}={value}"),
+        format!("{key}=\"{value}\""),
+        format!("\"{key}\":{value}"),
+        format!("\"{key}\":\"{value}\""),
+    ]
+    .iter()
+    .any(|form| {
+        let bytes = line.as_bytes();
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        line.match_indices(form.as_str()).any(|(i, m)| {
+            let end = i + m.len();
+            let before_ok = i == 0 || !word(bytes[i - 1]);
+            let after_ok = end == line.len() || !word(bytes[end]);
+            before_ok && after_ok
+        })
+    })
+}
