@@ -53,7 +53,7 @@ step_python_env() {
         fi
     fi
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q --upgrade openai pytest
+    "$VENV/bin/python" -m pip install -q --upgrade openai pytest h2
     note "$("$VENV/bin/python" -c 'import sys, openai, pytest; print(f"python {sys.version.split()[0]}, openai {openai.__version__}, pytest {pytest.__version__}")')"
 }
 

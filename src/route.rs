@@ -109,6 +109,8 @@ fn user_segment(rest: &str) -> Option<&str> {
 /// A plain id: unreserved characters only, no escapes, not `.`/`..`.
 pub fn valid_user_id(id: &str) -> bool {
     !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= MAX_USER_ID_LEN
         && id
             .bytes()

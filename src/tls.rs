@@ -22,7 +22,7 @@ pub fn load(files: &TlsFiles) -> io::Result<CertifiedKey> {
     let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{what} {}: {e}", path.display()),
+            format!("{what}: {}: {e}", path.display()),
         )
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
@@ -32,8 +32,12 @@ pub fn load(files: &TlsFiles) -> io::Result<CertifiedKey> {
     if certs.is_empty() {
         return Err(bad("server.tls_cert", &files.cert, &"no certificate found"));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| bad("server.tls_key", &files.key, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            bad("server.tls_key", &files.key, &"no PEM private key found")
+        }
+        e => bad("server.tls_key", &files.key, &e),
+    })?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
         bad(
