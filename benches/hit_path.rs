@@ -50,7 +50,7 @@ fn clients(n: usize) -> Vec<ClientConfig> {
 fn auth(c: &mut Criterion) {
     let mut g = c.benchmark_group("auth");
     for n in [1, 20] {
-        let table = ClientTable::build(&clients(n), None);
+        let table = ClientTable::build(&clients(n), None, None);
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer key-0"));
         g.bench_function(format!("sha256_ct_scan_{n}_clients"), |b| {

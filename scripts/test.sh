@@ -57,6 +57,20 @@ step_python_env() {
     note "$("$VENV/bin/python" -c 'import sys, openai, pytest; print(f"python {sys.version.split()[0]}, openai {openai.__version__}, pytest {pytest.__version__}")')"
 }
 
+# redis-server for tests/redis_ratelimit.rs (replicas sharing rate limits).
+# The tests start their own servers on free loopback ports; nothing runs as a
+# service.
+step_services() {
+    section "services: redis-server"
+    if ! command -v redis-server >/dev/null; then
+        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "redis-server missing: install it (apt-get install redis-server)"
+        note "installing redis-server with apt"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    fi
+    note "$(redis-server --version | cut -d' ' -f1-3)"
+}
+
 step_fmt() {
     section "cargo fmt --check"
     cargo fmt --all -- --check
@@ -95,6 +109,7 @@ step_deploy() {
 # ---------------------------------------------------------------------------
 STEPS=(
     python_env
+    services
     fmt
     clippy
     tests

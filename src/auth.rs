@@ -17,6 +17,7 @@ use crate::error::{GatewayError, Result};
 use crate::metrics::ClientLabel;
 use crate::ratelimit::Limiter;
 use crate::scope::Scope;
+use crate::store::RedisStore;
 
 /// An authenticated client and what it may do.
 #[derive(Debug)]
@@ -40,14 +41,24 @@ impl ClientTable {
     /// Builds the table; limiters of clients whose name and budget did not
     /// change are carried over from `previous`, so a reload neither refills
     /// nor empties anyone's budget.
-    pub fn build(configs: &[ClientConfig], previous: Option<&ClientTable>) -> ClientTable {
+    /// With a `store`, limits are shared by every replica using it.
+    pub fn build(
+        configs: &[ClientConfig],
+        previous: Option<&ClientTable>,
+        store: Option<&Arc<RedisStore>>,
+    ) -> ClientTable {
         let mut entries = Vec::new();
         for c in configs {
             let limiter = c.rate_limit.map(|rl| {
                 previous
                     .and_then(|p| p.limiter_of(&c.name))
-                    .filter(|l| l.limit() == rl)
-                    .unwrap_or_else(|| Arc::new(Limiter::new(rl)))
+                    .filter(|l| l.limit() == rl && l.is_shared() == store.is_some())
+                    .unwrap_or_else(|| {
+                        Arc::new(match store {
+                            Some(s) => Limiter::shared(rl, s.clone(), &c.name),
+                            None => Limiter::new(rl),
+                        })
+                    })
             });
             let client = Arc::new(Client {
                 name: ClientLabel::new(&c.name),
@@ -131,7 +142,7 @@ mod tests {
             rate_limit: None,
             allow: None,
         };
-        ClientTable::build(&[cfg], None)
+        ClientTable::build(&[cfg], None, None)
     }
 
     fn auth(t: &ClientTable, v: &str) -> Option<String> {

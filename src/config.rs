@@ -71,6 +71,15 @@ struct RawFile {
     cache: RawCache,
     #[serde(default)]
     clients: Vec<RawClient>,
+    redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<String>,
+    key_prefix: Option<String>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +163,19 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The clients allowed in, with their limits and scopes.
     pub clients: Vec<ClientConfig>,
+    /// Shared rate-limit state for replicas, when configured.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `[redis]`: where replicas share rate-limit state.
+#[derive(Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://` (redacted in logs).
+    pub url: String,
+    /// Prepended to client names to form keys.
+    pub key_prefix: String,
+    /// Bound on one check; slower answers fall back to local limits.
+    pub timeout: Duration,
 }
 
 /// `[server]`.
@@ -231,6 +253,21 @@ pub struct ClientConfig {
     pub allow: Option<Scope>,
 }
 
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: show only what follows the '@'.
+        let shown = match self.url.rsplit_once('@') {
+            Some((_, host)) => format!("redis://<redacted>@{host}"),
+            None => self.url.clone(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &shown)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// A client's request budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -269,11 +306,13 @@ impl Config {
             upstream,
             cache,
             clients,
+            redis,
         } = raw;
         let server = v.server(server);
         let upstream = v.upstream(upstream, env);
         let cache = v.cache(cache);
         let clients = v.clients(clients);
+        let redis = redis.and_then(|r| v.redis(r));
         match (server, upstream, cache) {
             (Some(server), Some(upstream), Some(cache)) if v.problems.is_empty() => {
                 let config = Config {
@@ -281,6 +320,7 @@ impl Config {
                     upstream,
                     cache,
                     clients,
+                    redis,
                 };
                 config.cross_checks()?;
                 Ok(config)
@@ -560,6 +600,31 @@ impl Validator<'_> {
             ttl: Duration::from_secs(ttl),
             max_entries,
             max_body_bytes: max_body,
+        })
+    }
+
+    fn redis(&mut self, raw: RawRedis) -> Option<RedisConfig> {
+        let RawRedis {
+            url,
+            key_prefix,
+            timeout_ms,
+        } = raw;
+        let timeout = self.positive("redis.timeout_ms", timeout_ms, 50);
+        let Some(url) = url else {
+            self.problem("redis.url: missing (e.g. \"redis://127.0.0.1:6379/0\")".into());
+            return None;
+        };
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            self.problem("redis.url: must start with redis://, rediss:// or unix://".into());
+            return None;
+        }
+        Some(RedisConfig {
+            url,
+            key_prefix: key_prefix.unwrap_or_else(|| "openai-admin-gateway:ratelimit:".into()),
+            timeout: Duration::from_millis(timeout),
         })
     }
 

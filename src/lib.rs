@@ -13,6 +13,7 @@
 //! - [`auth`]: client keys (SHA-256 digests, constant-time match), key tools.
 //! - [`ratelimit`]: per-client GCRA limiter and the `x-ratelimit-*` headers.
 //! - [`scope`]: per-client `allow` patterns.
+//! - [`store`]: the Redis-backed GCRA that replicas share (`[redis]`).
 //! - [`users`]: the cached retrieve-user route (fetch, validate, hit response,
 //!   `Cache-Status`).
 //! - [`cache`]: the moka cache with single flight and write generations.
@@ -42,6 +43,7 @@ pub mod scope;
 pub mod secret;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 pub mod users;

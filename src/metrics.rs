@@ -120,6 +120,7 @@ pub struct Metrics {
     upstream_in_flight: Gauge,
     rate_limited: Family<ClientLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    ratelimit_store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -144,6 +145,7 @@ impl Metrics {
             upstream_in_flight: Gauge::default(),
             rate_limited: Family::default(),
             reloads: Family::default(),
+            ratelimit_store_errors: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut m.registry;
@@ -206,6 +208,11 @@ impl Metrics {
             "gateway_config_reloads",
             "Configuration reloads, by result",
             m.reloads.clone(),
+        );
+        r.register(
+            "gateway_ratelimit_store_errors",
+            "Shared rate-limit checks that fell back to the local limiter (Redis down or slow)",
+            m.ratelimit_store_errors.clone(),
         );
         m
     }
@@ -274,6 +281,11 @@ impl Metrics {
                 client: client.clone(),
             })
             .inc();
+    }
+
+    /// Counts a shared rate-limit check that Redis did not answer.
+    pub fn ratelimit_store_error(&self) {
+        self.ratelimit_store_errors.inc();
     }
 
     /// Counts a reload (`ok` or `error`).

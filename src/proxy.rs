@@ -30,6 +30,7 @@ use crate::headers::{RequestIds, X_REQUEST_ID};
 use crate::metrics::{ClientLabel, Metrics};
 use crate::ratelimit::Decision;
 use crate::route::{classify, Route, RouteClass};
+use crate::store::RedisStore;
 use crate::upstream::Upstream;
 use crate::users::{self, CacheStatus, CACHE_STATUS};
 
@@ -59,6 +60,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Request id source for gateway-made responses.
     pub ids: RequestIds,
+    /// Shared rate-limit store (`[redis]`), fixed for the process lifetime.
+    pub store: Option<Arc<RedisStore>>,
 }
 
 /// The public listener's service. Cheap to clone.
@@ -85,10 +88,15 @@ impl Gateway {
     /// Builds the gateway's shared state from a validated config.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
         let upstream = Upstream::new(&config.upstream, metrics.clone())?;
+        let store = match &config.redis {
+            Some(r) => Some(RedisStore::new(r, metrics.clone()).map_err(std::io::Error::other)?),
+            None => None,
+        };
         Ok(Gateway {
             shared: Arc::new(Shared {
                 prefix: config.server.path_prefix.clone(),
-                live: ArcSwap::from_pointee(Self::live(config, None)),
+                live: ArcSwap::from_pointee(Self::live(config, None, store.as_ref())),
+                store,
                 cache: UserCache::new(config.cache.max_entries),
                 upstream,
                 metrics,
@@ -97,9 +105,9 @@ impl Gateway {
         })
     }
 
-    fn live(config: &Config, previous: Option<&Live>) -> Live {
+    fn live(config: &Config, previous: Option<&Live>, store: Option<&Arc<RedisStore>>) -> Live {
         Live {
-            clients: ClientTable::build(&config.clients, previous.map(|p| &p.clients)),
+            clients: ClientTable::build(&config.clients, previous.map(|p| &p.clients), store),
             cache_ttl: config.cache.ttl,
             max_body_bytes: config.cache.max_body_bytes,
         }
@@ -109,7 +117,7 @@ impl Gateway {
     /// scopes, cache TTL and body bound, the admin key. The cache is kept.
     pub fn apply(&self, config: &Config) {
         let previous = self.shared.live.load();
-        let next = Self::live(config, Some(&previous));
+        let next = Self::live(config, Some(&previous), self.shared.store.as_ref());
         self.shared.live.store(Arc::new(next));
         self.shared
             .upstream
@@ -183,7 +191,7 @@ impl Gateway {
 
         // 3. Limits: every request counts against the budget, then the scope.
         if let Some(limiter) = &client.limiter {
-            let d = limiter.check();
+            let d = limiter.decide().await;
             out.limit = Some(d);
             if let Decision::Deny { retry_after } = d {
                 return Err(GatewayError::RateLimited { retry_after });

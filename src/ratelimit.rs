@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -16,6 +17,7 @@ use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::RateLimit;
+use crate::store::RedisStore;
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -30,6 +32,14 @@ pub struct Limiter {
     per_request: Duration,
     /// `x-ratelimit-limit-requests`, built once.
     limit_header: HeaderValue,
+    /// Shared state across replicas, when `[redis]` is configured.
+    shared: Option<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<RedisStore>,
+    client: String,
 }
 
 /// The outcome of one check.
@@ -58,7 +68,36 @@ impl Limiter {
             limit,
             per_request: quota.replenish_interval(),
             limit_header: HeaderValue::from(limit.requests_per_minute),
+            shared: None,
         }
+    }
+
+    /// A limiter whose budget lives in `store` under `client`, shared by
+    /// every replica; the local GCRA decides while the store is unavailable.
+    pub fn shared(limit: RateLimit, store: Arc<RedisStore>, client: &str) -> Self {
+        Self {
+            shared: Some(Shared {
+                store,
+                client: client.to_string(),
+            }),
+            ..Self::new(limit)
+        }
+    }
+
+    /// Takes one request from the budget: the shared one when configured and
+    /// reachable, else the local one.
+    pub async fn decide(&self) -> Decision {
+        if let Some(s) = &self.shared {
+            if let Some(d) = s.store.check(&s.client, self.limit).await {
+                return d;
+            }
+        }
+        self.check()
+    }
+
+    /// True when this limiter uses the shared store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// The budget this limiter enforces.
@@ -66,7 +105,7 @@ impl Limiter {
         self.limit
     }
 
-    /// Takes one request from the budget, or says how long to wait.
+    /// Takes one request from the local budget, or says how long to wait.
     pub fn check(&self) -> Decision {
         match self.gcra.check() {
             Ok(state) => Decision::Allow {
