@@ -69,7 +69,12 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
 
 #[tokio::test]
 async fn drain_is_bounded_by_shutdown_grace_secs() {
-    let (upstream, gw) = start_pair_with(|c| c.shutdown_grace_secs = 1).await;
+    let (upstream, gw) = start_pair_with(|c| {
+        c.shutdown_grace_secs = 1;
+        // Long enough that only the grace period can end the stuck request.
+        c.timeout_ms = 120_000;
+    })
+    .await;
     let mut conn = h1_connect(gw.addr).await;
     // The gate never opens: this request would hang forever.
     let _stuck = tokio::spawn(async move { conn.send_request(slow_request("never")).await });
