@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +38,8 @@ LUA = HERE / "lua"
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOT_IDS = 10_000
+# Warm-up passes over the hot set before a hit run (see warm()).
+WARM_PASSES = {"gateway": 3, "nginx": 2}
 
 
 def log(*a):
@@ -308,6 +311,77 @@ def lua_script(work, name):
     return out
 
 
+PERF_LINE = re.compile(r"^\s*([0-9.]+)%\s+(?:([0-9.]+)%\s+)?\[(.)\]\s+(.*)$")
+INTERESTING = re.compile(
+    r"openai_admin_gateway::|moka::|hyper::proto::h1::role|hyper::proto::h1::conn|sha2::|serde_json::|"
+    r"prometheus_client::|tracing|hyper_util::client|http::header::map|governor::|arc_swap::"
+)
+
+
+def component(kind, sym):
+    """The crate (or kernel / libc area) a perf symbol belongs to."""
+    if kind == "k":
+        return "kernel (syscalls, TCP loopback, scheduler)"
+    s = sym
+    for pre in ("core::ptr::drop_in_place<", "<"):
+        while s.startswith(pre):
+            s = s[len(pre):]
+    if re.match(r"(__)?(libc_)?(malloc|free|cfree|realloc|calloc)|_int_(malloc|free|realloc)|malloc_|tcache|"
+                r"unlink_chunk|alloc_perturb|__rust_(alloc|dealloc|realloc)", s):
+        return "allocator (glibc malloc/free)"
+    if re.match(r"__(mem|str)\w+|mem(cpy|move|set|cmp)", s):
+        return "memcpy/memmove/memset"
+    m = re.match(r"([a-z_][a-z0-9_]*)::", s)
+    crate = m.group(1) if m else ""
+    names = {
+        "openai_admin_gateway": "gateway code (openai_admin_gateway::)",
+        "moka": "moka cache", "hyper": "hyper", "hyper_util": "hyper-util", "http": "http (headers, uri)",
+        "tokio": "tokio runtime", "mio": "tokio runtime", "bytes": "bytes", "sha2": "sha2 (client key hash)",
+        "serde_json": "serde_json (user body check)", "serde": "serde_json (user body check)",
+        "prometheus_client": "prometheus-client (metrics)", "tracing": "tracing",
+        "tracing_subscriber": "tracing", "tracing_core": "tracing", "governor": "governor",
+        "alloc": "alloc (String/Vec/Arc)", "core": "core (fmt, hashing, ...)", "std": "std",
+        "crossbeam_epoch": "moka cache", "crossbeam_channel": "moka cache", "crossbeam_utils": "moka cache",
+        "quanta": "quanta (clock)", "arc_swap": "arc-swap", "httparse": "hyper", "itoa": "core (fmt, hashing, ...)",
+        "subtle": "sha2 (client key hash)", "getrandom": "request ids", "parking_lot": "locks",
+        "parking_lot_core": "locks", "event_listener": "moka cache", "async_lock": "moka cache",
+        "futures_util": "futures", "http_body_util": "hyper",
+    }
+    if crate in names:
+        return names[crate]
+    if crate:
+        return crate
+    if re.match(r"(__)?(pthread|futex|clock_gettime|syscall|epoll|__GI|_dl|__libc|__lll|writev|read|send|recv)", s):
+        return "libc (syscall wrappers, locks)"
+    return "other / unresolved"
+
+
+def perf_summary(data):
+    """Self time by component and by symbol, and time with callees for the
+    gateway's, moka's and a few other crates' functions."""
+    out = {}
+    p = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "symbol",
+                        "-g", "none", "--percent-limit", "0"], capture_output=True, text=True)
+    comps, syms = defaultdict(float), []
+    for line in p.stdout.splitlines():
+        m = PERF_LINE.match(line)
+        if m:
+            pct, kind, sym = float(m.group(1)), m.group(3), m.group(4).strip()
+            comps[component(kind, sym)] += pct
+            syms.append((pct, f"[{kind}] {sym}"))
+    out["components"] = sorted(comps.items(), key=lambda x: -x[1])
+    out["self"] = [(pct, s[:150]) for pct, s in syms[:30]]
+    p = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--children", "--sort", "symbol",
+                        "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True)
+    ch = []
+    for line in p.stdout.splitlines():
+        m = PERF_LINE.match(line)
+        if m and m.group(2) is not None and INTERESTING.search(m.group(4)):
+            ch.append((float(m.group(1)), float(m.group(2)), m.group(4).strip()[:150]))
+    out["children"] = ch[:30]
+    return out
+
+
 class Bench:
     def __init__(self, args, work):
         self.a = args
@@ -561,7 +635,7 @@ class Bench:
                         elif scen == "hit_10k":
                             env = {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS)}
                             if target != "ceiling":
-                                self.warm(target, tag, HOT_IDS, passes=3 if target == "gateway" else 1)
+                                self.warm(target, tag, HOT_IDS, passes=WARM_PASSES[target])
                         elif scen == "miss":
                             env = {"BENCH_TAG": tag, "BENCH_IDS": "0", "BENCH_START": "0"}
                         elif scen == "pass_post":
@@ -638,26 +712,29 @@ class Bench:
     # -- profile
 
     def profile(self):
-        """perf profile of the gateway serving hits over 10k ids at 64 conns."""
+        """perf profiles of the gateway (hits over 10k ids, misses, pass-through;
+        64 connections, 6 s each). Self time per symbol, and with callees."""
         if not shutil.which("perf"):
-            return None
-        tag = "profile".ljust(12, "x")
-        self.warm("gateway", tag, HOT_IDS)
-        data = self.work / "perf.data"
-        rec = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,8192",
-                                "-p", str(self.gw.pid), "-o", str(data), "--", "sleep", "6"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)
-        self.wrk("gateway", 64, 6, "spread", "/", {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS)}, measure=False)
-        _, err = rec.communicate()
-        if rec.returncode != 0 or not data.exists():
-            return {"error": err.decode(errors="replace")[-2000:]}
+            return {"error": "perf not installed"}
         res = {}
-        for mode, extra in (("self", ["--no-children"]), ("children", ["--children"])):
-            p = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "symbol",
-                                "-g", "none", "--percent-limit", "0.7"] + extra,
-                               capture_output=True, text=True)
-            res[mode] = "\n".join(l for l in p.stdout.splitlines() if l and not l.startswith("#"))[:8000]
+        for scen, script, path in (("hit_10k", "spread", "/"), ("miss", "seq", "/"),
+                                   ("pass_post", "post", "/v1/organization/invites")):
+            tag = f"prof{scen[:4]}".ljust(12, "z")
+            env = {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS) if scen == "hit_10k" else "0",
+                   "BENCH_START": "0"}
+            if scen == "hit_10k":
+                self.warm("gateway", tag, HOT_IDS)
+            data = self.work / f"perf-{scen}.data"
+            rec = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,8192",
+                                    "-p", str(self.gw.pid), "-o", str(data), "--", "sleep", "6"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.5)
+            self.wrk("gateway", 64, 6, script, path, env, measure=False)
+            _, err = rec.communicate()
+            if rec.returncode != 0 or not data.exists():
+                return {"error": err.decode(errors="replace")[-2000:]}
+            res[scen] = perf_summary(data)
+            log(f"profiled {scen}")
         return res
 
     # -- output
@@ -698,6 +775,7 @@ class Bench:
             "repeats": self.a.repeats,
             "conns": self.a.conns,
             "body_bytes": getattr(self, "body_len", None),
+            "warm_passes": WARM_PASSES,
             "runs": [{k: v for k, v in r.items() if k != "wrk_output"} for r in self.runs],
             "memory": getattr(self, "mem", None),
             "profile": getattr(self, "prof", None),
