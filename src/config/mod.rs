@@ -1,0 +1,272 @@
+//! Configuration: the TOML file (serde structs, unknown keys rejected) and its
+//! validation into a typed [`Config`].
+//!
+//! Parsing and validation are separate steps: [`Config::parse`] first
+//! deserialises the raw file, then checks every key and collects *all*
+//! problems (each naming its key) instead of stopping at the first one, so
+//! `check-config` can print them together.
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::scope::Scope;
+use crate::secret::AdminKey;
+
+pub use validate::parse_hex32;
+use validate::Validator;
+
+/// Every problem found in a configuration file, each naming its key.
+#[derive(Debug)]
+pub struct ConfigError {
+    problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+
+    /// `Ok` when `problems` is empty, else an error holding them.
+    pub fn from_problems(problems: Vec<String>) -> Result<(), ConfigError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The problems, one sentence each.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(p)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// === validated config ===
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listener settings.
+    pub server: ServerConfig,
+    /// Where requests go and how.
+    pub upstream: UpstreamConfig,
+    /// The retrieve-user cache.
+    pub cache: CacheConfig,
+    /// The clients allowed in, with their limits and scopes.
+    pub clients: Vec<ClientConfig>,
+    /// Shared rate-limit state for replicas, when configured.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `[redis]`: where replicas share rate-limit state.
+#[derive(Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://` (redacted in logs).
+    pub url: String,
+    /// Prepended to client names to form keys.
+    pub key_prefix: String,
+    /// Bound on one check; slower answers fall back to local limits.
+    pub timeout: Duration,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address (metrics, health, cache purge).
+    pub admin_listen: SocketAddr,
+    /// Client-facing path prefix, e.g. `/v1` (no trailing slash, may be empty).
+    pub path_prefix: String,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Bound on concurrently open client connections.
+    pub max_connections: usize,
+    /// Time allowed for a request's headers (and a TLS handshake) to arrive.
+    pub header_read_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// PEM certificate chain and private key, when terminating TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate and key files for TLS termination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL requests are appended to, e.g. `https://api.openai.com/v1`.
+    pub base_url: http::Uri,
+    /// The organization's admin key (redacted in `Debug`).
+    pub admin_key: AdminKey,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed until response headers arrive.
+    pub timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Global cap on in-flight upstream requests.
+    pub max_concurrent_requests: usize,
+    /// Requests allowed to wait for a slot beyond that cap.
+    pub max_queued_requests: usize,
+    /// Extra PEM roots trusted for the upstream (a corporate proxy's CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// How long a stored user is served.
+    pub ttl: Duration,
+    /// Most users kept at once.
+    pub max_entries: u64,
+    /// Larger user responses pass through unstored.
+    pub max_body_bytes: usize,
+}
+
+/// One `[[clients]]` entry.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// SHA-256 digests of the client's accepted keys (two during rotation).
+    pub key_sha256: Vec<[u8; 32]>,
+    /// Rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// Scope, if restricted.
+    pub allow: Option<Scope>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: show only what follows the '@'.
+        let shown = match self.url.rsplit_once('@') {
+            Some((_, host)) => format!("redis://<redacted>@{host}"),
+            None => self.url.clone(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &shown)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A client's request budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub requests_per_minute: u32,
+    /// Requests allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+/// Where the admin key may come from; tests pass their own environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates the file at `path`, taking the admin key from the
+    /// process environment (or the file the config names).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(format!("config file {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse(&text, base, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates a TOML document. Relative file paths in it are
+    /// resolved against `base_dir`; `env` looks up environment variables.
+    pub fn parse(text: &str, base_dir: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let raw: raw::RawFile =
+            toml::from_str(text).map_err(|e| ConfigError::one(format!("config: {e}")))?;
+        let mut v = Validator {
+            problems: Vec::new(),
+            base_dir,
+        };
+        let raw::RawFile {
+            server,
+            upstream,
+            cache,
+            clients,
+            redis,
+        } = raw;
+        let server = v.server(server);
+        let upstream = v.upstream(upstream, env);
+        let cache = v.cache(cache);
+        let clients = v.clients(clients);
+        let redis = redis.and_then(|r| v.redis(r));
+        match (server, upstream, cache) {
+            (Some(server), Some(upstream), Some(cache)) if v.problems.is_empty() => {
+                let config = Config {
+                    server,
+                    upstream,
+                    cache,
+                    clients,
+                    redis,
+                };
+                config.cross_checks()?;
+                Ok(config)
+            }
+            _ => Err(ConfigError {
+                problems: v.problems,
+            }),
+        }
+    }
+
+    fn cross_checks(&self) -> Result<(), ConfigError> {
+        let admin = crate::auth::digest(self.upstream.admin_key.expose().as_bytes());
+        let mut problems = Vec::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.key_sha256.contains(&admin) {
+                problems.push(format!(
+                    "clients[{i}].key_sha256: is the hash of the admin key; clients must get keys of their own"
+                ));
+            }
+        }
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
+            problems.push("server.admin_listen: must differ from server.listen".to_string());
+        }
+        ConfigError::from_problems(problems)
+    }
+}

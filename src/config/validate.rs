@@ -1,0 +1,423 @@
+//! Validation: raw structs → typed config, collecting every problem with its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{OneOrMany, RawCache, RawClient, RawRateLimit, RawRedis, RawServer, RawUpstream};
+use super::{
+    CacheConfig, ClientConfig, EnvLookup, LogFormat, RateLimit, RedisConfig, ServerConfig,
+    TlsFiles, UpstreamConfig,
+};
+use crate::scope::Scope;
+use crate::secret::AdminKey;
+
+pub(super) struct Validator<'a> {
+    pub(super) problems: Vec<String>,
+    pub(super) base_dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+
+    fn addr(&mut self, key: &str, value: Option<String>, default: &str) -> Option<SocketAddr> {
+        let s = value.unwrap_or_else(|| default.to_string());
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(format!("{key}: {s:?} is not an IP:port address"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: Option<u64>, default: u64) -> u64 {
+        let v = value.unwrap_or(default);
+        if v == 0 {
+            self.problem(format!("{key}: must be greater than 0"));
+        }
+        v
+    }
+
+    fn path(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn readable(&mut self, key: &str, p: &Path) {
+        if let Err(e) = std::fs::metadata(p) {
+            self.problem(format!("{key}: cannot read {}: {e}", p.display()));
+        }
+    }
+
+    pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
+        let RawServer {
+            listen,
+            admin_listen,
+            path_prefix,
+            shutdown_grace_secs,
+            max_connections,
+            header_read_timeout_ms,
+            log_format,
+            tls_cert,
+            tls_key,
+        } = raw;
+        let listen = self.addr("server.listen", listen, "127.0.0.1:8080");
+        let admin_listen = self.addr("server.admin_listen", admin_listen, "127.0.0.1:9090");
+        let path_prefix = self.prefix(path_prefix.unwrap_or_else(|| "/v1".into()));
+        let grace = shutdown_grace_secs.unwrap_or(30);
+        let max_connections = max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            self.problem("server.max_connections: must be greater than 0".into());
+        }
+        let hrt = self.positive(
+            "server.header_read_timeout_ms",
+            header_read_timeout_ms,
+            10_000,
+        );
+        let log_format = match log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.problem(format!(
+                    "server.log_format: {other:?} is not one of \"text\", \"json\""
+                ));
+                LogFormat::Text
+            }
+        };
+        let tls = match (tls_cert, tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (self.path(cert), self.path(key));
+                self.readable("server.tls_cert", &cert);
+                self.readable("server.tls_key", &key);
+                Some(TlsFiles { cert, key })
+            }
+            (Some(_), None) => {
+                self.problem("server.tls_key: required when server.tls_cert is set".into());
+                None
+            }
+            (None, Some(_)) => {
+                self.problem("server.tls_cert: required when server.tls_key is set".into());
+                None
+            }
+        };
+        Some(ServerConfig {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            path_prefix: path_prefix?,
+            shutdown_grace: Duration::from_secs(grace),
+            max_connections,
+            header_read_timeout: Duration::from_millis(hrt),
+            log_format,
+            tls,
+        })
+    }
+
+    fn prefix(&mut self, p: String) -> Option<String> {
+        let trimmed = p.trim_end_matches('/');
+        let ok = (trimmed.is_empty() || trimmed.starts_with('/'))
+            && !trimmed.contains(['?', '#', '%', ' '])
+            && !trimmed.split('/').any(|s| s == "." || s == "..");
+        if ok {
+            Some(trimmed.to_string())
+        } else {
+            self.problem(format!(
+                "server.path_prefix: {p:?} must be empty or a path starting with '/' without query, dot segments or escapes"
+            ));
+            None
+        }
+    }
+
+    pub(super) fn upstream(
+        &mut self,
+        raw: RawUpstream,
+        env: EnvLookup<'_>,
+    ) -> Option<UpstreamConfig> {
+        let RawUpstream {
+            base_url,
+            admin_key_env,
+            admin_key_file,
+            connect_timeout_ms,
+            timeout_ms,
+            pool_idle_timeout_secs,
+            max_concurrent_requests,
+            max_queued_requests,
+            ca_file,
+        } = raw;
+        let base_url =
+            self.base_url(base_url.unwrap_or_else(|| "https://api.openai.com/v1".into()));
+        let admin_key = self.admin_key(admin_key_env, admin_key_file, env);
+        let connect = self.positive("upstream.connect_timeout_ms", connect_timeout_ms, 5_000);
+        let timeout = self.positive("upstream.timeout_ms", timeout_ms, 60_000);
+        let idle = pool_idle_timeout_secs.unwrap_or(90);
+        let max_concurrent = max_concurrent_requests.unwrap_or(256);
+        if max_concurrent == 0 {
+            self.problem("upstream.max_concurrent_requests: must be greater than 0".into());
+        }
+        let ca_file = ca_file.map(|p| self.path(p));
+        if let Some(p) = &ca_file {
+            self.readable("upstream.ca_file", p);
+        }
+        Some(UpstreamConfig {
+            base_url: base_url?,
+            admin_key: admin_key?,
+            connect_timeout: Duration::from_millis(connect),
+            timeout: Duration::from_millis(timeout),
+            pool_idle_timeout: Duration::from_secs(idle),
+            max_concurrent_requests: max_concurrent,
+            max_queued_requests: max_queued_requests.unwrap_or(1024),
+            ca_file,
+        })
+    }
+
+    fn base_url(&mut self, s: String) -> Option<http::Uri> {
+        let trimmed = s.trim_end_matches('/');
+        match trimmed.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.query().is_none() =>
+            {
+                if u.scheme_str() == Some("http") && !is_loopback(u.host().unwrap_or("")) {
+                    self.problem(format!(
+                        "upstream.base_url: {s:?} is plain http:// to a non-loopback host; the admin key would travel unencrypted (use https://)"
+                    ));
+                    return None;
+                }
+                Some(u)
+            }
+            _ => {
+                self.problem(format!(
+                    "upstream.base_url: {s:?} must be an absolute http:// or https:// URL without a query"
+                ));
+                None
+            }
+        }
+    }
+
+    fn admin_key(
+        &mut self,
+        var: Option<String>,
+        file: Option<PathBuf>,
+        env: EnvLookup<'_>,
+    ) -> Option<AdminKey> {
+        let (key, value) = match (var, file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "upstream.admin_key_env: set either admin_key_env or admin_key_file, not both"
+                        .into(),
+                );
+                return None;
+            }
+            (None, Some(file)) => {
+                let file = self.path(file);
+                match std::fs::read_to_string(&file) {
+                    Ok(s) => ("upstream.admin_key_file", s),
+                    Err(e) => {
+                        self.problem(format!(
+                            "upstream.admin_key_file: cannot read {}: {e}",
+                            file.display()
+                        ));
+                        return None;
+                    }
+                }
+            }
+            (var, None) => {
+                let name = var.unwrap_or_else(|| "OPENAI_ADMIN_KEY".into());
+                match env(&name) {
+                    Some(v) => ("upstream.admin_key_env", v),
+                    None => {
+                        self.problem(format!(
+                            "upstream.admin_key_env: environment variable {name} is not set"
+                        ));
+                        return None;
+                    }
+                }
+            }
+        };
+        match AdminKey::new(value.trim()) {
+            Some(k) => Some(k),
+            None => {
+                self.problem(format!(
+                    "{key}: the admin key is empty or not a valid header value"
+                ));
+                None
+            }
+        }
+    }
+
+    pub(super) fn cache(&mut self, raw: RawCache) -> Option<CacheConfig> {
+        let RawCache {
+            ttl_secs,
+            max_entries,
+            max_body_bytes,
+        } = raw;
+        let ttl = self.positive("cache.ttl_secs", ttl_secs, 300);
+        let max_entries = self.positive("cache.max_entries", max_entries, 100_000);
+        let max_body = max_body_bytes.unwrap_or(65_536);
+        if max_body == 0 {
+            self.problem("cache.max_body_bytes: must be greater than 0".into());
+        }
+        Some(CacheConfig {
+            ttl: Duration::from_secs(ttl),
+            max_entries,
+            max_body_bytes: max_body,
+        })
+    }
+
+    pub(super) fn redis(&mut self, raw: RawRedis) -> Option<RedisConfig> {
+        let RawRedis {
+            url,
+            key_prefix,
+            timeout_ms,
+        } = raw;
+        let timeout = self.positive("redis.timeout_ms", timeout_ms, 50);
+        let Some(url) = url else {
+            self.problem("redis.url: missing (e.g. \"redis://127.0.0.1:6379/0\")".into());
+            return None;
+        };
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            self.problem("redis.url: must start with redis://, rediss:// or unix://".into());
+            return None;
+        }
+        Some(RedisConfig {
+            url,
+            key_prefix: key_prefix.unwrap_or_else(|| "openai-admin-gateway:ratelimit:".into()),
+            timeout: Duration::from_millis(timeout),
+        })
+    }
+
+    pub(super) fn clients(&mut self, raw: Vec<RawClient>) -> Vec<ClientConfig> {
+        let mut out: Vec<ClientConfig> = Vec::with_capacity(raw.len());
+        for (i, c) in raw.into_iter().enumerate() {
+            if let Some(c) = self.client(i, c) {
+                if out.iter().any(|o| o.name == c.name) {
+                    self.problem(format!("clients[{i}].name: {:?} is used twice", c.name));
+                }
+                for k in &c.key_sha256 {
+                    if out.iter().any(|o| o.key_sha256.contains(k)) {
+                        self.problem(format!(
+                            "clients[{i}].key_sha256: the same key is listed for two clients"
+                        ));
+                    }
+                }
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn client(&mut self, i: usize, raw: RawClient) -> Option<ClientConfig> {
+        let RawClient {
+            name,
+            key_sha256,
+            rate_limit,
+            allow,
+        } = raw;
+        let name = match name {
+            Some(n) if valid_name(&n) => Some(n),
+            Some(n) => {
+                self.problem(format!(
+                    "clients[{i}].name: {n:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+                ));
+                None
+            }
+            None => {
+                self.problem(format!("clients[{i}].name: missing"));
+                None
+            }
+        };
+        let keys = match key_sha256 {
+            None => {
+                self.problem(format!("clients[{i}].key_sha256: missing"));
+                Vec::new()
+            }
+            Some(OneOrMany::One(s)) => vec![s],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        if keys.is_empty() {
+            self.problem(format!("clients[{i}].key_sha256: needs at least one hash"));
+        }
+        let mut hashes = Vec::with_capacity(keys.len());
+        for k in keys {
+            match parse_hex32(&k) {
+                Some(h) => hashes.push(h),
+                None => self.problem(format!(
+                    "clients[{i}].key_sha256: {k:?} is not 64 hex digits (use `openai-admin-gateway hash-key`)"
+                )),
+            }
+        }
+        let rate_limit = rate_limit.and_then(|r| self.rate_limit(i, r));
+        let allow = allow.and_then(|a| match Scope::parse(&a) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.problem(format!("clients[{i}].allow: {e}"));
+                None
+            }
+        });
+        Some(ClientConfig {
+            name: name?,
+            key_sha256: hashes,
+            rate_limit,
+            allow,
+        })
+    }
+
+    fn rate_limit(&mut self, i: usize, r: RawRateLimit) -> Option<RateLimit> {
+        let burst = r.burst.unwrap_or(r.requests_per_minute.max(1));
+        if r.requests_per_minute == 0 {
+            self.problem(format!(
+                "clients[{i}].rate_limit.requests_per_minute: must be greater than 0"
+            ));
+            return None;
+        }
+        if burst == 0 {
+            self.problem(format!(
+                "clients[{i}].rate_limit.burst: must be greater than 0"
+            ));
+            return None;
+        }
+        Some(RateLimit {
+            requests_per_minute: r.requests_per_minute,
+            burst,
+        })
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Parses 64 hex digits (either case) into 32 bytes.
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
