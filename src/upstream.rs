@@ -32,7 +32,7 @@ use crate::secret::AdminKey;
 /// The upstream API.
 pub struct Upstream {
     /// Pooled HTTP/1.1 + HTTP/2 client.
-    client: Client<HttpsConnector<HttpConnector>, BoxBody>,
+    client: Client<ConnectTimeout<HttpsConnector<HttpConnector>>, BoxBody>,
     /// `scheme://authority` of `base_url`.
     origin: String,
     /// Path of `base_url` without a trailing slash (e.g. `/v1`).
@@ -108,6 +108,13 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        // HttpConnector's own timeout covers TCP only; this one covers the
+        // TLS handshake too, so a peer that accepts and then stalls costs
+        // connect_timeout_ms (502), not timeout_ms (504).
+        let https = ConnectTimeout {
+            inner: https,
+            timeout: cfg.connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
@@ -237,6 +244,46 @@ fn describe(e: hyper_util::client::legacy::Error) -> BoxError {
         src = s.source();
     }
     msg.into()
+}
+
+/// Bounds the whole connect (TCP and TLS) of the wrapped connector.
+#[derive(Clone)]
+struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+/// The connect did not finish within `connect_timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("connect (TCP + TLS) timed out")]
+struct ConnectTimedOut;
+
+impl<C> tower_service::Service<Uri> for ConnectTimeout<C>
+where
+    C: tower_service::Service<Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<C::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connect = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut) as BoxError),
+            }
+        })
+    }
 }
 
 /// Holds a concurrency slot until the response body is done or dropped.

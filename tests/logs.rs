@@ -1,0 +1,501 @@
+//! The real binary's logs on stderr: `server.log_format = "json"` writes one JSON object per
+//! line (access, audit, startup, reload errors, shutdown), with the access line's fields as
+//! named in `src/proxy.rs` (`Gateway::finish`); the default text format carries no ANSI
+//! escape codes when stderr is not a terminal, even with a colour-capable `TERM`.
+
+mod support;
+mod support_ext;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::{json, Map, Value};
+use support::process::{free_addr, TempDir, BIN};
+use support::*;
+use support_ext::log_field;
+
+const ACCESS: &str = "openai_admin_gateway::access";
+const AUDIT: &str = "openai_admin_gateway::audit";
+/// Fields of every access line (`Gateway::finish`), with the JSON type each must have.
+const ACCESS_FIELDS: [(&str, Kind); 7] = [
+    ("request_id", Kind::Str),
+    ("client", Kind::Str),
+    ("method", Kind::Str),
+    ("route", Kind::Str),
+    ("status", Kind::Num),
+    ("cache", Kind::Str),
+    ("latency_us", Kind::Num),
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Str,
+    Num,
+}
+
+// === the binary, stderr captured ===
+
+/// The gateway binary serving in the background. Unlike the shared helpers it clears
+/// `NO_COLOR` and sets a colour-capable `TERM`, so only "stderr is not a terminal" can turn
+/// colours off.
+struct Gateway {
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+    exited: Option<ExitStatus>,
+    addr: SocketAddr,
+}
+
+impl Gateway {
+    async fn start(config: &Path, addr: SocketAddr, admin: SocketAddr) -> Gateway {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("GATEWAY_CONFIG")
+            .env_remove("NO_COLOR")
+            .env("TERM", "xterm-256color")
+            .env("COLORTERM", "truecolor")
+            .env("RUST_LOG", "info")
+            .env(ADMIN_KEY_ENV, ADMIN_KEY)
+            .spawn()
+            .expect("spawn the gateway binary");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut from = child.stderr.take().expect("stderr");
+        let into = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut gw = Gateway {
+            child,
+            stderr,
+            reader: Some(reader),
+            exited: None,
+            addr,
+        };
+        for a in [addr, admin] {
+            gw.wait_listening(a).await;
+        }
+        gw
+    }
+
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    #[track_caller]
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "the gateway exited with {status}; stderr:\n{}",
+                self.stderr_text()
+            );
+        }
+    }
+
+    async fn wait_listening(&mut self, addr: SocketAddr) {
+        let start = Instant::now();
+        loop {
+            self.assert_running();
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the gateway never listened on {addr}; stderr:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (up to 30 s) until a stderr line satisfies `pred`.
+    async fn wait_for_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        while !self.stderr_text().lines().any(&pred) {
+            self.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no log line {what} within 30s; stderr:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        self.assert_running();
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(&pid)
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
+    }
+
+    /// SIGTERM, wait for exit (30 s) and for stderr to close; returns all of stderr.
+    fn terminate(&mut self) -> String {
+        self.signal("TERM");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no exit within 30s of SIGTERM; stderr:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.exited = Some(status);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let text = self.stderr_text();
+        assert!(status.success(), "exit status {status}; stderr:\n{text}");
+        text
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes the test config for `upstream_base_url`, with `server_lines` added to `[server]`,
+/// on fresh loopback ports. Returns (config path, public addr, admin addr).
+fn write_config(
+    dir: &TempDir,
+    upstream_base_url: &str,
+    server_lines: &str,
+) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
+    let (addr, admin) = (free_addr(), free_addr());
+    let mut cfg = GatewayConfig::new(upstream_base_url);
+    cfg.listen = addr.to_string();
+    cfg.admin_listen = admin.to_string();
+    cfg.timeout_ms = 30_000;
+    let toml = cfg.toml();
+    assert!(toml.starts_with("[server]\n"), "unexpected config:\n{toml}");
+    let toml = toml.replacen("[server]\n", &format!("[server]\n{server_lines}"), 1);
+    (dir.write("gateway.toml", &toml), addr, admin)
+}
+
+// === JSON ===
+
+/// Every stderr line parsed as a JSON object; fails the test on any other line.
+#[track_caller]
+fn json_lines(log: &str) -> Vec<Map<String, Value>> {
+    assert!(!log.trim().is_empty(), "nothing on stderr");
+    log.lines()
+        .enumerate()
+        .map(|(i, line)| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => panic!(
+                "stderr line {} is JSON but not an object: {other}\n{log}",
+                i + 1
+            ),
+            Err(e) => panic!("stderr line {} is not JSON ({e}): {line:?}\n{log}", i + 1),
+        })
+        .collect()
+}
+
+fn target(line: &Map<String, Value>) -> &str {
+    line.get("target").and_then(Value::as_str).unwrap_or("")
+}
+
+/// The one line with `target` whose `request_id` is `id`.
+#[track_caller]
+fn line_for<'a>(lines: &'a [Map<String, Value>], tgt: &str, id: &str) -> &'a Map<String, Value> {
+    let found: Vec<_> = lines
+        .iter()
+        .filter(|l| target(l) == tgt && l.get("request_id") == Some(&json!(id)))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {tgt} line for request {id}, got {found:?}"
+    );
+    found[0]
+}
+
+/// Checks an access line: every field present with the right JSON type, plus `expect`.
+#[track_caller]
+fn assert_access(line: &Map<String, Value>, expect: &[(&str, Value)]) {
+    for (field, kind) in ACCESS_FIELDS {
+        let v = line
+            .get(field)
+            .unwrap_or_else(|| panic!("access line without {field}: {line:?}"));
+        let ok = match kind {
+            Kind::Str => v.as_str().is_some_and(|s| !s.is_empty()),
+            Kind::Num => v.as_u64().is_some(),
+        };
+        assert!(
+            ok,
+            "access line field {field} is {v} (want {kind:?}): {line:?}"
+        );
+    }
+    for (field, value) in expect {
+        assert_eq!(line.get(*field), Some(value), "{field} in {line:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_writes_one_object_per_line_with_the_access_fields() {
+    let upstream = start_upstream().await;
+    // user_def's fetch breaks: a 502, logged at WARN with the cause.
+    upstream.inject(
+        "GET",
+        "/v1/organization/users/user_def",
+        Fault::new().reset_before_headers(),
+    );
+    let dir = TempDir::new("logs-json");
+    let (config, addr, admin) = write_config(&dir, &upstream.base_url(), "log_format = \"json\"\n");
+    let mut gw = Gateway::start(&config, addr, admin).await;
+
+    let get = |path: &str| req(Method::GET, &gw.url(path)).bearer(CLIENT_KEY);
+    let miss = get("/v1/organization/users/user_abc").send().await;
+    miss.assert_status(200);
+    let hit = get("/v1/organization/users/user_abc").send().await;
+    hit.hit_ttl();
+    let list = get("/v1/organization/users?limit=2").send().await;
+    list.assert_status(200);
+    let unknown = req(Method::GET, &gw.url("/v1/organization/users/user_abc"))
+        .bearer(UNKNOWN_KEY)
+        .send()
+        .await;
+    unknown.assert_status(401);
+    let write = req(Method::POST, &gw.url("/v1/organization/users/user_ghi"))
+        .bearer(CLIENT_KEY)
+        .json(&json!({"role": "owner"}))
+        .send()
+        .await;
+    write.assert_status(200);
+    let broken = get("/v1/organization/users/user_def").send().await;
+    broken.assert_status(502);
+
+    // A reload with an invalid file: its (multi-line) problems are logged as JSON too.
+    let good = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(&config, format!("{good}\n[server_typo]\nx = 1\n")).expect("write config");
+    gw.signal("HUP");
+    gw.wait_for_line("refusing the reload", |l| l.contains("reload refused"))
+        .await;
+    std::fs::write(&config, &good).expect("restore config");
+
+    let ids = [
+        miss.request_id(),
+        hit.request_id(),
+        list.request_id(),
+        unknown.request_id(),
+        write.request_id(),
+        broken.request_id(),
+    ];
+    for id in &ids {
+        gw.wait_for_line(&format!("for request {id}"), |l| {
+            l.contains(ACCESS) && l.contains(id.as_str())
+        })
+        .await;
+    }
+    let log = gw.terminate();
+
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in JSON logs:\n{log}");
+    assert!(
+        !log.contains(ADMIN_KEY),
+        "the admin key is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(CLIENT_KEY),
+        "a client key is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(UNKNOWN_KEY),
+        "a client key is in the log:\n{log}"
+    );
+    let lines = json_lines(&log);
+    for l in &lines {
+        assert!(
+            l.get("timestamp").and_then(Value::as_str).is_some(),
+            "no timestamp: {l:?}"
+        );
+        let level = l.get("level").and_then(Value::as_str).unwrap_or("");
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
+            "level {level:?}: {l:?}"
+        );
+        assert!(!target(l).is_empty(), "no target: {l:?}");
+    }
+
+    let access = |id: &str| line_for(&lines, ACCESS, id);
+    let s = |v: &str| json!(v);
+    assert_access(
+        access(&ids[0]),
+        &[
+            ("client", s("test-client")),
+            ("method", s("GET")),
+            ("route", s("get_user")),
+            ("status", json!(200)),
+            ("cache", s("miss_stored")),
+            ("level", s("INFO")),
+        ],
+    );
+    assert_access(
+        access(&ids[1]),
+        &[
+            ("route", s("get_user")),
+            ("status", json!(200)),
+            ("cache", s("hit")),
+        ],
+    );
+    assert_access(
+        access(&ids[2]),
+        &[
+            ("route", s("forward")),
+            ("status", json!(200)),
+            ("cache", s("bypass")),
+        ],
+    );
+    // Never authenticated: the anonymous client, no cache involvement.
+    assert_access(
+        access(&ids[3]),
+        &[
+            ("client", s("-")),
+            ("route", s("get_user")),
+            ("status", json!(401)),
+            ("cache", s("-")),
+        ],
+    );
+    assert_access(
+        access(&ids[4]),
+        &[
+            ("method", s("POST")),
+            ("route", s("user_write")),
+            ("status", json!(200)),
+        ],
+    );
+    let failed = access(&ids[5]);
+    assert_access(
+        failed,
+        &[
+            ("status", json!(502)),
+            ("route", s("get_user")),
+            ("level", s("WARN")),
+        ],
+    );
+    let error = failed.get("error").and_then(Value::as_str).unwrap_or("");
+    assert!(
+        !error.is_empty(),
+        "a failed exchange logs its cause: {failed:?}"
+    );
+
+    // The write's audit line, same request id, fields as JSON values.
+    let audit = line_for(&lines, AUDIT, &ids[4]);
+    for (field, value) in [
+        ("client", s("test-client")),
+        ("method", s("POST")),
+        ("path", s("/v1/organization/users/user_ghi")),
+        ("upstream_status", json!(200)),
+        ("status", json!(200)),
+    ] {
+        assert_eq!(audit.get(field), Some(&value), "{field} in {audit:?}");
+    }
+    // Reads are not audited.
+    let audited: Vec<_> = lines.iter().filter(|l| target(l) == AUDIT).collect();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+
+    // The refused reload: every problem is one JSON line naming the unknown key.
+    let problems: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.get("problem").and_then(Value::as_str))
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("server_typo")),
+        "no problem naming server_typo: {problems:?}\n{log}"
+    );
+
+    // Nothing else was logged per request: one access line per request made.
+    let mut per_id: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in lines.iter().filter(|l| target(l) == ACCESS) {
+        let id = l.get("request_id").and_then(Value::as_str).unwrap_or("");
+        *per_id.entry(id).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), ids.len(), "{per_id:?}");
+    assert!(per_id.values().all(|&n| n == 1), "{per_id:?}");
+}
+
+// === text ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_log_format_has_no_ansi_escapes_when_stderr_is_not_a_terminal() {
+    let upstream = start_upstream().await;
+    let dir = TempDir::new("logs-text");
+    // No log_format: the default is text.
+    let (config, addr, admin) = write_config(&dir, &upstream.base_url(), "");
+    let mut gw = Gateway::start(&config, addr, admin).await;
+
+    let ok = req(Method::GET, &gw.url("/v1/organization/users/user_abc"))
+        .bearer(CLIENT_KEY)
+        .send()
+        .await;
+    ok.assert_status(200);
+    let id = ok.request_id();
+    let refused = req(Method::GET, &gw.url("/v1/organization/users/user_abc"))
+        .bearer(UNKNOWN_KEY)
+        .send()
+        .await;
+    refused.assert_status(401);
+    let refused_id = refused.request_id();
+    for rid in [&id, &refused_id] {
+        gw.wait_for_line(&format!("for request {rid}"), |l| {
+            l.contains(ACCESS) && l.contains(rid.as_str())
+        })
+        .await;
+    }
+    let log = gw.terminate();
+
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in text logs written to a pipe:\n{log:?}"
+    );
+    // Plain `key=value` text, not JSON.
+    let line = log
+        .lines()
+        .find(|l| l.contains(ACCESS) && l.contains(id.as_str()))
+        .expect("the access line");
+    assert!(!line.trim_start().starts_with('{'), "{line}");
+    for (key, value) in [
+        ("request_id", id.as_str()),
+        ("client", "test-client"),
+        ("method", "GET"),
+        ("route", "get_user"),
+        ("status", "200"),
+        ("cache", "miss_stored"),
+    ] {
+        assert!(log_field(line, key, value), "no {key}={value} in {line}");
+    }
+    assert!(line.contains("latency_us="), "{line}");
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(!log.contains(ADMIN_KEY), "the admin key is in the log");
+}
