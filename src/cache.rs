@@ -142,6 +142,11 @@ impl UserCache {
         F: Future<Output = Result<Arc<CachedUser>, E>>,
         E: Send + Sync + 'static,
     {
+        // Fast path: a plain lookup allocates nothing; the entry API (which
+        // boxes the key for single flight) only runs on a miss.
+        if let Some(hit) = self.entries.get(&key).await {
+            return Lookup::Hit(hit);
+        }
         match self.entries.entry(key).or_try_insert_with(fetch).await {
             Ok(entry) if entry.is_fresh() => Lookup::Filled(entry.into_value()),
             Ok(entry) => Lookup::Hit(entry.into_value()),

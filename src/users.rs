@@ -272,18 +272,35 @@ async fn fetch(
             return Err(stream(r));
         }
     }
-    let bytes = buf.freeze();
+    // Stored bodies get an exact-size allocation (the buffer may have grown
+    // past the body when no content-length was sent).
+    let bytes = if buf.capacity() > buf.len() + 64 {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    };
     if parts.status == StatusCode::OK && is_user(&bytes, user_id) && !encoded(&parts.headers) {
         Ok(Arc::new(CachedUser {
             body: bytes,
-            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-            content_encoding: parts.headers.get(CONTENT_ENCODING).cloned(),
+            content_type: parts.headers.get(CONTENT_TYPE).map(own),
+            content_encoding: parts.headers.get(CONTENT_ENCODING).map(own),
             stored_at: Instant::now(),
             ttl,
         }))
     } else {
         Err(replay(parts, bytes, false))
     }
+}
+
+/// A header value that owns its bytes. Values parsed by hyper are slices of
+/// the connection's read buffer; storing one would pin that whole buffer
+/// (kilobytes) for the life of the cache entry. The usual JSON type is a
+/// static and costs nothing.
+fn own(v: &HeaderValue) -> HeaderValue {
+    if v == "application/json" {
+        return HeaderValue::from_static("application/json");
+    }
+    HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone())
 }
 
 fn stream(r: Response<BoxBody>) -> FetchFailure {
