@@ -7,9 +7,10 @@
 //! - `POST {anything}` → 200, the request body echoed back (pass-through).
 //! - every other request → 404 in the OpenAI error shape.
 //! - `Authorization: Bearer <admin key>` is required on all of the above (401).
-//! - `GET /__stats` (no auth) → `users N\nposts N\nunauthorized N\n`, the
-//!   request counts so far, so the benchmark can prove that hits never reach
-//!   the upstream and that wrong keys were stopped by the proxy.
+//! - `GET /__stats` (no auth) → `users N\nposts N\nunauthorized N\nconnections N\n`,
+//!   the counts so far, so the benchmark can prove that hits never reach the
+//!   upstream, that wrong keys were stopped by the proxy, and how many
+//!   upstream connections each proxy opened.
 //!
 //! Usage: `bench_upstream --listen 127.0.0.1:PORT --admin-key KEY`
 //! (`bench_upstream --print-body ID` prints the body for ID and exits).
@@ -35,6 +36,7 @@ struct State {
     users: AtomicU64,
     posts: AtomicU64,
     unauthorized: AtomicU64,
+    connections: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -95,10 +97,11 @@ async fn handle(
     let path = req.uri().path();
     if path == "/__stats" {
         let s = format!(
-            "users {}\nposts {}\nunauthorized {}\n",
+            "users {}\nposts {}\nunauthorized {}\nconnections {}\n",
             state.users.load(Ordering::Relaxed),
             state.posts.load(Ordering::Relaxed),
-            state.unauthorized.load(Ordering::Relaxed)
+            state.unauthorized.load(Ordering::Relaxed),
+            state.connections.load(Ordering::Relaxed)
         );
         return Ok(Response::new(Full::new(Bytes::from(s))));
     }
@@ -168,6 +171,7 @@ fn main() -> std::io::Result<()> {
         users: AtomicU64::new(0),
         posts: AtomicU64::new(0),
         unauthorized: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
         next_id: AtomicU64::new(0),
     });
     tokio::runtime::Builder::new_multi_thread()
@@ -186,6 +190,7 @@ fn main() -> std::io::Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                state.connections.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(state.clone(), req));

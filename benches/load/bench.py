@@ -39,7 +39,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOT_IDS = 10_000
 # Warm-up passes over the hot set before a hit run (see warm()).
-WARM_PASSES = {"gateway": 3, "nginx": 2}
+WARM_PASSES = {"gateway": 2, "nginx": 2}
 
 
 def log(*a):
@@ -382,6 +382,21 @@ def perf_summary(data):
     return out
 
 
+def source_revision(binary):
+    """What was measured: the commit, uncommitted changes to the crate, the binary's hash."""
+    def git(*a):
+        p = subprocess.run(["git", "-C", str(ROOT)] + list(a), capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 else ""
+    dirty = [l.split(maxsplit=1)[1] for l in git("status", "--porcelain", "--", "src", "Cargo.toml",
+                                                  "Cargo.lock").splitlines() if l.strip()]
+    return {
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "subject": git("log", "-1", "--format=%s"),
+        "uncommitted": dirty,
+        "binary_sha256": hashlib.sha256(Path(binary).read_bytes()).hexdigest()[:16],
+    }
+
+
 class Bench:
     def __init__(self, args, work):
         self.a = args
@@ -389,9 +404,18 @@ class Bench:
         self.procs = Procs(work)
         self.runs = []
         self.notes = []
-        self.gw_bin = ROOT / "target/release/openai-admin-gateway"
-        self.up_bin = ROOT / "target/release/examples/bench_upstream"
-        self.ceil_bin = ROOT / "target/release/examples/bench_ceiling"
+        # Snapshots of the binaries: a rebuild during the run must not change
+        # what is measured.
+        bins = work / "bin"
+        bins.mkdir()
+        self.gw_bin = bins / "openai-admin-gateway"
+        self.up_bin = bins / "bench_upstream"
+        self.ceil_bin = bins / "bench_ceiling"
+        for src, dst in ((ROOT / "target/release/openai-admin-gateway", self.gw_bin),
+                         (ROOT / "target/release/examples/bench_upstream", self.up_bin),
+                         (ROOT / "target/release/examples/bench_ceiling", self.ceil_bin)):
+            shutil.copy2(src, dst)
+        self.source = source_revision(self.gw_bin)
         ncpu = os.cpu_count() or 1
         if args.pin and ncpu >= 2:
             cpus = list(range(ncpu))
@@ -585,12 +609,17 @@ class Bench:
             r["upstream_requests"] = (after["users"] + after["posts"]) - (
                 up_before["users"] + up_before["posts"]
             )
+            # Less the connection of the /__stats request itself.
+            r["upstream_connections"] = max(0, after.get("connections", 0) - up_before.get("connections", 0) - 1)
+            r["upstream_connections_net"] = True
         return r
 
     def warm(self, target, tag, n, passes=3):
         """Requests ids 0..n-1 `passes` times (the gateway's cache admits an
         id against a full cache only once it has been asked for more often
         than the entry it would evict; nginx needs one pass)."""
+        if target == "gateway":
+            self.purge_gateway()
         if n == 1:
             path = f"/v1/organization/users/user-{tag}{0:012d}"
             for _ in range(passes):
@@ -603,6 +632,20 @@ class Bench:
             r = self.wrk(target, 64, 2, "seq", "/", {"BENCH_TAG": tag, "BENCH_IDS": str(n), "BENCH_START": str(done)},
                          measure=False)
             done += r["sent"]
+
+    def purge_gateway(self):
+        """Empties the gateway's cache (admin DELETE /cache) before a hit
+        warm-up. Without it a full cache whose entries were hot in an earlier
+        run can refuse the new hot set (TinyLFU admission), and hits turn into
+        upstream fetches."""
+        s, _, _ = request(self.ports["gw_admin"], "DELETE", "/cache")
+        if s != 200:
+            raise BenchError(f"gateway DELETE /cache answered {s}")
+        for _ in range(50):
+            if self.metrics().get("gateway_cache_entries", 0) < 100:
+                return
+            time.sleep(0.1)
+        log("warning: gateway cache still holds entries after a purge")
 
     # -- the matrix
 
@@ -648,7 +691,8 @@ class Bench:
                             f"rep {rep} {scen:9} c={conns:<3} {target:8} {r['rps']:>9.0f} rps  "
                             f"p50 {r['p50_us']/1000:6.2f} ms  p99 {r['p99_us']/1000:6.2f} ms  "
                             f"cpu {r['server_cpu_pct']:5.1f}%  wrk {r['wrk_cpu_pct']:5.1f}%  "
-                            f"other {r['other_cpu_pct']:5.1f}%  upstream reqs {r['upstream_requests']}"
+                            f"other {r['other_cpu_pct']:5.1f}%  upstream reqs {r['upstream_requests']} "
+                            f"conns {r['upstream_connections']}"
                         )
                         self.save()
 
@@ -767,6 +811,7 @@ class Bench:
             "command": "benches/load/run.sh",
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": self.meta_machine,
+            "source": self.source,
             "loadavg_start": self.load_start,
             "loadavg_end": open("/proc/loadavg").read().split()[:3],
             "pinning": {"client_cpus": self.client_cpus, "server_cpus": self.server_cpus,
@@ -776,6 +821,7 @@ class Bench:
             "conns": self.a.conns,
             "body_bytes": getattr(self, "body_len", None),
             "warm_passes": WARM_PASSES,
+            "purge_before_hits": True,
             "runs": [{k: v for k, v in r.items() if k != "wrk_output"} for r in self.runs],
             "memory": getattr(self, "mem", None),
             "profile": getattr(self, "prof", None),
