@@ -100,7 +100,7 @@ step_tests() {
 # the tests just made.
 step_deploy() {
     section "deploy/validate.sh --strict"
-    GATEWAY_BIN="${GATEWAY_BIN:-$ROOT/target/debug/openai-admin-gateway}" bash deploy/validate.sh --strict
+    GATEWAY_BIN="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/openai-admin-gateway}" bash deploy/validate.sh --strict
 }
 
 # ---------------------------------------------------------------------------
