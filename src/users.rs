@@ -162,11 +162,7 @@ async fn lookup(
         }
         Lookup::Filled(u) => {
             gw.metrics.cache_miss();
-            let mut r = stored_response(&u);
-            if let Some(id) = upstream_id {
-                r.headers_mut().insert(X_REQUEST_ID, id);
-            }
-            Ok((r, CacheStatus::MissStored))
+            Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
         }
         Lookup::Failed(f) => {
             gw.metrics.cache_miss();
@@ -205,10 +201,7 @@ async fn refresh(
     let mut upstream_id = None;
     match fetch(gw, headers, rest, user_id, &mut upstream_id).await {
         Ok(u) => {
-            let mut r = stored_response(&u);
-            if let Some(id) = upstream_id {
-                r.headers_mut().insert(X_REQUEST_ID, id);
-            }
+            let r = fetched_response(&u, upstream_id);
             if store {
                 gw.cache.insert(key, u).await;
                 Ok((r, CacheStatus::RequestStored))
@@ -359,6 +352,16 @@ fn stored_response(u: &CachedUser) -> Response<BoxBody> {
         h.insert(CONTENT_ENCODING, ce.clone());
     }
     h.insert(CONTENT_LENGTH, HeaderValue::from(u.body.len()));
+    r
+}
+
+/// A user this request fetched: the stored form, with the upstream's
+/// request id (a forwarded response keeps it).
+fn fetched_response(u: &CachedUser, upstream_id: Option<HeaderValue>) -> Response<BoxBody> {
+    let mut r = stored_response(u);
+    if let Some(id) = upstream_id {
+        r.headers_mut().insert(X_REQUEST_ID, id);
+    }
     r
 }
 
