@@ -44,6 +44,9 @@ pub enum GatewayError {
     /// The request is too large.
     #[error("request too large")]
     PayloadTooLarge,
+    /// The request body ended before its declared `content-length`.
+    #[error("request body ended early")]
+    IncompleteBody,
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(#[source] BoxError),
@@ -63,7 +66,9 @@ impl GatewayError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::InvalidPath | Self::InvalidUserId => StatusCode::BAD_REQUEST,
+            Self::InvalidPath | Self::InvalidUserId | Self::IncompleteBody => {
+                StatusCode::BAD_REQUEST
+            }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -83,6 +88,7 @@ impl GatewayError {
             Self::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
             Self::Forbidden => ("invalid_request_error", "insufficient_scope"),
             Self::PayloadTooLarge => ("invalid_request_error", "payload_too_large"),
+            Self::IncompleteBody => ("invalid_request_error", "incomplete_body"),
             Self::UpstreamUnavailable(_) => ("gateway_error", "upstream_unavailable"),
             Self::UpstreamTimeout => ("gateway_error", "upstream_timeout"),
             Self::UpstreamOverloaded => ("gateway_error", "upstream_overloaded"),
@@ -99,6 +105,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "Rate limit reached for this gateway key. Retry after the time given in the retry-after header.",
             Self::Forbidden => "This gateway key is not allowed to call this method and path.",
             Self::PayloadTooLarge => "Request too large.",
+            Self::IncompleteBody => "The request body ended before its declared content-length.",
             Self::UpstreamUnavailable(_) => "The gateway could not get a response from the OpenAI API.",
             Self::UpstreamTimeout => "The OpenAI API did not respond in time.",
             Self::UpstreamOverloaded => "The gateway is at its limit of concurrent upstream requests; retry shortly.",
@@ -117,6 +124,7 @@ impl GatewayError {
             },
             Self::Forbidden => Self::Forbidden,
             Self::PayloadTooLarge => Self::PayloadTooLarge,
+            Self::IncompleteBody => Self::IncompleteBody,
             Self::UpstreamUnavailable(e) => Self::UpstreamUnavailable(e.to_string().into()),
             Self::UpstreamTimeout => Self::UpstreamTimeout,
             Self::UpstreamOverloaded => Self::UpstreamOverloaded,

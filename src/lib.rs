@@ -22,6 +22,7 @@
 //! - [`error`]: [`error::GatewayError`] and its one mapping to status and
 //!   OpenAI's error JSON.
 //! - [`body`]: the body type used on both sides.
+//! - [`buffer`]: small forwarded bodies read whole (one write each way).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, cache purges.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`tls`]: certificate loading and hot swap.
@@ -31,6 +32,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod buffer;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -22,7 +22,8 @@ use hyper::body::Incoming;
 use tracing::{debug, info, warn};
 
 use crate::auth::{Client, ClientTable};
-use crate::body::{boxed, BoxBody};
+use crate::body::BoxBody;
+use crate::buffer;
 use crate::cache::UserCache;
 use crate::config::Config;
 use crate::error::{GatewayError, Result};
@@ -238,13 +239,14 @@ impl Gateway {
         out: &mut Outcome,
     ) -> Result<Response<BoxBody>> {
         let (parts, body) = req.into_parts();
+        let upstream = &self.shared.upstream;
+        let body = buffer::request(body, &parts.headers, upstream.timeout()).await?;
         out.forwarded = true;
-        let resp = self
-            .shared
-            .upstream
-            .send(parts.method, rest, query, parts.headers, boxed(body))
+        let resp = upstream
+            .send(parts.method, rest, query, parts.headers, body)
             .await?;
         out.upstream_status = Some(resp.status());
+        let resp = buffer::response(resp).await;
         out.cache = Some(CacheStatus::Bypass);
         Ok(with_cache_status(resp, CacheStatus::Bypass))
     }

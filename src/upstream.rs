@@ -139,6 +139,11 @@ impl Upstream {
         })
     }
 
+    /// `timeout_ms`: the wait for response headers.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Replaces the admin key (reload).
     pub fn set_admin_key(&self, key: AdminKey) {
         self.admin.store(Arc::new(key));

@@ -537,3 +537,32 @@ async fn h2c_requests_work() {
     assert_eq!(seen.body.as_ref(), Some(&body));
     assert_eq!(echo.request_id(), seen.request_id);
 }
+
+// === small bodies ===
+
+#[tokio::test]
+async fn small_body_cut_short_is_refused_and_never_reaches_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, gw) = start_pair().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/organization/invites HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"email\":"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let mut raw = Vec::new();
+    within(10, "the gateway's answer", s.read_to_end(&mut raw))
+        .await
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 400"), "got: {text}");
+    assert!(text.contains(r#""code":"incomplete_body""#), "got: {text}");
+    assert_eq!(
+        upstream.count("POST", "/v1/organization/invites"),
+        0,
+        "a request body known to be incomplete was forwarded"
+    );
+}
