@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,17 +100,16 @@ fn limits(c: &mut Criterion) {
     g.finish();
 }
 
-fn user(id: &str) -> Arc<CachedUser> {
+fn user(id: &str) -> CachedUser {
     let body = format!(
         r#"{{"object":"organization.user","id":"{id}","name":"First Last","email":"user@example.com","role":"owner","added_at":1711471533}}"#
     );
-    Arc::new(CachedUser {
-        body: Bytes::from(body),
-        content_type: Some(HeaderValue::from_static("application/json")),
-        content_encoding: None,
-        stored_at: Instant::now(),
-        ttl: Duration::from_secs(300),
-    })
+    CachedUser::new(
+        Bytes::from(body),
+        Some(HeaderValue::from_static("application/json")),
+        false,
+        Duration::from_secs(300),
+    )
 }
 
 fn cache(c: &mut Criterion) {
@@ -136,7 +135,7 @@ fn cache(c: &mut Criterion) {
             rt.block_on(async {
                 matches!(
                     cache
-                        .get_or_fetch(cache.key(id), async { Err::<Arc<CachedUser>, ()>(()) })
+                        .get_or_fetch(cache.key(id), async { Err::<CachedUser, ()>(()) })
                         .await,
                     Lookup::Hit(_)
                 )
@@ -144,7 +143,7 @@ fn cache(c: &mut Criterion) {
         })
     });
     // Baseline: Mutex<HashMap> (no TTL, no bound, no single flight).
-    let map: Mutex<HashMap<String, Arc<CachedUser>>> =
+    let map: Mutex<HashMap<String, CachedUser>> =
         Mutex::new(ids.iter().map(|id| (id.clone(), user(id))).collect());
     g.bench_function("naive_mutex_hashmap_10k_ids", |b| {
         b.iter(|| {
@@ -162,7 +161,7 @@ fn response(c: &mut Criterion) {
         b.iter(|| hit_response(black_box(&u)))
     });
     // Baseline: re-serialising the JSON on every hit.
-    let v: serde_json::Value = serde_json::from_slice(&u.body).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(u.body()).unwrap();
     g.bench_function("naive_reserialize_json", |b| {
         b.iter(|| serde_json::to_vec(black_box(&v)).unwrap())
     });

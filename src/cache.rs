@@ -9,9 +9,9 @@
 //! sharing a stripe only cost each other an extra miss.
 
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,81 +22,198 @@ use moka::Expiry;
 /// Number of generation stripes.
 const STRIPES: usize = 4096;
 
-/// A stored `OrganizationUser` response: the upstream's bytes and the
-/// headers a hit needs, built once at fill time.
-#[derive(Debug)]
+/// A stored `OrganizationUser` response: the upstream's bytes and what a
+/// hit needs to answer, kept small because a million of them may be held
+/// (the value lives inline in moka's entry; no allocation of its own).
+#[derive(Debug, Clone)]
 pub struct CachedUser {
     /// The upstream body, byte for byte.
-    pub body: Bytes,
-    /// The upstream `content-type`.
-    pub content_type: Option<HeaderValue>,
-    /// The upstream `content-encoding`.
-    pub content_encoding: Option<HeaderValue>,
-    /// When it was stored (for `Age` and the remaining TTL).
-    pub stored_at: Instant,
+    body: Bytes,
+    /// When it was stored, in ms on the process clock ([`clock_ms`]).
+    stored_ms: u64,
     /// How long it is served (the TTL in force when it was stored).
-    pub ttl: Duration,
+    ttl_secs: u32,
+    /// The upstream said `content-encoding: identity` (no other encoding
+    /// is ever stored: a compressed body cannot be checked).
+    identity: bool,
+    /// The upstream `content-type`.
+    content_type: ContentType,
+}
+
+/// A stored `content-type`: the usual value costs nothing.
+#[derive(Debug, Clone)]
+enum ContentType {
+    Absent,
+    Json,
+    Other(Arc<HeaderValue>),
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// A compact timestamp for entries: milliseconds since the first call,
+/// plus an offset that leaves room to backdate.
+fn clock_ms(now: Instant) -> u64 {
+    const OFFSET_MS: u64 = 1 << 40;
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    OFFSET_MS + now.saturating_duration_since(base).as_millis() as u64
 }
 
 impl CachedUser {
-    /// Seconds since it was stored.
-    pub fn age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.stored_at)
+    /// A user response stored now. Header values given here must own their
+    /// bytes (see `users::own`): they live as long as the entry.
+    pub fn new(
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+        identity: bool,
+        ttl: Duration,
+    ) -> Self {
+        let content_type = match content_type {
+            None => ContentType::Absent,
+            Some(v) if v == JSON => ContentType::Json,
+            Some(v) => ContentType::Other(Arc::new(v)),
+        };
+        Self {
+            body,
+            stored_ms: clock_ms(Instant::now()),
+            ttl_secs: ttl.as_secs().min(u64::from(u32::MAX)) as u32,
+            identity,
+            content_type,
+        }
+    }
+
+    /// The same entry, as if stored `age` earlier (tests and benches).
+    pub fn backdated(mut self, age: Duration) -> Self {
+        let now = clock_ms(Instant::now());
+        self.stored_ms = now.saturating_sub(age.as_millis() as u64);
+        self
+    }
+
+    /// The stored body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The stored `content-type`.
+    pub fn content_type(&self) -> Option<HeaderValue> {
+        match &self.content_type {
+            ContentType::Absent => None,
+            ContentType::Json => Some(JSON),
+            ContentType::Other(v) => Some(HeaderValue::clone(v)),
+        }
+    }
+
+    /// The stored `content-encoding` (only `identity` is ever stored).
+    pub fn content_encoding(&self) -> Option<HeaderValue> {
+        self.identity.then(|| HeaderValue::from_static("identity"))
+    }
+
+    /// Whole seconds since it was stored (floored).
+    pub fn age_secs(&self, now: Instant) -> u64 {
+        clock_ms(now).saturating_sub(self.stored_ms) / 1000
+    }
+
+    /// The TTL it was stored with.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.ttl_secs))
     }
 }
 
-/// A cache key: opaque outside this module.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    id: Box<str>,
-    stripe_gen: u64,
-    epoch: u64,
+/// A cache key: 128 bits of two independently keyed SipHashes of the id
+/// (and its write generation). Two live keys collide with probability
+/// about n²/2¹²⁹ (10⁻²⁷ for a million entries), and the per-process
+/// random keys leave no way to aim for a collision. A key is a plain
+/// `u128`, so moka stores no string and a lookup allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKey(u128);
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a keyed hash: hand moka 64 of its bits.
+        state.write_u64(self.0 as u64 ^ (self.0 >> 64) as u64);
+    }
+}
+
+/// moka's hasher for [`CacheKey`]: the key's bits are the hash.
+#[derive(Debug, Clone, Default)]
+pub struct KeyBits;
+
+/// See [`KeyBits`].
+#[derive(Debug, Default)]
+pub struct KeyBitsHasher(u64);
+
+impl BuildHasher for KeyBits {
+    type Hasher = KeyBitsHasher;
+
+    fn build_hasher(&self) -> KeyBitsHasher {
+        KeyBitsHasher(0)
+    }
+}
+
+impl Hasher for KeyBitsHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if a key hashes more than its u64 (it does not);
+        // stay correct anyway.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 /// How a lookup was answered.
 #[derive(Debug)]
 pub enum Lookup<E> {
     /// Found (or filled by a concurrent request this one waited for).
-    Hit(Arc<CachedUser>),
+    Hit(CachedUser),
     /// This request's fetch filled it.
-    Filled(Arc<CachedUser>),
+    Filled(CachedUser),
     /// The (shared) fetch did not produce a storable user.
     Failed(Arc<E>),
 }
 
 struct PerEntryTtl;
 
-impl Expiry<CacheKey, Arc<CachedUser>> for PerEntryTtl {
+impl Expiry<CacheKey, CachedUser> for PerEntryTtl {
     fn expire_after_create(
         &self,
         _: &CacheKey,
-        value: &Arc<CachedUser>,
+        value: &CachedUser,
         _: Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.ttl())
     }
 
     fn expire_after_update(
         &self,
         _: &CacheKey,
-        value: &Arc<CachedUser>,
+        value: &CachedUser,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.ttl())
     }
 }
 
 /// The user cache.
 pub struct UserCache {
     /// The entries.
-    entries: Cache<CacheKey, Arc<CachedUser>>,
+    entries: Cache<CacheKey, CachedUser, KeyBits>,
     /// Per-stripe write generations.
     gens: Box<[AtomicU64]>,
     /// Bumped by a full purge.
     epoch: AtomicU64,
-    /// Maps an id to its stripe.
-    hasher: RandomState,
+    /// Hashes an id (its stripe, and the key's high half).
+    id_hasher: RandomState,
+    /// Hashes (id, generation, epoch): the key's low half.
+    gen_hasher: RandomState,
 }
 
 impl std::fmt::Debug for UserCache {
@@ -114,32 +231,35 @@ impl UserCache {
             entries: Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(PerEntryTtl)
-                .build(),
+                .build_with_hasher(KeyBits),
             gens: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
-            hasher: RandomState::new(),
+            id_hasher: RandomState::new(),
+            gen_hasher: RandomState::new(),
         }
     }
 
-    fn stripe(&self, id: &str) -> &AtomicU64 {
-        let i = (self.hasher.hash_one(id) as usize) % STRIPES;
-        &self.gens[i]
+    fn stripe(&self, id_hash: u64) -> &AtomicU64 {
+        &self.gens[(id_hash as usize) % STRIPES]
+    }
+
+    fn key_at(&self, id: &str, id_hash: u64, generation: u64, epoch: u64) -> CacheKey {
+        let low = self.gen_hasher.hash_one((generation, epoch, id));
+        CacheKey(u128::from(id_hash) << 64 | u128::from(low))
     }
 
     /// The key for `id` as of now. Take it *before* fetching.
     pub fn key(&self, id: &str) -> CacheKey {
-        CacheKey {
-            id: id.into(),
-            stripe_gen: self.stripe(id).load(Ordering::Acquire),
-            epoch: self.epoch.load(Ordering::Acquire),
-        }
+        let h = self.id_hasher.hash_one(id);
+        let generation = self.stripe(h).load(Ordering::Acquire);
+        self.key_at(id, h, generation, self.epoch.load(Ordering::Acquire))
     }
 
     /// Looks `key` up; on a miss runs `fetch`, shared by every concurrent
     /// request for the same key, and stores its `Ok` value.
     pub async fn get_or_fetch<F, E>(&self, key: CacheKey, fetch: F) -> Lookup<E>
     where
-        F: Future<Output = Result<Arc<CachedUser>, E>>,
+        F: Future<Output = Result<CachedUser, E>>,
         E: Send + Sync + 'static,
     {
         // Fast path: a plain lookup allocates nothing; the entry API (which
@@ -155,19 +275,16 @@ impl UserCache {
     }
 
     /// Stores `user` under `key` (a forced refresh).
-    pub async fn insert(&self, key: CacheKey, user: Arc<CachedUser>) {
+    pub async fn insert(&self, key: CacheKey, user: CachedUser) {
         self.entries.insert(key, user).await;
     }
 
     /// Evicts `id`, and makes sure no fetch already under way can store an
     /// older version afterwards.
     pub async fn invalidate(&self, id: &str) {
-        let old = self.stripe(id).fetch_add(1, Ordering::AcqRel);
-        let key = CacheKey {
-            id: id.into(),
-            stripe_gen: old,
-            epoch: self.epoch.load(Ordering::Acquire),
-        };
+        let h = self.id_hasher.hash_one(id);
+        let old = self.stripe(h).fetch_add(1, Ordering::AcqRel);
+        let key = self.key_at(id, h, old, self.epoch.load(Ordering::Acquire));
         self.entries.invalidate(&key).await;
     }
 
@@ -194,14 +311,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    fn user(ttl: Duration) -> Arc<CachedUser> {
-        Arc::new(CachedUser {
-            body: Bytes::from_static(b"{}"),
-            content_type: None,
-            content_encoding: None,
-            stored_at: Instant::now(),
-            ttl,
-        })
+    fn user(ttl: Duration) -> CachedUser {
+        CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl)
     }
 
     async fn fill(c: &UserCache, id: &str, calls: &AtomicUsize) -> &'static str {
@@ -255,12 +366,45 @@ mod tests {
         assert_eq!(fill(&c, "u1", &calls).await, "filled");
     }
 
+    #[test]
+    fn keys_differ_by_id_generation_and_epoch() {
+        let c = UserCache::new(10);
+        let a = c.key("user_a");
+        assert_eq!(a, c.key("user_a"), "stable while nothing changes");
+        assert_ne!(a, c.key("user_b"));
+        let h = c.id_hasher.hash_one("user_a");
+        assert_ne!(a, c.key_at("user_a", h, 1, 0), "generation");
+        assert_ne!(a, c.key_at("user_a", h, 0, 1), "epoch");
+    }
+
+    #[test]
+    fn stored_headers_round_trip() {
+        let ttl = Duration::from_secs(60);
+        let json = CachedUser::new(Bytes::new(), Some(JSON), true, ttl);
+        assert_eq!(json.content_type(), Some(JSON));
+        assert_eq!(json.content_encoding().unwrap(), "identity");
+        let other = HeaderValue::from_static("application/json; charset=utf-8");
+        let u = CachedUser::new(Bytes::new(), Some(other.clone()), false, ttl);
+        assert_eq!(u.content_type(), Some(other));
+        assert_eq!(u.content_encoding(), None);
+        assert_eq!(
+            CachedUser::new(Bytes::new(), None, false, ttl).content_type(),
+            None
+        );
+    }
+
+    #[test]
+    fn value_stays_small() {
+        // Inline in moka's entry: growing it costs bytes per cached user.
+        assert!(std::mem::size_of::<CachedUser>() <= 64);
+    }
+
     #[tokio::test]
     async fn errors_are_not_cached() {
         let c = UserCache::new(100);
         for _ in 0..2 {
             let r = c
-                .get_or_fetch(c.key("u1"), async { Err::<Arc<CachedUser>, _>(7u8) })
+                .get_or_fetch(c.key("u1"), async { Err::<CachedUser, _>(7u8) })
                 .await;
             assert!(matches!(r, Lookup::Failed(e) if *e == 7));
         }
@@ -270,11 +414,9 @@ mod tests {
     async fn per_entry_ttl_expires() {
         let c = UserCache::new(100);
         let k = c.key("u1");
-        c.insert(k.clone(), user(Duration::from_millis(50))).await;
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        let r = c
-            .get_or_fetch(k, async { Err::<Arc<CachedUser>, _>(()) })
-            .await;
+        c.insert(k, user(Duration::from_secs(1))).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = c.get_or_fetch(k, async { Err::<CachedUser, _>(()) }).await;
         assert!(
             matches!(r, Lookup::Failed(_)),
             "expired entry must not be a hit"

@@ -8,7 +8,7 @@
 //! others fetch for themselves), never stored.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -228,7 +228,7 @@ async fn fetch(
     rest: &str,
     user_id: &str,
     upstream_id: &mut Option<HeaderValue>,
-) -> std::result::Result<Arc<CachedUser>, FetchFailure> {
+) -> std::result::Result<CachedUser, FetchFailure> {
     let mut headers = headers.clone();
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     let resp = gw
@@ -273,13 +273,12 @@ async fn fetch(
         buf.freeze()
     };
     if parts.status == StatusCode::OK && is_user(&bytes, user_id) && !encoded(&parts.headers) {
-        Ok(Arc::new(CachedUser {
-            body: bytes,
-            content_type: parts.headers.get(CONTENT_TYPE).map(own),
-            content_encoding: parts.headers.get(CONTENT_ENCODING).map(own),
-            stored_at: Instant::now(),
+        Ok(CachedUser::new(
+            bytes,
+            parts.headers.get(CONTENT_TYPE).map(own),
+            parts.headers.contains_key(CONTENT_ENCODING),
             ttl,
-        }))
+        ))
     } else {
         Err(replay(parts, bytes, false))
     }
@@ -343,15 +342,16 @@ pub fn is_user(body: &[u8], user_id: &str) -> bool {
 
 /// A stored user as a response (no cache headers yet).
 fn stored_response(u: &CachedUser) -> Response<BoxBody> {
-    let mut r = Response::new(full(u.body.clone()));
+    let body = u.body();
+    let mut r = Response::new(full(body.clone()));
     let h = r.headers_mut();
-    if let Some(ct) = &u.content_type {
-        h.insert(CONTENT_TYPE, ct.clone());
+    if let Some(ct) = u.content_type() {
+        h.insert(CONTENT_TYPE, ct);
     }
-    if let Some(ce) = &u.content_encoding {
-        h.insert(CONTENT_ENCODING, ce.clone());
+    if let Some(ce) = u.content_encoding() {
+        h.insert(CONTENT_ENCODING, ce);
     }
-    h.insert(CONTENT_LENGTH, HeaderValue::from(u.body.len()));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     r
 }
 
@@ -371,8 +371,8 @@ pub fn hit_response(u: &CachedUser) -> Response<BoxBody> {
     let mut r = stored_response(u);
     // Age floors to whole seconds; ttl is counted from the same figure so
     // that age + ttl always equals the stored TTL.
-    let age = u.age(now).as_secs();
-    let ttl = u.ttl.as_secs().saturating_sub(age);
+    let age = u.age_secs(now);
+    let ttl = u.ttl().as_secs().saturating_sub(age);
     let status = format!("openai-admin-gateway; hit; ttl={ttl}");
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(status)) {
@@ -434,13 +434,13 @@ mod tests {
 
     #[test]
     fn hit_response_carries_ttl_and_age() {
-        let u = CachedUser {
-            body: Bytes::from_static(b"{}"),
-            content_type: Some(HeaderValue::from_static("application/json")),
-            content_encoding: None,
-            stored_at: Instant::now() - std::time::Duration::from_secs(10),
-            ttl: std::time::Duration::from_secs(300),
-        };
+        let u = CachedUser::new(
+            Bytes::from_static(b"{}"),
+            Some(HeaderValue::from_static("application/json")),
+            false,
+            std::time::Duration::from_secs(300),
+        )
+        .backdated(std::time::Duration::from_secs(10));
         let r = hit_response(&u);
         assert_eq!(
             r.headers()[CACHE_STATUS],
