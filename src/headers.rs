@@ -2,6 +2,7 @@
 //! request ids.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
@@ -65,12 +66,37 @@ impl RequestIds {
         }
     }
 
-    /// A fresh id header value.
+    /// A fresh id header value: `req_` + 16 hex digits of prefix + 12 of
+    /// counter, written without the formatting machinery.
     pub fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let s = format!("req_{:016x}{n:012x}", self.prefix);
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
-            .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+        let mut buf = *b"req_0000000000000000000000000000";
+        hex_into(&mut buf[4..20], self.prefix);
+        hex_into(&mut buf[20..32], n);
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    }
+}
+
+/// Writes the low `out.len()` hex digits of `v` into `out`.
+fn hex_into(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+/// Header values of the integers below this are built once and shared.
+const SMALL_INTS: usize = 4096;
+
+/// `n` as a header value. Values below 4096 (ages, remaining requests) are
+/// built once and cloned after, so the hit path does not allocate them.
+pub fn int_value(n: u64) -> HeaderValue {
+    static TABLE: OnceLock<Box<[OnceLock<HeaderValue>]>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| (0..SMALL_INTS).map(|_| OnceLock::new()).collect());
+    match table.get(n as usize) {
+        Some(slot) => slot.get_or_init(|| HeaderValue::from(n)).clone(),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -83,6 +109,25 @@ impl Default for RequestIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_well_formed() {
+        let ids = RequestIds::new();
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        let a = a.to_str().unwrap();
+        assert!(a.starts_with("req_") && a.len() == 32, "{a}");
+        assert!(a[4..].bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_eq!(&b.to_str().unwrap()[20..], "000000000001");
+    }
+
+    #[test]
+    fn int_values_match_their_numbers() {
+        for n in [0, 1, 299, 4095, 4096, 1 << 40] {
+            assert_eq!(int_value(n), n.to_string().as_str());
+            assert_eq!(int_value(n), n.to_string().as_str(), "second (shared) copy");
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {

@@ -132,7 +132,7 @@ impl Limiter {
         headers.insert("x-ratelimit-limit-requests", self.limit_header.clone());
         headers.insert(
             "x-ratelimit-remaining-requests",
-            HeaderValue::from(remaining),
+            crate::headers::int_value(u64::from(remaining)),
         );
         if let Ok(v) = HeaderValue::from_str(&format_reset(reset)) {
             headers.insert("x-ratelimit-reset-requests", v);

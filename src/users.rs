@@ -8,7 +8,7 @@
 //! others fetch for themselves), never stored.
 
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::body::{empty, full, prefixed, truncated, BoxBody};
 use crate::cache::{CachedUser, Lookup};
 use crate::error::{GatewayError, Result};
-use crate::headers::X_REQUEST_ID;
+use crate::headers::{int_value, X_REQUEST_ID};
 use crate::proxy::Shared;
 
 /// `Cache-Status` outcomes (RFC 9211), also the `cache` log field.
@@ -344,6 +344,9 @@ pub fn is_user(body: &[u8], user_id: &str) -> bool {
 fn stored_response(u: &CachedUser) -> Response<BoxBody> {
     let body = u.body();
     let mut r = Response::new(full(body.clone()));
+    // Room for everything a hit gets (cache headers, request id, rate
+    // limit headers) without growing the map.
+    *r.headers_mut() = HeaderMap::with_capacity(8);
     let h = r.headers_mut();
     if let Some(ct) = u.content_type() {
         h.insert(CONTENT_TYPE, ct);
@@ -351,7 +354,7 @@ fn stored_response(u: &CachedUser) -> Response<BoxBody> {
     if let Some(ce) = u.content_encoding() {
         h.insert(CONTENT_ENCODING, ce);
     }
-    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    h.insert(CONTENT_LENGTH, int_value(body.len() as u64));
     r
 }
 
@@ -373,13 +376,27 @@ pub fn hit_response(u: &CachedUser) -> Response<BoxBody> {
     // that age + ttl always equals the stored TTL.
     let age = u.age_secs(now);
     let ttl = u.ttl().as_secs().saturating_sub(age);
-    let status = format!("openai-admin-gateway; hit; ttl={ttl}");
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(status)) {
-        h.insert(CACHE_STATUS, v);
-    }
-    h.insert(http::header::AGE, HeaderValue::from(age));
+    h.insert(CACHE_STATUS, hit_status(ttl));
+    h.insert(http::header::AGE, int_value(age));
     r
+}
+
+/// `Cache-Status` of a hit with `ttl` seconds left; values for the first
+/// hour are built once and shared.
+fn hit_status(ttl: u64) -> HeaderValue {
+    const PREBUILT: usize = 3600;
+    static TABLE: OnceLock<Box<[OnceLock<HeaderValue>]>> = OnceLock::new();
+    let build = || {
+        let s = format!("openai-admin-gateway; hit; ttl={ttl}");
+        HeaderValue::from_maybe_shared(Bytes::from(s))
+            .unwrap_or_else(|_| HeaderValue::from_static("openai-admin-gateway; hit"))
+    };
+    let table = TABLE.get_or_init(|| (0..=PREBUILT).map(|_| OnceLock::new()).collect());
+    match table.get(ttl as usize) {
+        Some(slot) => slot.get_or_init(build).clone(),
+        None => build(),
+    }
 }
 
 #[cfg(test)]
@@ -447,6 +464,8 @@ mod tests {
             "openai-admin-gateway; hit; ttl=290"
         );
         assert_eq!(r.headers()["age"], "10");
+        let long = hit_status(100_000);
+        assert_eq!(long, "openai-admin-gateway; hit; ttl=100000");
         assert_eq!(r.headers()[CONTENT_LENGTH], "2");
     }
 }
