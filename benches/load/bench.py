@@ -331,6 +331,8 @@ def component(kind, sym):
         return "allocator (glibc malloc/free)"
     if re.match(r"__(mem|str)\w+|mem(cpy|move|set|cmp)", s):
         return "memcpy/memmove/memset"
+    if s.startswith("ngx_"):
+        return "nginx"
     m = re.match(r"([a-z_][a-z0-9_]*)::", s)
     crate = m.group(1) if m else ""
     names = {
@@ -411,7 +413,9 @@ class Bench:
         self.gw_bin = bins / "openai-admin-gateway"
         self.up_bin = bins / "bench_upstream"
         self.ceil_bin = bins / "bench_ceiling"
-        for src, dst in ((ROOT / "target/release/openai-admin-gateway", self.gw_bin),
+        self.floor_bin = bins / "cache_floor"
+        for src, dst in ((ROOT / "target/release/examples/cache_floor", self.floor_bin),
+                         (ROOT / "target/release/openai-admin-gateway", self.gw_bin),
                          (ROOT / "target/release/examples/bench_upstream", self.up_bin),
                          (ROOT / "target/release/examples/bench_ceiling", self.ceil_bin)):
             shutil.copy2(src, dst)
@@ -751,34 +755,69 @@ class Bench:
                 f"{per - body_len:.0f} B over the {body_len}-byte body")
             self.save(memory=out)
         self.procs.stop(gw)
+        out["floor"] = self.cache_floor(max(self.a.memory_points))
+        self.save(memory=out)
+        return out
+
+    def cache_floor(self, n):
+        """examples/cache_floor.rs at n entries, one process per mode: what
+        the bodies alone cost, what moka alone costs per entry (u128 keys,
+        zero-size values: the floor of any moka-based cache) and what the
+        gateway's cache costs, all in one process without a server."""
+        out = {}
+        for mode in ("bodies", "moka", "gateway"):
+            cmd = [str(self.floor_bin), mode, str(n)]
+            if self.server_cpus:
+                cmd = ["taskset", "-c", self.server_cpus] + cmd
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise BenchError(f"cache_floor {mode} failed:\n{p.stderr}")
+            out[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+            log(f"cache floor: {mode}: {out[mode]['overhead']} B/entry over the body")
         return out
 
     # -- profile
 
     def profile(self):
-        """perf profiles of the gateway (hits over 10k ids, misses, pass-through;
-        64 connections, 6 s each). Self time per symbol, and with callees."""
+        """perf profiles at 64 connections, 6 s each: the gateway on hits over
+        10k ids, misses and pass-through, and beside it the server it is
+        compared with (the ceiling on hits, nginx on pass-through). Self time
+        per component and symbol, plus CPU-µs per request (from the server's
+        CPU time and wrk's request count over the same 6 s), so the two
+        profiles can be set side by side."""
         if not shutil.which("perf"):
             return {"error": "perf not installed"}
         res = {}
-        for scen, script, path in (("hit_10k", "spread", "/"), ("miss", "seq", "/"),
-                                   ("pass_post", "post", "/v1/organization/invites")):
-            tag = f"prof{scen[:4]}".ljust(12, "z")
+        plan = (("hit_10k", "gateway", "spread", "/"), ("hit_10k", "ceiling", "spread", "/"),
+                ("miss", "gateway", "seq", "/"),
+                ("pass_post", "gateway", "post", "/v1/organization/invites"),
+                ("pass_post", "nginx", "post", "/v1/organization/invites"))
+        for scen, target, script, path in plan:
+            tag = f"prof{scen[:4]}{target[:2]}".ljust(12, "z")
             env = {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS) if scen == "hit_10k" else "0",
                    "BENCH_START": "0"}
-            if scen == "hit_10k":
+            if scen == "hit_10k" and target == "gateway":
                 self.warm("gateway", tag, HOT_IDS)
-            data = self.work / f"perf-{scen}.data"
+            data = self.work / f"perf-{scen}-{target}.data"
+            pids = ",".join(str(p) for p in self.server_pids(target))
             rec = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,8192",
-                                    "-p", str(self.gw.pid), "-o", str(data), "--", "sleep", "6"],
+                                    "-p", pids, "-o", str(data), "--", "sleep", "6"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(0.5)
-            self.wrk("gateway", 64, 6, script, path, env, measure=False)
+            r = self.wrk(target, 64, 6, script, path, env, measure=True)
             _, err = rec.communicate()
             if rec.returncode != 0 or not data.exists():
                 return {"error": err.decode(errors="replace")[-2000:]}
-            res[scen] = perf_summary(data)
-            log(f"profiled {scen}")
+            summary = perf_summary(data)
+            summary["target"] = target
+            summary["rps"] = r["rps"]
+            summary["server_cpu_pct"] = r["server_cpu_pct"]
+            # perf (sampling at 499 Hz with dwarf stacks) slows the server a
+            # little; the same holds for both sides of a comparison.
+            summary["cpu_us_per_request"] = 1e6 * (r["server_cpu_pct"] / 100) / r["rps"]
+            res[f"{scen}/{target}"] = summary
+            log(f"profiled {scen} on {target}: {r['rps']:.0f} rps, "
+                f"{summary['cpu_us_per_request']:.1f} CPU-us per request")
         return res
 
     # -- output

@@ -326,6 +326,27 @@ def main(src, dst):
                 f"| {p['bytes_per_entry']:,.0f} | {p['overhead_per_entry']:,.0f} (body {mem['body_bytes']} B) |"
             )
         w("")
+        fl = mem.get("floor")
+        if fl:
+            n = fl["moka"]["entries"]
+            w(
+                f"Where the bytes go, in one process without a server (`examples/cache_floor.rs`, {n:,} "
+                "entries of a ~490-byte body, RSS growth per entry):"
+            )
+            w("")
+            w("| what is stored | bytes / entry over the body |")
+            w("|---|---:|")
+            w(f"| the bodies alone (`Vec<Bytes>`: allocator rounding + the 32-byte handle) | {fl['bodies']['overhead']:,} |")
+            w(f"| moka alone: `u128` keys, zero-size values, no expiry (its nodes, hash table, LRU deque, sketch) | {fl['moka']['overhead']:,} |")
+            w(f"| the gateway's `UserCache` (moka + per-entry expiry + the 64-byte inline value + the body) | {fl['gateway']['overhead']:,} |")
+            w("")
+            w(
+                f"moka's own bookkeeping is {fl['moka']['overhead']:,} B per entry before any key or value is "
+                f"stored, so a moka-based cache cannot meet a {GOAL_OVERHEAD_BYTES}-byte budget; the gateway "
+                f"adds {fl['gateway']['overhead'] - fl['moka']['overhead']:,} B on top of it (the body's "
+                f"allocation, the inline value, the per-entry TTL timer node)."
+            )
+            w("")
     elif mem is None:
         w("## Memory")
         w("")
@@ -344,32 +365,64 @@ def main(src, dst):
             w("```")
         else:
             w(
-                "`perf record -F 499 --call-graph dwarf -p <gateway>` for 6 s while wrk runs the scenario at "
-                "64 connections (same setup as above), self time summed by crate / area, then the top symbols."
+                "`perf record -F 499 --call-graph dwarf -p <server>` for 6 s while wrk runs the scenario at "
+                "64 connections (same setup as above). Self time is summed by crate / area and turned into "
+                "CPU-µs per request with the server's CPU time and the requests wrk completed in the same "
+                "6 s, so the gateway's profile can be set beside the server it is compared with. perf's "
+                "sampling slows both sides a little."
             )
             w("")
-            for scen, p in prof.items():
+            by = {}
+            for key, p in prof.items():
+                scen, _, target = key.partition("/")
+                by.setdefault(scen, {})[target or "gateway"] = p
+            for scen, targets in by.items():
                 w(f"### {SCENARIOS.get(scen, scen)}")
                 w("")
-                w("| component (self time) | share |")
-                w("|---|---:|")
-                for name, pct in p["components"]:
-                    if pct >= 0.5:
-                        w(f"| {name} | {pct:.1f}% |")
+                names = list(targets)
+                head = " | ".join(
+                    f"{TARGET_NAMES.get(t, t)} µs/req | share" for t in names
+                )
+                w(f"| component (self time) | {head} |")
+                w("|---|" + "---:|---:|" * len(names))
+                us = {t: p.get("cpu_us_per_request") for t, p in targets.items()}
+                comps = {}
+                for t, p in targets.items():
+                    for name, pct in p["components"]:
+                        comps.setdefault(name, {})[t] = pct
+                order = sorted(comps, key=lambda n: -max(comps[n].values()))
+                for name in order:
+                    if max(comps[name].values()) < 0.5:
+                        continue
+                    cells = []
+                    for t in names:
+                        pct = comps[name].get(t, 0.0)
+                        cells.append(
+                            (f"{us[t] * pct / 100:.2f}" if us[t] else "–") + f" | {pct:.1f}%"
+                        )
+                    w(f"| {name} | " + " | ".join(cells) + " |")
+                total = " | ".join(
+                    (f"**{us[t]:.2f}** | {targets[t].get('rps', 0):,.0f} rps" if us[t] else "– | –")
+                    for t in names
+                )
+                w(f"| **total CPU per request** | {total} |")
                 w("")
-                w("<details><summary>Top symbols (self) and gateway/moka/hyper functions with callees</summary>")
-                w("")
-                w("```")
-                for pct, sym in p["self"]:
-                    w(f"{pct:6.2f}%  {sym}")
-                w("")
-                w("with callees / self:")
-                for tot, own, sym in p["children"]:
-                    w(f"{tot:6.2f}% {own:6.2f}%  {sym}")
-                w("```")
-                w("")
-                w("</details>")
-                w("")
+                for t in names:
+                    p = targets[t]
+                    w(f"<details><summary>{TARGET_NAMES.get(t, t)}: top symbols (self), and functions with callees</summary>")
+                    w("")
+                    w("```")
+                    for pct, sym in p["self"]:
+                        w(f"{pct:6.2f}%  {sym}")
+                    if p.get("children"):
+                        w("")
+                        w("with callees / self:")
+                        for tot, own, sym in p["children"]:
+                            w(f"{tot:6.2f}% {own:6.2f}%  {sym}")
+                    w("```")
+                    w("")
+                    w("</details>")
+                    w("")
         w("")
     w("Raw per-run numbers: `benches/load/results.json`.")
     w("")
