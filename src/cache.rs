@@ -255,6 +255,12 @@ impl UserCache {
         self.key_at(id, h, generation, self.epoch.load(Ordering::Acquire))
     }
 
+    /// The stored user under `key`, if any (a plain lookup: allocates
+    /// nothing, and its future is small enough to sit in the request's).
+    pub async fn get(&self, key: &CacheKey) -> Option<CachedUser> {
+        self.entries.get(key).await
+    }
+
     /// Looks `key` up; on a miss runs `fetch`, shared by every concurrent
     /// request for the same key, and stores its `Ok` value.
     pub async fn get_or_fetch<F, E>(&self, key: CacheKey, fetch: F) -> Lookup<E>

@@ -88,7 +88,9 @@ impl Limiter {
     /// reachable, else the local one.
     pub async fn decide(&self) -> Decision {
         if let Some(s) = &self.shared {
-            if let Some(d) = s.store.check(&s.client, self.limit).await {
+            // Boxed: a Redis round trip's future is large, and only clients
+            // with a shared budget should carry it.
+            if let Some(d) = Box::pin(s.store.check(&s.client, self.limit)).await {
                 return d;
             }
         }

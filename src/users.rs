@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use crate::body::{empty, full, prefixed, truncated, BoxBody};
-use crate::cache::{CachedUser, Lookup};
+use crate::cache::{CacheKey, CachedUser, Lookup};
 use crate::error::{GatewayError, Result};
 use crate::headers::{int_value, X_REQUEST_ID};
 use crate::proxy::Shared;
@@ -139,21 +139,33 @@ pub async fn get_user(
     rest: &str,
     user_id: &str,
 ) -> Result<(Response<BoxBody>, CacheStatus)> {
+    // The fetch paths are boxed: their futures (the upstream exchange,
+    // moka's single-flight entry) are kilobytes, and inline they would make
+    // every hit's request future that large too.
     match directive(headers) {
-        Directive::Normal => lookup(gw, headers, rest, user_id).await,
-        Directive::Refresh => refresh(gw, headers, rest, user_id, true).await,
-        Directive::NoStore => refresh(gw, headers, rest, user_id, false).await,
+        Directive::Normal => {
+            let key = gw.cache.key(user_id);
+            if let Some(u) = gw.cache.get(&key).await {
+                gw.metrics.cache_hit();
+                return Ok((hit_response(&u), CacheStatus::Hit));
+            }
+            Box::pin(lookup(gw, headers, rest, user_id, key)).await
+        }
+        Directive::Refresh => Box::pin(refresh(gw, headers, rest, user_id, true)).await,
+        Directive::NoStore => Box::pin(refresh(gw, headers, rest, user_id, false)).await,
     }
 }
 
+/// A miss (or a hit that turned up while this request got here): one
+/// shared fetch per key.
 async fn lookup(
     gw: &Shared,
     headers: &HeaderMap,
     rest: &str,
     user_id: &str,
+    key: CacheKey,
 ) -> Result<(Response<BoxBody>, CacheStatus)> {
     let mut upstream_id = None;
-    let key = gw.cache.key(user_id);
     let fetch = fetch(gw, headers, rest, user_id, &mut upstream_id);
     match gw.cache.get_or_fetch(key, fetch).await {
         Lookup::Hit(u) => {
