@@ -4,17 +4,8 @@ mod support;
 
 use std::process::Output;
 
-use support::process::{free_addr, run_cli, GatewayProcess, TempDir};
+use support::process::{output_text as text, run_cli, GatewayProcess, TempDir};
 use support::*;
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -190,10 +181,8 @@ fn serving_with_an_invalid_config_fails_fast() {
 #[tokio::test]
 async fn serves_from_gateway_config_and_exits_zero_on_sigterm() {
     let upstream = start_upstream().await;
-    let (addr, admin) = (free_addr(), free_addr());
     let mut cfg = GatewayConfig::new(&upstream.base_url());
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = admin.to_string();
+    let (addr, admin) = cfg.free_ports();
     let dir = TempDir::new("serve");
     let path = config_file(&dir, &cfg.toml());
     let env = [
@@ -225,10 +214,8 @@ async fn serves_from_gateway_config_and_exits_zero_on_sigterm() {
 #[tokio::test]
 async fn exits_zero_on_sigint() {
     let upstream = start_upstream().await;
-    let addr = free_addr();
     let mut cfg = GatewayConfig::new(&upstream.base_url());
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = free_addr().to_string();
+    let (addr, _) = cfg.free_ports();
     let dir = TempDir::new("sigint");
     let path = dir.write("gateway.toml", &cfg.toml());
     let mut gateway = GatewayProcess::spawn(&path, &[(ADMIN_KEY_ENV, ADMIN_KEY)]);

@@ -7,17 +7,12 @@ mod support;
 mod support_ext;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::{json, Map, Value};
-use support::process::{free_addr, TempDir, BIN};
+use support::process::{GatewayProcess, TempDir};
 use support::*;
 use support_ext::log_field;
 
@@ -42,148 +37,30 @@ enum Kind {
 
 // === the binary, stderr captured ===
 
-/// The gateway binary serving in the background. Unlike the shared helpers it clears
-/// `NO_COLOR` and sets a colour-capable `TERM`, so only "stderr is not a terminal" can turn
-/// colours off.
-struct Gateway {
-    child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    reader: Option<JoinHandle<()>>,
-    exited: Option<ExitStatus>,
-    addr: SocketAddr,
+/// Starts the gateway binary on `config` and waits for both listeners. Unlike the shared
+/// helpers it clears `NO_COLOR` and sets a colour-capable `TERM`, so only "stderr is not a
+/// terminal" can turn colours off.
+async fn start(config: &Path, addr: SocketAddr, admin: SocketAddr) -> GatewayProcess {
+    let mut cmd = GatewayProcess::command(&["--config", config.to_str().expect("utf-8 path")]);
+    cmd.env_remove("NO_COLOR")
+        .env("TERM", "xterm-256color")
+        .env("COLORTERM", "truecolor")
+        .env("RUST_LOG", "info")
+        .env(ADMIN_KEY_ENV, ADMIN_KEY);
+    let mut gw = GatewayProcess::start(cmd);
+    for a in [addr, admin] {
+        gw.wait_listening(a).await;
+    }
+    gw
 }
 
-impl Gateway {
-    async fn start(config: &Path, addr: SocketAddr, admin: SocketAddr) -> Gateway {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("GATEWAY_CONFIG")
-            .env_remove("NO_COLOR")
-            .env("TERM", "xterm-256color")
-            .env("COLORTERM", "truecolor")
-            .env("RUST_LOG", "info")
-            .env(ADMIN_KEY_ENV, ADMIN_KEY)
-            .spawn()
-            .expect("spawn the gateway binary");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut from = child.stderr.take().expect("stderr");
-        let into = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                into.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut gw = Gateway {
-            child,
-            stderr,
-            reader: Some(reader),
-            exited: None,
-            addr,
-        };
-        for a in [addr, admin] {
-            gw.wait_listening(a).await;
-        }
-        gw
-    }
-
-    fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    #[track_caller]
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!(
-                "the gateway exited with {status}; stderr:\n{}",
-                self.stderr_text()
-            );
-        }
-    }
-
-    async fn wait_listening(&mut self, addr: SocketAddr) {
-        let start = Instant::now();
-        loop {
-            self.assert_running();
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the gateway never listened on {addr}; stderr:\n{}",
-                self.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits (up to 30 s) until a stderr line satisfies `pred`.
-    async fn wait_for_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        while !self.stderr_text().lines().any(&pred) {
-            self.assert_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no log line {what} within 30s; stderr:\n{}",
-                self.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn signal(&mut self, sig: &str) {
-        self.assert_running();
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(&pid)
-            .status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
-    }
-
-    /// SIGTERM, wait for exit (30 s) and for stderr to close; returns all of stderr.
-    fn terminate(&mut self) -> String {
-        self.signal("TERM");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no exit within 30s of SIGTERM; stderr:\n{}",
-                self.stderr_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.exited = Some(status);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let text = self.stderr_text();
-        assert!(status.success(), "exit status {status}; stderr:\n{text}");
-        text
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// SIGTERM, wait for a successful exit (30 s) and for stderr to close; returns all of stderr.
+#[track_caller]
+fn stop(gw: &mut GatewayProcess) -> String {
+    let status = gw.terminate(30);
+    let text = gw.stderr_text();
+    assert!(status.success(), "exit status {status}; stderr:\n{text}");
+    text
 }
 
 /// Writes the test config for `upstream_base_url`, with `server_lines` added to `[server]`,
@@ -193,10 +70,8 @@ fn write_config(
     upstream_base_url: &str,
     server_lines: &str,
 ) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
-    let (addr, admin) = (free_addr(), free_addr());
     let mut cfg = GatewayConfig::new(upstream_base_url);
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = admin.to_string();
+    let (addr, admin) = cfg.free_ports();
     cfg.timeout_ms = 30_000;
     let toml = cfg.toml();
     assert!(toml.starts_with("[server]\n"), "unexpected config:\n{toml}");
@@ -274,21 +149,22 @@ async fn json_log_format_writes_one_object_per_line_with_the_access_fields() {
     );
     let dir = TempDir::new("logs-json");
     let (config, addr, admin) = write_config(&dir, &upstream.base_url(), "log_format = \"json\"\n");
-    let mut gw = Gateway::start(&config, addr, admin).await;
+    let mut gw = start(&config, addr, admin).await;
+    let url = |path: &str| format!("http://{addr}{path}");
 
-    let get = |path: &str| req(Method::GET, &gw.url(path)).bearer(CLIENT_KEY);
+    let get = |path: &str| req(Method::GET, &url(path)).bearer(CLIENT_KEY);
     let miss = get("/v1/organization/users/user_abc").send().await;
     miss.assert_status(200);
     let hit = get("/v1/organization/users/user_abc").send().await;
     hit.hit_ttl();
     let list = get("/v1/organization/users?limit=2").send().await;
     list.assert_status(200);
-    let unknown = req(Method::GET, &gw.url("/v1/organization/users/user_abc"))
+    let unknown = req(Method::GET, &url("/v1/organization/users/user_abc"))
         .bearer(UNKNOWN_KEY)
         .send()
         .await;
     unknown.assert_status(401);
-    let write = req(Method::POST, &gw.url("/v1/organization/users/user_ghi"))
+    let write = req(Method::POST, &url("/v1/organization/users/user_ghi"))
         .bearer(CLIENT_KEY)
         .json(&json!({"role": "owner"}))
         .send()
@@ -301,7 +177,7 @@ async fn json_log_format_writes_one_object_per_line_with_the_access_fields() {
     let good = std::fs::read_to_string(&config).expect("read config");
     std::fs::write(&config, format!("{good}\n[server_typo]\nx = 1\n")).expect("write config");
     gw.signal("HUP");
-    gw.wait_for_line("refusing the reload", |l| l.contains("reload refused"))
+    gw.wait_for_line(30, "refusing the reload", |l| l.contains("reload refused"))
         .await;
     std::fs::write(&config, &good).expect("restore config");
 
@@ -314,12 +190,12 @@ async fn json_log_format_writes_one_object_per_line_with_the_access_fields() {
         broken.request_id(),
     ];
     for id in &ids {
-        gw.wait_for_line(&format!("for request {id}"), |l| {
+        gw.wait_for_line(30, &format!("for request {id}"), |l| {
             l.contains(ACCESS) && l.contains(id.as_str())
         })
         .await;
     }
-    let log = gw.terminate();
+    let log = stop(&mut gw);
 
     assert!(!log.contains('\u{1b}'), "ANSI escapes in JSON logs:\n{log}");
     assert!(
@@ -453,27 +329,28 @@ async fn text_log_format_has_no_ansi_escapes_when_stderr_is_not_a_terminal() {
     let dir = TempDir::new("logs-text");
     // No log_format: the default is text.
     let (config, addr, admin) = write_config(&dir, &upstream.base_url(), "");
-    let mut gw = Gateway::start(&config, addr, admin).await;
+    let mut gw = start(&config, addr, admin).await;
+    let url = |path: &str| format!("http://{addr}{path}");
 
-    let ok = req(Method::GET, &gw.url("/v1/organization/users/user_abc"))
+    let ok = req(Method::GET, &url("/v1/organization/users/user_abc"))
         .bearer(CLIENT_KEY)
         .send()
         .await;
     ok.assert_status(200);
     let id = ok.request_id();
-    let refused = req(Method::GET, &gw.url("/v1/organization/users/user_abc"))
+    let refused = req(Method::GET, &url("/v1/organization/users/user_abc"))
         .bearer(UNKNOWN_KEY)
         .send()
         .await;
     refused.assert_status(401);
     let refused_id = refused.request_id();
     for rid in [&id, &refused_id] {
-        gw.wait_for_line(&format!("for request {rid}"), |l| {
+        gw.wait_for_line(30, &format!("for request {rid}"), |l| {
             l.contains(ACCESS) && l.contains(rid.as_str())
         })
         .await;
     }
-    let log = gw.terminate();
+    let log = stop(&mut gw);
 
     assert!(
         !log.contains('\u{1b}'),

@@ -19,12 +19,6 @@ const USER_PATH: &str = "/v1/organization/users/user_abc";
 const LIMITED_KEY: &str = "gwk_limited_client_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const LIMITED_B_KEY: &str = "gwk_limited_client_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
-async fn metrics_text(gw: &TestGateway) -> String {
-    let resp = gw.admin(Method::GET, "/metrics").send().await;
-    resp.assert_status(200);
-    resp.text()
-}
-
 fn rate_limited_total(text: &str, client: &str) -> f64 {
     metric(text, "gateway_rate_limited_total", &[("client", client)])
 }
@@ -94,7 +88,7 @@ async fn burst_passes_then_429_with_retry_after_and_headers_on_every_response() 
         .await
         .assert_status(200);
     let upstream_before = upstream.total();
-    assert_eq!(rate_limited_total(&metrics_text(&gw).await, "limited"), 0.0);
+    assert_eq!(rate_limited_total(&gw.metrics_text().await, "limited"), 0.0);
 
     let start = Instant::now();
     let (passed, refused) = until_refused(3, || {
@@ -141,7 +135,7 @@ async fn burst_passes_then_429_with_retry_after_and_headers_on_every_response() 
         upstream_before,
         "hits and the 429 must not reach the upstream"
     );
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(
         rate_limited_total(&text, "limited"),
         1.0,
@@ -213,7 +207,7 @@ async fn a_refused_request_never_reaches_the_upstream() {
         0,
         "the 429 reached the upstream"
     );
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(rate_limited_total(&text, "limited"), 2.0);
 }
 
@@ -262,7 +256,7 @@ async fn clients_have_separate_budgets_and_unlimited_clients_get_no_headers() {
     assert_no_ratelimit_headers(&miss);
     assert_eq!(upstream.count("GET", USER_PATH), 1);
 
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(rate_limited_total(&text, "limited-a"), 2.0);
     assert_eq!(rate_limited_total(&text, "limited-b"), 1.0);
     assert_eq!(rate_limited_total(&text, "test-client"), 0.0);
@@ -337,7 +331,7 @@ async fn all_keys_of_one_client_share_its_budget() {
     assert_gateway_429(&send(LIMITED_KEY).await, 6);
     assert_eq!(upstream.count("GET", "/v1/echo/rot"), 3);
     assert_eq!(
-        rate_limited_total(&metrics_text(&gw).await, "rotating"),
+        rate_limited_total(&gw.metrics_text().await, "rotating"),
         2.0
     );
 }

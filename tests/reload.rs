@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use openai_admin_gateway::Config;
 use serde_json::json;
-use support::process::{free_addr, TempDir};
+use support::process::{GatewayProcess, TempDir};
 use support::*;
 use support_ext::*;
 
@@ -23,12 +23,6 @@ const LIMITED_KEY: &str = "gwk_limited_client_key_llllllllllllllllllllllllllllll
 
 fn stored_miss() -> String {
     format!("{CACHE_NAME}; fwd=miss; stored")
-}
-
-async fn metrics_text(gw: &TestGateway) -> String {
-    let resp = gw.admin(Method::GET, "/metrics").send().await;
-    resp.assert_status(200);
-    resp.text()
 }
 
 fn as_key(gw: &TestGateway, key: &str, method: Method, path: &str) -> Req {
@@ -67,7 +61,7 @@ async fn reload_adds_a_client_whose_key_works_at_once() {
         .await
         .assert_status(200);
     assert_eq!(upstream.count("GET", USER_PATH), 1);
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(
         metric(&text, "gateway_config_reloads_total", &[("result", "ok")]),
         1.0,
@@ -353,29 +347,15 @@ async fn wait_status(url: &str, key: &str, status: u16, secs: u64) -> TestRespon
     }
 }
 
-async fn reloads(admin: std::net::SocketAddr, result: &str) -> f64 {
-    let resp = req(Method::GET, &format!("http://{admin}/metrics"))
-        .send()
-        .await;
-    resp.assert_status(200);
-    metric(
-        &resp.text(),
-        "gateway_config_reloads_total",
-        &[("result", result)],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_running_config() {
     let upstream = start_upstream().await;
-    let (addr, admin) = (free_addr(), free_addr());
     let mut cfg = GatewayConfig::new(&upstream.base_url());
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = admin.to_string();
+    let (addr, admin) = cfg.free_ports();
     cfg.extra = client_toml("doomed", DOOMED_KEY, "");
     let dir = TempDir::new("sighup");
     let path = dir.write("gateway.toml", &cfg.toml());
-    let mut gw = Proc::spawn(&path, &[(ADMIN_KEY_ENV, ADMIN_KEY)]);
+    let mut gw = GatewayProcess::spawn_logged(&path, &[(ADMIN_KEY_ENV, ADMIN_KEY)]);
     gw.wait_listening(addr).await;
     gw.wait_listening(admin).await;
 
@@ -398,7 +378,7 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_running_config() 
         1,
         "the reload cooled the cache"
     );
-    assert_eq!(reloads(admin, "ok").await, 1.0);
+    assert_eq!(config_reloads(admin, "ok").await, 1.0);
 
     // 2. An invalid file (it would also drop `other-client`): logged, running config kept.
     let mut bad = cfg.clone();
@@ -407,7 +387,7 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_running_config() 
     dir.write("gateway.toml", &bad.toml());
     gw.signal("HUP");
     let start = Instant::now();
-    while reloads(admin, "error").await < 1.0 {
+    while config_reloads(admin, "error").await < 1.0 {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "the invalid reload was not counted within 5s; stderr:\n{}",
@@ -427,7 +407,7 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_running_config() 
         assert_no_ratelimit_headers(&resp);
     }
     get(&user, DOOMED_KEY).await.assert_status(401);
-    assert_eq!(reloads(admin, "ok").await, 1.0);
+    assert_eq!(config_reloads(admin, "ok").await, 1.0);
 
     let status = gw.terminate(15);
     assert!(status.success(), "exit status {status}");
@@ -449,13 +429,11 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_running_config() 
 async fn a_write_through_the_binary_logs_one_audit_line_without_body_or_keys() {
     const BODY_MARKER: &str = "body-marker-7f3a9c-must-not-be-logged";
     let upstream = start_upstream().await;
-    let (addr, admin) = (free_addr(), free_addr());
     let mut cfg = GatewayConfig::new(&upstream.base_url());
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = admin.to_string();
+    let (addr, admin) = cfg.free_ports();
     let dir = TempDir::new("audit");
     let path = dir.write("gateway.toml", &cfg.toml());
-    let mut gw = Proc::spawn(&path, &[(ADMIN_KEY_ENV, ADMIN_KEY)]);
+    let mut gw = GatewayProcess::spawn_logged(&path, &[(ADMIN_KEY_ENV, ADMIN_KEY)]);
     gw.wait_listening(addr).await;
     gw.wait_listening(admin).await;
 
@@ -526,14 +504,15 @@ fn sighup_as_soon_as_the_port_answers_does_not_kill_the_gateway() {
     const ROUNDS: usize = 60;
     let mut died = Vec::new();
     for round in 0..ROUNDS {
-        let (addr, admin) = (free_addr(), free_addr());
         // The upstream is never contacted.
         let mut cfg = GatewayConfig::new("http://127.0.0.1:9/v1");
-        cfg.listen = addr.to_string();
-        cfg.admin_listen = admin.to_string();
+        let (addr, _) = cfg.free_ports();
         let dir = TempDir::new("early-hup");
         let path = dir.write("gateway.toml", &cfg.toml());
-        let mut gw = Proc::spawn(&path, &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "warn")]);
+        let mut gw = GatewayProcess::spawn_logged(
+            &path,
+            &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "warn")],
+        );
         let start = Instant::now();
         loop {
             gw.assert_running();

@@ -7,25 +7,25 @@
 //! `127.0.0.1` signed by it.
 
 mod support;
+mod support_ext;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Version};
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::process::{free_addr, run_cli, TempDir, BIN};
+use support::pki::{Leaf, Pki};
+use support::process::{
+    drain, output_text, run_cli, text_of, wait_timeout, Captured, GatewayProcess,
+};
 use support::*;
+use support_ext::config_reloads;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -33,74 +33,7 @@ use tokio_rustls::TlsConnector;
 
 const USER_PATH: &str = "/v1/organization/users/user_abc";
 
-// === certificates ===
-
-/// A leaf certificate and its key, PEM, plus the certificate's DER to compare with what a
-/// server presents.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-/// A test CA and the directory its files live in.
-struct Pki {
-    dir: TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-    ca_path: PathBuf,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = TempDir::new(tag);
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "openai-admin-gateway test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("CA key");
-        let ca = CertifiedIssuer::self_signed(params, key).expect("CA certificate");
-        let ca_path = dir.write("ca.pem", &ca.pem());
-        Pki { dir, ca, ca_path }
-    }
-
-    /// A new leaf for `localhost` and `127.0.0.1` with its own key, signed by the CA.
-    fn leaf(&self, common_name: &str) -> Leaf {
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let mut params = CertificateParams::new(names).expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.ca).expect("leaf certificate");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn ca_der(&self) -> CertificateDer<'static> {
-        self.ca.der().clone()
-    }
-
-    /// Writes `cert` and `key` PEM to `cert.pem` / `key.pem` (replacing them) and returns the
-    /// two paths.
-    fn install(&self, cert_pem: &str, key_pem: &str) -> (PathBuf, PathBuf) {
-        (
-            self.dir.write("cert.pem", cert_pem),
-            self.dir.write("key.pem", key_pem),
-        )
-    }
-}
+// === TLS config ===
 
 /// `toml` (as rendered by `GatewayConfig::toml`) with `tls_cert` / `tls_key` in `[server]`.
 fn with_tls(toml: &str, cert: &Path, key: &Path) -> String {
@@ -471,9 +404,11 @@ fn run_python(
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    let out = capture(child.stdout.take().expect("stdout"));
-    let err = capture(child.stderr.take().expect("stderr"));
-    let status = wait_for_exit(&mut child, limit);
+    let out = Captured::default();
+    let err = Captured::default();
+    drain(child.stdout.take().expect("stdout"), out.clone());
+    drain(child.stderr.take().expect("stderr"), err.clone());
+    let status = wait_timeout(&mut child, limit);
     let status = status.unwrap_or_else(|| {
         let _ = child.kill();
         let _ = child.wait();
@@ -485,38 +420,6 @@ fn run_python(
     // The pipes close when the process exits; give the reader threads a moment.
     std::thread::sleep(Duration::from_millis(50));
     (status.success(), text_of(&out), text_of(&err))
-}
-
-type Captured = Arc<Mutex<Vec<u8>>>;
-
-fn capture(mut from: impl Read + Send + 'static) -> Captured {
-    let into: Captured = Arc::default();
-    let sink = into.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    into
-}
-
-fn text_of(c: &Captured) -> String {
-    String::from_utf8_lossy(&c.lock().unwrap()).into_owned()
-}
-
-fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// Runs [`SDK_SCRIPT`] against a TLS gateway; `http2` turns on HTTP/2 in httpx.
@@ -591,121 +494,21 @@ async fn official_python_sdk_over_tls_with_http2_when_h2_is_installed() {
 
 // === the real binary: SIGHUP reload, bad pairs ===
 
-/// The gateway binary serving in the background, stderr captured, signals sent by pid.
-struct Served {
-    child: Child,
-    stderr: Captured,
-    exited: Option<ExitStatus>,
-}
-
-impl Served {
-    fn spawn(config: &Path) -> Served {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("GATEWAY_CONFIG")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env(ADMIN_KEY_ENV, ADMIN_KEY)
-            .spawn()
-            .expect("spawn the gateway binary");
-        let stderr = capture(child.stderr.take().expect("stderr"));
-        Served {
-            child,
-            stderr,
-            exited: None,
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        text_of(&self.stderr)
-    }
-
-    #[track_caller]
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!(
-                "the gateway exited with {status}; stderr:\n{}",
-                self.stderr_text()
-            );
-        }
-    }
-
-    /// `kill -SIG pid`.
-    fn signal(&mut self, sig: &str) {
-        self.assert_running();
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(&pid)
-            .status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
-    }
-
-    async fn wait_listening(&mut self, addr: SocketAddr) {
-        let start = Instant::now();
-        loop {
-            self.assert_running();
-            if TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the gateway never listened on {addr}; stderr:\n{}",
-                self.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn terminate(&mut self) -> ExitStatus {
-        self.signal("TERM");
-        let status = wait_for_exit(&mut self.child, Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("no exit within 30s of SIGTERM"));
-        self.exited = Some(status);
-        status
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `gateway_config_reloads_total{result}` from the admin listener (plain HTTP).
-async fn reloads(admin: SocketAddr, result: &str) -> f64 {
-    let resp = req(Method::GET, &format!("http://{admin}/metrics"))
-        .send()
-        .await;
-    resp.assert_status(200);
-    let prefix = format!("gateway_config_reloads_total{{result=\"{result}\"}} ");
-    resp.text()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0.0, |v| v.trim().parse().expect("sample value"))
-}
-
 /// A fake upstream, a CA with leaf `A` installed, and the real binary serving TLS with it.
-async fn served_with_tls(tag: &str) -> (Upstream, Pki, Leaf, Served, SocketAddr, SocketAddr) {
+async fn served_with_tls(
+    tag: &str,
+) -> (Upstream, Pki, Leaf, GatewayProcess, SocketAddr, SocketAddr) {
     let upstream = start_upstream().await;
     let pki = Pki::new(tag);
     let a = pki.leaf("certificate A");
     let (cert, key) = pki.install(&a.cert_pem, &a.key_pem);
-    let (addr, admin) = (free_addr(), free_addr());
     let mut cfg = GatewayConfig::new(&upstream.base_url());
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = admin.to_string();
+    let (addr, admin) = cfg.free_ports();
     let config = pki
         .dir
         .write("gateway.toml", &with_tls(&cfg.toml(), &cert, &key));
-    let mut gw = Served::spawn(&config);
+    let env = [("NO_COLOR", "1"), (ADMIN_KEY_ENV, ADMIN_KEY)];
+    let mut gw = GatewayProcess::spawn_logged(&config, &env);
     gw.wait_listening(addr).await;
     gw.wait_listening(admin).await;
     (upstream, pki, a, gw, addr, admin)
@@ -785,9 +588,9 @@ async fn sighup_serves_the_new_certificate_to_new_connections_and_keeps_old_ones
     assert_eq!(resp.version, Version::HTTP_2);
     assert_eq!(upstream.count("GET", USER_PATH), 1);
 
-    assert_eq!(reloads(admin, "ok").await, 1.0);
-    assert_eq!(reloads(admin, "error").await, 0.0);
-    let status = gw.terminate();
+    assert_eq!(config_reloads(admin, "ok").await, 1.0);
+    assert_eq!(config_reloads(admin, "error").await, 0.0);
+    let status = gw.terminate(30);
     assert!(status.success(), "exit status {status}");
 }
 
@@ -802,7 +605,7 @@ async fn sighup_with_a_mismatched_pair_keeps_the_running_certificate() {
     pki.install(&b.cert_pem, &stranger.key_pem);
     gw.signal("HUP");
     let start = Instant::now();
-    while reloads(admin, "error").await < 1.0 {
+    while config_reloads(admin, "error").await < 1.0 {
         gw.assert_running();
         assert!(
             start.elapsed() < Duration::from_secs(10),
@@ -811,7 +614,7 @@ async fn sighup_with_a_mismatched_pair_keeps_the_running_certificate() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(reloads(admin, "ok").await, 0.0);
+    assert_eq!(config_reloads(admin, "ok").await, 0.0);
     gw.assert_running();
     let log = gw.stderr_text();
     assert!(
@@ -840,7 +643,7 @@ async fn sighup_with_a_mismatched_pair_keeps_the_running_certificate() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = gw.terminate();
+    let status = gw.terminate(30);
     assert!(status.success(), "exit status {status}");
 }
 
@@ -858,15 +661,6 @@ fn check_config(pki: &Pki, cert: &Path, key: &Path) -> std::process::Output {
         &["check-config", "--config", config.to_str().expect("utf-8")],
         &[(ADMIN_KEY_ENV, ADMIN_KEY)],
         "",
-    )
-}
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     )
 }
 
@@ -973,10 +767,8 @@ fn the_binary_refuses_to_start_with_a_mismatched_pair() {
     let a = pki.leaf("certificate A");
     let b = pki.leaf("certificate B");
     let (cert, key) = pki.install(&a.cert_pem, &b.key_pem);
-    let (addr, admin) = (free_addr(), free_addr());
     let mut cfg = GatewayConfig::new("http://127.0.0.1:9/v1");
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = admin.to_string();
+    let (addr, _) = cfg.free_ports();
     let config = pki
         .dir
         .write("gateway.toml", &with_tls(&cfg.toml(), &cert, &key));

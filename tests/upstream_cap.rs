@@ -13,12 +13,6 @@ use serde_json::json;
 use support::*;
 use support_ext::*;
 
-async fn metrics_text(gw: &TestGateway) -> String {
-    let resp = gw.admin(Method::GET, "/metrics").send().await;
-    resp.assert_status(200);
-    resp.text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_never_sees_more_than_the_cap_and_every_request_succeeds() {
     const CAP: usize = 4;
@@ -87,13 +81,13 @@ async fn the_upstream_never_sees_more_than_the_cap_and_every_request_succeeds() 
         "200 parallel requests never overlapped at the upstream (max {max}): the test proves nothing"
     );
     // Slots are released as the bodies finish; give the last ones a moment.
-    let mut text = metrics_text(&gw).await;
+    let mut text = gw.metrics_text().await;
     for _ in 0..100 {
         if metric(&text, "gateway_upstream_in_flight", &[]) == 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = metrics_text(&gw).await;
+        text = gw.metrics_text().await;
     }
     assert_eq!(
         metric(&text, "gateway_upstream_in_flight", &[]),
@@ -159,7 +153,7 @@ async fn a_full_queue_answers_503_upstream_overloaded_without_reaching_the_upstr
     let user = gw.get_user("user_abc").await;
     user.assert_status(200);
     assert_eq!(user.json()["role"], "owner", "the refused write happened");
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert!(
         metric(
             &text,
@@ -220,7 +214,7 @@ async fn an_upstream_429_passes_through_unchanged() {
     );
     assert_eq!(upstream.count("GET", "/v1/organization/users/user_abc"), 2);
 
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(
         metric(
             &text,
@@ -266,7 +260,7 @@ async fn an_upstream_429_to_a_limited_client_keeps_its_retry_after() {
     // The client's own budget is still described (it was not exhausted).
     let (limit, remaining, _) = ratelimit_headers(&resp);
     assert_eq!((limit, remaining), (600, 49));
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(
         metric(
             &text,

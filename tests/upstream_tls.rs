@@ -14,7 +14,7 @@ mod support_ext;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,13 +24,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
-use support::process::{run_cli, TempDir};
+use support::pki::{Leaf, Pki};
+use support::process::{output_text, run_cli, TempDir};
 use support::*;
 use support_ext::{metric, with_upstream_keys};
 use tokio::net::TcpListener;
@@ -42,48 +38,12 @@ const USER_PATH: &str = "/v1/organization/users/user_abc";
 
 // === certificates ===
 
-/// A fresh CA (written to `ca.pem`) and a leaf for `localhost` / `127.0.0.1` signed by it.
-struct Pki {
-    dir: TempDir,
-    ca_path: PathBuf,
-    leaf_der: CertificateDer<'static>,
-    leaf_key: PrivateKeyDer<'static>,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = TempDir::new(tag);
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "openai-admin-gateway upstream test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca = CertifiedIssuer::self_signed(params, ca_key).expect("CA certificate");
-        let ca_path = dir.write("ca.pem", &ca.pem());
-
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let mut params = CertificateParams::new(names).expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "fake upstream");
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("leaf key");
-        let leaf = params.signed_by(&key, &ca).expect("leaf certificate");
-        Pki {
-            dir,
-            ca_path,
-            leaf_der: leaf.der().clone(),
-            leaf_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        }
-    }
+/// A fresh CA (written to `ca.pem`) and the fake upstream's leaf for `localhost` /
+/// `127.0.0.1`, signed by it.
+fn upstream_pki(tag: &str) -> (Pki, Leaf) {
+    let pki = Pki::with_ca_name(tag, "openai-admin-gateway upstream test CA");
+    let leaf = pki.leaf("fake upstream");
+    (pki, leaf)
 }
 
 // === an HTTPS fake upstream ===
@@ -124,13 +84,13 @@ impl Drop for TlsUpstream {
 }
 
 impl TlsUpstream {
-    async fn start(pki: &Pki, alpn: &[&str]) -> TlsUpstream {
+    async fn start(leaf: &Leaf, alpn: &[&str]) -> TlsUpstream {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
             .with_no_client_auth()
-            .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key.clone_key())
+            .with_single_cert(vec![leaf.der.clone()], leaf.private_key())
             .expect("server certificate");
         cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let acceptor = TlsAcceptor::from(Arc::new(cfg));
@@ -284,18 +244,12 @@ fn gateway_toml(base_url: &str, ca_file: Option<&Path>) -> String {
     }
 }
 
-async fn metrics_text(gw: &TestGateway) -> String {
-    let resp = gw.admin(Method::GET, "/metrics").send().await;
-    resp.assert_status(200);
-    resp.text()
-}
-
 // === tests ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_file_makes_a_private_upstream_trusted_and_h2_is_used_when_offered() {
-    let pki = Pki::new("upstream-ca");
-    let upstream = TlsUpstream::start(&pki, &["h2", "http/1.1"]).await;
+    let (pki, leaf) = upstream_pki("upstream-ca");
+    let upstream = TlsUpstream::start(&leaf, &["h2", "http/1.1"]).await;
     let gw = start_gateway(&gateway_toml(&upstream.base_url(), Some(&pki.ca_path))).await;
 
     // A miss goes to the HTTPS upstream and is stored with the upstream's exact bytes.
@@ -354,7 +308,7 @@ async fn ca_file_makes_a_private_upstream_trusted_and_h2_is_used_when_offered() 
     assert_eq!(upstream.handshakes(), ["h2"], "{seen:?}");
     assert_eq!(upstream.failed_handshakes(), 0);
 
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(
         metric(
             &text,
@@ -377,8 +331,8 @@ async fn ca_file_makes_a_private_upstream_trusted_and_h2_is_used_when_offered() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_offering_only_http1_is_spoken_to_over_http1() {
-    let pki = Pki::new("upstream-ca-h1");
-    let upstream = TlsUpstream::start(&pki, &["http/1.1"]).await;
+    let (pki, leaf) = upstream_pki("upstream-ca-h1");
+    let upstream = TlsUpstream::start(&leaf, &["http/1.1"]).await;
     let gw = start_gateway(&gateway_toml(&upstream.base_url(), Some(&pki.ca_path))).await;
 
     gw.get_user(USER_ID).await.assert_status(200);
@@ -396,8 +350,8 @@ async fn an_upstream_offering_only_http1_is_spoken_to_over_http1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ca_file_the_private_upstream_is_untrusted_and_answers_502() {
-    let pki = Pki::new("upstream-no-ca");
-    let upstream = TlsUpstream::start(&pki, &["h2", "http/1.1"]).await;
+    let (pki, leaf) = upstream_pki("upstream-no-ca");
+    let upstream = TlsUpstream::start(&leaf, &["h2", "http/1.1"]).await;
     let gw = start_gateway(&gateway_toml(&upstream.base_url(), None)).await;
 
     let resp = gw.get_user(USER_ID).await;
@@ -429,7 +383,7 @@ async fn without_ca_file_the_private_upstream_is_untrusted_and_answers_502() {
         upstream.handshakes()
     );
 
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(
         metric(
             &text,
@@ -447,9 +401,9 @@ async fn without_ca_file_the_private_upstream_is_untrusted_and_answers_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_file_from_another_ca_does_not_help() {
-    let pki = Pki::new("upstream-ca-a");
-    let other = Pki::new("upstream-ca-b");
-    let upstream = TlsUpstream::start(&pki, &["h2", "http/1.1"]).await;
+    let (_pki, leaf) = upstream_pki("upstream-ca-a");
+    let (other, _) = upstream_pki("upstream-ca-b");
+    let upstream = TlsUpstream::start(&leaf, &["h2", "http/1.1"]).await;
     let gw = start_gateway(&gateway_toml(&upstream.base_url(), Some(&other.ca_path))).await;
     let resp = gw.get_user(USER_ID).await;
     assert_openai_error(&resp, 502, "gateway_error", "upstream_unavailable");
@@ -468,18 +422,9 @@ fn check_config(dir: &TempDir, ca_file: &Path) -> std::process::Output {
     )
 }
 
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn check_config_accepts_a_ca_file_and_names_a_bad_one() {
-    let pki = Pki::new("upstream-ca-check");
+    let (pki, _) = upstream_pki("upstream-ca-check");
     let ok = check_config(&pki.dir, &pki.ca_path);
     assert!(ok.status.success(), "{}", output_text(&ok));
 

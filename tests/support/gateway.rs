@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::client::{req, Req, TestResponse};
+use super::process::free_addr;
 use super::upstream::{start_upstream, Upstream};
 use super::{ADMIN_KEY, ADMIN_KEY_ENV, CLIENT_KEY, OTHER_CLIENT_KEY};
 
@@ -66,6 +67,15 @@ impl GatewayConfig {
             default_clients: true,
             extra: String::new(),
         }
+    }
+
+    /// Points `listen` and `admin_listen` at loopback ports that were free a moment ago, for
+    /// the real binary (it cannot tell which ports it bound). Returns (public, admin).
+    pub fn free_ports(&mut self) -> (SocketAddr, SocketAddr) {
+        let (addr, admin) = (free_addr(), free_addr());
+        self.listen = addr.to_string();
+        self.admin_listen = admin.to_string();
+        (addr, admin)
     }
 
     pub fn toml(&self) -> String {
@@ -205,6 +215,13 @@ impl TestGateway {
     /// A request to the admin listener (no client key).
     pub fn admin(&self, method: Method, path: &str) -> Req {
         req(method, &self.admin_url(path))
+    }
+
+    /// The admin listener's `/metrics` text, failing the test unless it answers 200.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.admin(Method::GET, "/metrics").send().await;
+        resp.assert_status(200);
+        resp.text()
     }
 
     /// Swaps in a new config through the reloader.

@@ -7,7 +7,9 @@
 //!   (`Config::parse`, `Server::bind`, `Server::run`) and builds test configs.
 //! - [`client`]: a small HTTP/1.1 and h2c client plus assertion helpers for responses.
 //! - [`body`]: a channel-backed streaming body used by both sides.
-//! - [`process`]: runs the real binary (temp config files, stderr capture, SIGTERM).
+//! - [`process`]: runs the real binary (temp config files, stdout/stderr capture, signals to
+//!   its pid: SIGHUP, SIGTERM, SIGINT).
+//! - [`pki`]: a fresh rcgen CA and leaf certificates for `localhost` / `127.0.0.1`.
 //!
 //! Every test crate uses a different subset of this module, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
@@ -15,6 +17,7 @@
 pub mod body;
 pub mod client;
 pub mod gateway;
+pub mod pki;
 pub mod process;
 pub mod upstream;
 

@@ -67,8 +67,8 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     let mut input = child.stdin.take().expect("stdin");
     input.write_all(stdin.as_bytes()).expect("write stdin");
     drop(input);
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let err = Arc::new(Mutex::new(Vec::new()));
+    let out = Captured::default();
+    let err = Captured::default();
     let readers = [
         drain(child.stdout.take().expect("stdout"), out.clone()),
         drain(child.stderr.take().expect("stderr"), err.clone()),
@@ -87,7 +87,26 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     }
 }
 
-fn drain(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+/// `out`'s exit status, stdout and stderr in one text, for failure messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Bytes read from a child's pipe by a [`drain`] thread.
+pub type Captured = Arc<Mutex<Vec<u8>>>;
+
+/// What `captured` holds so far, as (lossy) UTF-8.
+pub fn text_of(captured: &Captured) -> String {
+    String::from_utf8_lossy(&captured.lock().unwrap()).into_owned()
+}
+
+/// Copies everything `from` yields into `into` on a new thread, until end of file.
+pub fn drain(mut from: impl Read + Send + 'static, into: Captured) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         while let Ok(n) = from.read(&mut buf) {
@@ -99,7 +118,8 @@ fn drain(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> Joi
     })
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+/// Polls `child` every 20 ms for up to `limit`; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -112,11 +132,12 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 // === GatewayProcess ===
 
-/// The binary serving in the background, stdout and stderr captured.
+/// The binary serving in the background: stdout and stderr captured, signals sent to its pid
+/// with `kill`. Dropping it kills the process (by its own pid).
 pub struct GatewayProcess {
     child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stdout: Captured,
+    stderr: Captured,
     readers: Vec<JoinHandle<()>>,
     exited: Option<ExitStatus>,
 }
@@ -124,24 +145,44 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `openai-admin-gateway --config PATH` with `env` added.
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
-        let config = config.to_str().expect("utf-8 temp path");
-        Self::spawn_args(&["--config", config], env)
+        Self::spawn_args(&["--config", config_arg(config)], env)
+    }
+
+    /// Like [`GatewayProcess::spawn`], logging at `RUST_LOG=info` unless `env` sets it.
+    pub fn spawn_logged(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
+        let mut cmd = Self::command(&["--config", config_arg(config)]);
+        cmd.env("RUST_LOG", "info");
+        cmd.envs(env.iter().copied());
+        Self::start(cmd)
     }
 
     /// Starts the binary with `args` and `env` added (`GATEWAY_CONFIG` cleared unless given).
     pub fn spawn_args(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        let mut cmd = Self::command(args);
+        cmd.envs(env.iter().copied());
+        Self::start(cmd)
+    }
+
+    /// The command the `spawn*` functions run: the binary with `args`, stdin closed,
+    /// `GATEWAY_CONFIG` cleared. For tests that need more than added variables; start it
+    /// with [`GatewayProcess::start`].
+    pub fn command(args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdin(Stdio::null())
+            .env_remove("GATEWAY_CONFIG");
+        cmd
+    }
+
+    /// Starts `cmd` with its stdout and stderr captured.
+    pub fn start(mut cmd: Command) -> GatewayProcess {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env_remove("GATEWAY_CONFIG");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn the gateway binary");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+            .spawn()
+            .expect("spawn the gateway binary");
+        let stdout = Captured::default();
+        let stderr = Captured::default();
         let readers = vec![
             drain(child.stdout.take().expect("stdout"), stdout.clone()),
             drain(child.stderr.take().expect("stderr"), stderr.clone()),
@@ -155,25 +196,72 @@ impl GatewayProcess {
         }
     }
 
-    /// Waits until `addr` accepts TCP connections (the process is serving).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Fails the test if the process has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.exit_status() {
+            panic!(
+                "the gateway exited with {status}; stderr:\n{}",
+                self.stderr_text()
+            );
+        }
+    }
+
+    /// Sends `SIG{signal}` (e.g. "HUP") to this process with the `kill` command, failing the
+    /// test if the process has already exited.
+    #[track_caller]
+    pub fn signal(&mut self, signal: &str) {
+        self.assert_running();
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill -{signal} {pid} failed"
+        );
+    }
+
+    /// Waits (up to 30 s) until `addr` accepts TCP connections (the process is serving).
     pub async fn wait_listening(&mut self, addr: SocketAddr) {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "the gateway exited early with {status}; stderr:\n{}",
-                    self.stderr_text()
-                );
-            }
+        loop {
+            self.assert_running();
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return;
             }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the gateway never listened on {addr}; stderr:\n{}",
+                self.stderr_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
-            "the gateway never listened on {addr}; stderr:\n{}",
-            self.stderr_text()
-        );
+    }
+
+    /// Waits (up to `secs`) until stderr holds a line for which `pred` is true, failing the
+    /// test if the process exits first.
+    pub async fn wait_for_line(&mut self, secs: u64, what: &str, pred: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        while !self.stderr_text().lines().any(&pred) {
+            self.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "no log line {what} within {secs}s; stderr:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Sends SIGTERM and waits (up to `secs`) for the exit status.
@@ -181,18 +269,17 @@ impl GatewayProcess {
         self.stop_with("TERM", secs)
     }
 
-    /// Sends `SIG{signal}` (e.g. "INT") and waits (up to `secs`) for the exit status.
+    /// Sends `SIG{signal}` (e.g. "INT") and waits (up to `secs`) for the exit status and for
+    /// stdout and stderr to close.
     pub fn stop_with(&mut self, signal: &str, secs: u64) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status();
-        assert!(
-            sent.is_ok_and(|s| s.success()),
-            "kill -{signal} {pid} failed"
-        );
-        let status = wait_timeout(&mut self.child, Duration::from_secs(secs))
-            .unwrap_or_else(|| panic!("the gateway did not exit within {secs}s of SIG{signal}"));
+        self.signal(signal);
+        let status =
+            wait_timeout(&mut self.child, Duration::from_secs(secs)).unwrap_or_else(|| {
+                panic!(
+                    "the gateway did not exit within {secs}s of SIG{signal}; stderr:\n{}",
+                    self.stderr_text()
+                )
+            });
         self.exited = Some(status);
         for r in self.readers.drain(..) {
             let _ = r.join();
@@ -201,12 +288,16 @@ impl GatewayProcess {
     }
 
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+        text_of(&self.stderr)
     }
 
     pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+        text_of(&self.stdout)
     }
+}
+
+fn config_arg(config: &Path) -> &str {
+    config.to_str().expect("utf-8 temp path")
 }
 
 impl Drop for GatewayProcess {

@@ -1,17 +1,14 @@
 //! Helpers for the "central control" tests (rate limits, scopes, reload, upstream cap, audit)
-//! that `tests/support` does not offer. Each test crate declares `mod support;` and
+//! that `tests/support` does not offer. The real binary with its pid (for SIGHUP/SIGTERM) is
+//! `support::process::GatewayProcess`. Each test crate declares `mod support;` and
 //! `mod support_ext;` and uses a subset, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
 use std::convert::Infallible;
-use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -25,8 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle as TaskHandle;
 
 use crate::support::body::{full, TestBody};
-use crate::support::client::TestResponse;
-use crate::support::process::BIN;
+use crate::support::client::{req, TestResponse};
 use crate::support::ADMIN_KEY;
 
 // === config text ===
@@ -87,6 +83,19 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .unwrap_or_else(|_| panic!("unparsable sample {line:?}"));
     }
     sum
+}
+
+/// `gateway_config_reloads_total{result}` scraped from the admin listener at `admin`.
+pub async fn config_reloads(admin: SocketAddr, result: &str) -> f64 {
+    let resp = req(Method::GET, &format!("http://{admin}/metrics"))
+        .send()
+        .await;
+    resp.assert_status(200);
+    metric(
+        &resp.text(),
+        "gateway_config_reloads_total",
+        &[("result", result)],
+    )
 }
 
 // === rate-limit headers ===
@@ -287,158 +296,6 @@ async fn counted(
         .body(full(serde_json::to_vec(&body).expect("json")))
         .expect("response");
     Ok(resp)
-}
-
-// === the real binary, with its pid ===
-
-/// The gateway binary serving in the background, stderr captured, signals sent with `kill`.
-/// Dropping it kills the process (by its own pid).
-pub struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    exited: Option<ExitStatus>,
-}
-
-impl Proc {
-    /// Starts `openai-admin-gateway --config PATH` with `env` added (`RUST_LOG=info` unless
-    /// `env` sets it).
-    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("GATEWAY_CONFIG")
-            .env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn the gateway binary");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut from = child.stderr.take().expect("stderr");
-        let into = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                into.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Proc {
-            child,
-            stderr,
-            readers: vec![reader],
-            exited: None,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` (e.g. "HUP") to this process with the `kill` command.
-    pub fn signal(&mut self, signal: &str) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!(
-                "the gateway already exited with {status}; stderr:\n{}",
-                self.stderr_text()
-            );
-        }
-        let pid = self.pid().to_string();
-        let sent = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(&pid)
-            .status();
-        assert!(
-            sent.is_ok_and(|s| s.success()),
-            "kill -{signal} {pid} failed"
-        );
-    }
-
-    /// The exit status, if the process has exited.
-    pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Fails the test if the process has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!(
-                "the gateway exited with {status}; stderr:\n{}",
-                self.stderr_text()
-            );
-        }
-    }
-
-    /// Waits until `addr` accepts TCP connections.
-    pub async fn wait_listening(&mut self, addr: SocketAddr) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            self.assert_running();
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "the gateway never listened on {addr}; stderr:\n{}",
-            self.stderr_text()
-        );
-    }
-
-    /// Waits (up to `secs`) until stderr holds a line for which `pred` is true.
-    pub async fn wait_for_line(&mut self, secs: u64, what: &str, pred: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        loop {
-            if self.stderr_text().lines().any(&pred) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "no log line {what} within {secs}s; stderr:\n{}",
-                self.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// SIGTERM, then wait (up to `secs`) for the exit status.
-    pub fn terminate(&mut self, secs: u64) -> ExitStatus {
-        self.signal("TERM");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "the gateway did not exit within {secs}s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.exited = Some(status);
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        status
-    }
-
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 // === log text ===
