@@ -5,22 +5,26 @@
 #   scripts/test.sh STEP...    # only the named steps (see STEPS below)
 #
 # Works on a fresh machine (Rust toolchain with rustfmt/clippy, cargo-nextest
-# if available, Python >= 3.9) and needs no running services: the tests start
-# a fake OpenAI Admin API and the gateway in-process. Safe to run repeatedly.
+# if available, Python >= 3.9, Node.js >= 20 with npm, installed with apt when
+# missing) and needs no running services: the tests start a fake OpenAI Admin
+# API and the gateway in-process. Safe to run repeatedly.
 #
 # Environment:
 #   PYTHON                  interpreter used to create .venv (default: python3)
-#   GATEWAY_SKIP_SDK_TESTS  =1 skips the Python SDK end-to-end test (offline dev)
+#   GATEWAY_SKIP_SDK_TESTS  =1 skips the Python and Node SDK end-to-end tests
+#                           (offline dev)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
 VENV="$ROOT/.venv"
+NODE_DIR="$ROOT/tests/node"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
 export PYTHONDONTWRITEBYTECODE=1
+export NPM_CONFIG_UPDATE_NOTIFIER=false
 
 section() { printf '\n==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
@@ -57,6 +61,28 @@ step_python_env() {
     note "$("$VENV/bin/python" -c 'import sys, openai, pytest; print(f"python {sys.version.split()[0]}, openai {openai.__version__}, pytest {pytest.__version__}")')"
 }
 
+# tests/node/node_modules with the official `openai` Node SDK pinned in
+# tests/node/package-lock.json, for tests/sdk_node.rs.
+step_node_env() {
+    section "node: npm ci in tests/node (the official openai SDK)"
+    local missing=()
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if [ ${#missing[@]} -gt 0 ]; then
+        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "${missing[*]} missing: install Node.js >= 20 with npm"
+        note "installing ${missing[*]} with apt"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    local major
+    major="$(node -p 'process.versions.node.split(".")[0]')"
+    [ "$major" -ge 20 ] || note "warning: node $(node --version) is older than the 20 the openai SDK supports"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund)
+    local sdk
+    sdk="$(cd "$NODE_DIR" && node -p 'require("openai/version").VERSION')"
+    note "node $(node --version), npm $(npm --version), openai $sdk"
+}
+
 # redis-server for tests/redis_ratelimit.rs (replicas sharing rate limits).
 # The tests start their own servers on free loopback ports; nothing runs as a
 # service.
@@ -86,6 +112,11 @@ step_tests() {
     if [ "${GATEWAY_SKIP_SDK_TESTS:-}" != 1 ] && [ ! -x "$GATEWAY_TEST_PYTHON" ]; then
         die "$GATEWAY_TEST_PYTHON missing: run the python_env step first"
     fi
+    GATEWAY_TEST_NODE="$(command -v node || true)"
+    export GATEWAY_TEST_NODE
+    if [ "${GATEWAY_SKIP_SDK_TESTS:-}" != 1 ] && { [ -z "$GATEWAY_TEST_NODE" ] || [ ! -f "$NODE_DIR/node_modules/openai/package.json" ]; }; then
+        die "node or tests/node/node_modules missing: run the node_env step first"
+    fi
     if cargo nextest --version >/dev/null 2>&1; then
         section "cargo nextest run"
         cargo nextest run --no-fail-fast
@@ -109,6 +140,7 @@ step_deploy() {
 # ---------------------------------------------------------------------------
 STEPS=(
     python_env
+    node_env
     services
     fmt
     clippy
