@@ -13,10 +13,8 @@ async fn admin_key_never_appears_in_responses_metrics_or_logs() {
     let upstream = start_upstream().await;
     upstream.inject("*", "/v1/echo/reset", Fault::new().reset_before_headers());
     upstream.inject("*", "/v1/echo/slow", Fault::new().delay_ms(5000));
-    let (addr, admin) = (free_addr(), free_addr());
     let mut cfg = GatewayConfig::new(&upstream.base_url());
-    cfg.listen = addr.to_string();
-    cfg.admin_listen = admin.to_string();
+    let (addr, admin) = cfg.free_ports();
     cfg.timeout_ms = 2000;
     let dir = TempDir::new("secrets");
     let path = dir.write("gateway.toml", &cfg.toml());
