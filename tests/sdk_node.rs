@@ -15,11 +15,11 @@
 mod support;
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
+use support::sdk::{run_streaming, test_node};
 use support::{start_gateway, start_upstream, GatewayConfig, ADMIN_KEY, CLIENT_KEY};
 
 /// The seeded upstream user the Node tests retrieve, update and finally delete.
@@ -31,28 +31,9 @@ const TEST_FILE: &str = "tests/node/test_sdk.mjs";
 /// Upper bound for the whole `node --test` run; each SDK request has its own 30 s timeout.
 const NODE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The `node` to run, or `None` when the test is to be skipped.
-fn test_node() -> Option<OsString> {
-    if std::env::var("GATEWAY_SKIP_SDK_TESTS").as_deref() == Ok("1") {
-        println!("note: GATEWAY_SKIP_SDK_TESTS=1, skipping the OpenAI Node SDK end-to-end test");
-        return None;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sdk = root.join("tests/node/node_modules/openai/package.json");
-    assert!(
-        sdk.is_file(),
-        "{} is missing: the official `openai` Node SDK is not installed. Run \
-         `scripts/test.sh node_env` (or the whole scripts/test.sh), which runs `npm ci` in \
-         tests/node, or set GATEWAY_SKIP_SDK_TESTS=1 to skip this test",
-        sdk.display()
-    );
-    let node = std::env::var_os("GATEWAY_TEST_NODE").filter(|n| !n.is_empty());
-    Some(node.unwrap_or_else(|| "node".into()))
-}
-
-/// Runs `node --test` on [`TEST_FILE`] with inherited stdout/stderr (its output streams
-/// through) and `env` added, killing it (its whole process group: `node --test` runs the
-/// file in a child process) after [`NODE_TIMEOUT`]. Blocking: call from `spawn_blocking`.
+/// Runs `node --test` on [`TEST_FILE`] with `env` added, its output streaming through;
+/// the whole process group (`node --test` runs the file in a child process) is killed
+/// after [`NODE_TIMEOUT`]. Blocking: call from `spawn_blocking`.
 fn run_node_tests(node: &OsString, env: &[(&str, String)]) -> ExitStatus {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(root.join(TEST_FILE).is_file(), "{TEST_FILE} is missing");
@@ -61,65 +42,16 @@ fn run_node_tests(node: &OsString, env: &[(&str, String)]) -> ExitStatus {
         "--test",
         "--test-reporter=spec",
         "--test-reporter-destination=stdout",
+        TEST_FILE,
     ]);
-    cmd.arg(TEST_FILE);
-    cmd.current_dir(root);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null());
-    cmd.stdout(Stdio::inherit());
-    cmd.stderr(Stdio::inherit());
-    // Nothing from the developer's shell may steer the SDK elsewhere, add credentials or
-    // preload code into node.
-    for var in [
-        "OPENAI_API_KEY",
-        "OPENAI_ADMIN_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "OPENAI_LOG",
-        "NODE_OPTIONS",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    // Its own process group, so a timeout can end the test file's process too.
-    cmd.process_group(0);
-    let spawned = cmd.spawn();
-    let mut child = spawned.unwrap_or_else(|e| {
-        panic!(
-            "cannot start {node:?}: {e}; install Node.js 20+ (scripts/test.sh node_env does) \
-             or set GATEWAY_TEST_NODE to its path"
-        )
-    });
-    let deadline = Instant::now() + NODE_TIMEOUT;
-    loop {
-        match child.try_wait().expect("waiting for node --test") {
-            Some(status) => return status,
-            None if Instant::now() >= deadline => {
-                // The group id is the child's pid (process_group(0)).
-                let group = format!("-{}", child.id());
-                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node --test did not finish within {NODE_TIMEOUT:?}; killed it");
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+    run_streaming(cmd, env, NODE_TIMEOUT)
 }
 
 // Multi-threaded runtime: the upstream and the gateway keep serving on the worker threads
 // while node is awaited on the blocking pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_node_sdk_against_gateway() {
-    let Some(node) = test_node() else {
+    let Some(node) = test_node("the OpenAI Node SDK end-to-end test") else {
         return;
     };
 

@@ -16,11 +16,12 @@
 mod support;
 mod support_ext;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use http::Method;
+use support::sdk::{run_streaming, test_python};
 use support::{client_toml, start_gateway, start_upstream, GatewayConfig, TestGateway, CLIENT_KEY};
 use support_ext::{metric, rate_limit};
 
@@ -29,88 +30,26 @@ const USER_ID: &str = "user_abc";
 /// Upper bound for the whole pytest run; each SDK request has its own 30 s timeout.
 const PYTEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The venv interpreter, or `None` when the test is to be skipped.
-fn test_python() -> Option<PathBuf> {
-    if std::env::var("GATEWAY_SKIP_SDK_TESTS").as_deref() == Ok("1") {
-        println!("note: GATEWAY_SKIP_SDK_TESTS=1, skipping the OpenAI Python SDK end-to-end test");
-        return None;
-    }
-    let python = std::env::var_os("GATEWAY_TEST_PYTHON").filter(|p| !p.is_empty());
-    let Some(python) = python else {
-        panic!(
-            "GATEWAY_TEST_PYTHON is not set: run the suite with scripts/test.sh, which creates \
-             .venv with the official `openai` SDK and pytest and sets it (or set \
-             GATEWAY_SKIP_SDK_TESTS=1 to skip this test)"
-        );
-    };
-    let python = PathBuf::from(python);
-    assert!(
-        python.exists(),
-        "GATEWAY_TEST_PYTHON={} does not exist: run scripts/test.sh to create the venv",
-        python.display()
-    );
-    Some(python)
-}
-
-/// Runs pytest on the one file `test_file` (relative to the crate root) with inherited
-/// stdout/stderr (its output streams through) and `env` added, killing it after
-/// [`PYTEST_TIMEOUT`]. Blocking: call from `spawn_blocking`.
+/// Runs pytest on the one file `test_file` (relative to the crate root) with `env` added,
+/// its output streaming through, killing it after [`PYTEST_TIMEOUT`]. Blocking: call
+/// from `spawn_blocking`.
 fn run_pytest(python: &Path, test_file: &str, env: &[(&str, String)]) -> ExitStatus {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(root.join(test_file).is_file(), "{test_file} is missing");
     let mut cmd = Command::new(python);
     // No .pytest_cache in the work tree.
-    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]);
-    cmd.arg(test_file);
-    cmd.current_dir(root);
+    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", test_file]);
     cmd.env("GATEWAY_USER_ID", USER_ID);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     cmd.env("PYTHONDONTWRITEBYTECODE", "1");
     cmd.env("PYTHONUNBUFFERED", "1");
-    // pytest's output streams straight through (nextest captures it per test).
-    cmd.stdin(Stdio::null());
-    cmd.stdout(Stdio::inherit());
-    cmd.stderr(Stdio::inherit());
-    // Nothing from the developer's shell may steer the SDK elsewhere or add credentials.
-    for var in [
-        "OPENAI_API_KEY",
-        "OPENAI_ADMIN_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "OPENAI_LOG",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    let spawned = cmd.spawn();
-    let mut child = spawned.unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    let deadline = Instant::now() + PYTEST_TIMEOUT;
-    loop {
-        match child.try_wait().expect("waiting for pytest") {
-            Some(status) => return status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("pytest did not finish within {PYTEST_TIMEOUT:?}; killed it");
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+    run_streaming(cmd, env, PYTEST_TIMEOUT)
 }
 
 // Multi-threaded runtime: the upstream and the gateway keep serving on the worker threads
 // while pytest is awaited on the blocking pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_against_gateway() {
-    let Some(python) = test_python() else {
+    let Some(python) = test_python("the OpenAI Python SDK end-to-end test") else {
         return;
     };
 
@@ -156,7 +95,7 @@ async fn metrics_text(gw: &TestGateway) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_against_the_rate_limit() {
-    let Some(python) = test_python() else {
+    let Some(python) = test_python("the OpenAI Python SDK end-to-end test") else {
         return;
     };
 

@@ -318,29 +318,6 @@ async fn http2_is_negotiated_over_alpn() {
 
 // === the official Python SDK over TLS ===
 
-/// The venv interpreter, or `None` when SDK tests are skipped (`GATEWAY_SKIP_SDK_TESTS=1`).
-fn test_python() -> Option<PathBuf> {
-    if std::env::var("GATEWAY_SKIP_SDK_TESTS").as_deref() == Ok("1") {
-        println!("note: GATEWAY_SKIP_SDK_TESTS=1, skipping the OpenAI Python SDK TLS test");
-        return None;
-    }
-    let python = std::env::var_os("GATEWAY_TEST_PYTHON").filter(|p| !p.is_empty());
-    let Some(python) = python else {
-        panic!(
-            "GATEWAY_TEST_PYTHON is not set: run the suite with scripts/test.sh, which creates \
-             .venv with the official `openai` SDK and sets it (or set GATEWAY_SKIP_SDK_TESTS=1 \
-             to skip the SDK tests)"
-        );
-    };
-    let python = PathBuf::from(python);
-    assert!(
-        python.exists(),
-        "GATEWAY_TEST_PYTHON={} does not exist: run scripts/test.sh to create the venv",
-        python.display()
-    );
-    Some(python)
-}
-
 /// Retrieves a user through the gateway with the official SDK over TLS, trusting the test CA
 /// through `DefaultHttpxClient(verify=...)`, and prints what it got.
 const SDK_SCRIPT: &str = r#"
@@ -464,7 +441,7 @@ async fn sdk_over_tls(python: PathBuf, http2: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_over_tls() {
-    let Some(python) = test_python() else {
+    let Some(python) = support::sdk::test_python("the OpenAI Python SDK TLS test") else {
         return;
     };
     sdk_over_tls(python, false).await;
@@ -472,7 +449,7 @@ async fn official_python_sdk_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_over_tls_with_http2_when_h2_is_installed() {
-    let Some(python) = test_python() else {
+    let Some(python) = support::sdk::test_python("the OpenAI Python SDK TLS test") else {
         return;
     };
     let probe = python.clone();

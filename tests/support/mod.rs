@@ -10,6 +10,7 @@
 //! - [`process`]: runs the real binary (temp config files, stdout/stderr capture, signals to
 //!   its pid: SIGHUP, SIGTERM, SIGINT).
 //! - [`pki`]: a fresh rcgen CA and leaf certificates for `localhost` / `127.0.0.1`.
+//! - [`sdk`]: finding and running the official Python and Node SDK test runners.
 //!
 //! Every test crate uses a different subset of this module, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
@@ -19,6 +20,7 @@ pub mod client;
 pub mod gateway;
 pub mod pki;
 pub mod process;
+pub mod sdk;
 pub mod upstream;
 
 use std::future::Future;
