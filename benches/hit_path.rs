@@ -128,6 +128,24 @@ fn cache(c: &mut Criterion) {
     });
     let mut g = c.benchmark_group("cache");
     let mut i = 0usize;
+    // What the figures below pay for block_on alone: subtract it.
+    g.bench_function("block_on_empty", |b| {
+        b.iter(|| rt.block_on(async { black_box(1) }))
+    });
+    // moka's lookup alone (keys built beforehand), and the key alone.
+    let keys: Vec<_> = ids.iter().map(|id| cache.key(id)).collect();
+    g.bench_function("moka_get_10k_prebuilt_keys", |b| {
+        b.iter(|| {
+            i = (i + 7919) % ids.len();
+            rt.block_on(async { cache.get(&keys[i]).await.is_some() })
+        })
+    });
+    g.bench_function("key_from_id", |b| {
+        b.iter(|| {
+            i = (i + 7919) % ids.len();
+            cache.key(black_box(&ids[i]))
+        })
+    });
     g.bench_function("moka_hit_10k_ids", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
