@@ -273,6 +273,17 @@ impl UserCache {
         if let Some(hit) = self.entries.get(&key).await {
             return Lookup::Hit(hit);
         }
+        self.fetch_once(key, fetch).await
+    }
+
+    /// The miss path of [`get_or_fetch`](Self::get_or_fetch), for a caller
+    /// that has just looked `key` up itself: runs `fetch` once for all
+    /// concurrent callers (or returns what a concurrent one stored).
+    pub async fn fetch_once<F, E>(&self, key: CacheKey, fetch: F) -> Lookup<E>
+    where
+        F: Future<Output = Result<CachedUser, E>>,
+        E: Send + Sync + 'static,
+    {
         match self.entries.entry(key).or_try_insert_with(fetch).await {
             Ok(entry) if entry.is_fresh() => Lookup::Filled(entry.into_value()),
             Ok(entry) => Lookup::Hit(entry.into_value()),

@@ -167,7 +167,8 @@ async fn lookup(
 ) -> Result<(Response<BoxBody>, CacheStatus)> {
     let mut upstream_id = None;
     let fetch = fetch(gw, headers, rest, user_id, &mut upstream_id);
-    match gw.cache.get_or_fetch(key, fetch).await {
+    // get_user has just looked the key up: go straight to the shared fetch.
+    match gw.cache.fetch_once(key, fetch).await {
         Lookup::Hit(u) => {
             gw.metrics.cache_hit();
             Ok((hit_response(&u), CacheStatus::Hit))
