@@ -363,15 +363,7 @@ fn run_python(
         .stderr(Stdio::piped())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "OPENAI_LOG",
-    ] {
+    for var in support::sdk::STEERING_VARS {
         cmd.env_remove(var);
     }
     cmd.env("NO_PROXY", "*");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Variables from the developer's shell that could steer an SDK elsewhere, add
 /// credentials or preload code: removed from every SDK run.
-const STEERING_VARS: &[&str] = &[
+pub const STEERING_VARS: &[&str] = &[
     "OPENAI_API_KEY",
     "OPENAI_ADMIN_KEY",
     "OPENAI_BASE_URL",
