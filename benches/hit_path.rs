@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use openai_admin_gateway::auth::{digest, ClientTable};
-use openai_admin_gateway::cache::{CachedUser, Lookup, UserCache};
-use openai_admin_gateway::config::{ClientConfig, RateLimit};
-use openai_admin_gateway::ratelimit::Limiter;
-use openai_admin_gateway::route::classify;
-use openai_admin_gateway::scope::Scope;
-use openai_admin_gateway::users::hit_response;
+use openai_admin_gateway::cache::{hit_response, CachedUser, Lookup, UserCache};
+use openai_admin_gateway::config::{ClientConfig, RateLimit, Scope};
+use openai_admin_gateway::policy::{ClientTable, Limiter};
+use openai_admin_gateway::proxy::classify;
+use openai_admin_gateway::secret::digest;
 
 const PATH: &str = "/v1/organization/users/user_abc123def456";
 

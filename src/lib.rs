@@ -3,52 +3,47 @@
 //!
 //! # Layout
 //!
+//! Folders by concern; imports run one way, from the top of this list to
+//! the bottom (`server → proxy → {policy, cache, upstream} → cluster →
+//! config → leaves`). Each folder's `mod.rs` says its job and its public
+//! surface.
+//!
+//! - [`server`]: listeners, the connection bound, TLS termination, HTTP/1.1
+//!   and HTTP/2 serving, the admin listener, live reload ([`Reloader`]),
+//!   signals and the graceful drain.
+//! - [`proxy`]: [`proxy::Gateway`], the hyper service: route → authenticate
+//!   → limits → serve, then one account per request (metrics, access and
+//!   audit lines) on every exit.
+//! - [`policy`]: the client table: key digests (authentication), scopes,
+//!   per-client rate limits.
+//! - [`cache`]: the moka user cache (write generations, single flight) and
+//!   the cached retrieve-user route.
+//! - [`upstream`]: the pooled rustls client, timeouts, the concurrency cap,
+//!   small-body buffering.
+//! - [`cluster`]: everything that talks to Redis (shared rate limits).
 //! - [`config`]: the TOML file, parsed then validated into a [`Config`]
 //!   (every problem reported with its key).
-//! - [`server`]: listeners, per-connection tasks (HTTP/1.1 + HTTP/2, optional
-//!   TLS), the connection bound, graceful drain, and [`server::Reloader`].
-//! - [`proxy`]: [`proxy::Gateway`], the hyper service: route → authenticate →
-//!   limits → serve, then headers, metrics and one log line.
-//! - [`route`]: pure classification of method + raw path.
-//! - [`auth`]: client keys (SHA-256 digests, constant-time match), key tools.
-//! - [`ratelimit`]: per-client GCRA limiter and the `x-ratelimit-*` headers.
-//! - [`scope`]: per-client `allow` patterns.
-//! - [`store`]: the Redis-backed GCRA that replicas share (`[redis]`).
-//! - [`users`]: the cached retrieve-user route (fetch, validate, hit response,
-//!   `Cache-Status`).
-//! - [`cache`]: the moka cache with single flight and write generations.
-//! - [`upstream`]: the pooled rustls client, timeouts, the concurrency cap.
-//! - [`headers`]: hop-by-hop header rules and request ids.
+//!
+//! Leaves every folder may use:
 //! - [`error`]: [`error::GatewayError`] and its one mapping to status and
 //!   OpenAI's error JSON.
 //! - [`body`]: the body type used on both sides.
-//! - [`buffer`]: small forwarded bodies read whole (one write each way).
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, cache purges.
+//! - [`headers`]: hop-by-hop header rules, request ids, shared values.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`tls`]: certificate loading and hot swap.
-//! - [`secret`]: the admin key wrapper that never prints.
-//! - [`shutdown`]: the stop signal (SIGINT or SIGTERM).
+//! - [`secret`]: the admin key that never prints, and key digests.
 
-pub mod admin;
-pub mod auth;
 pub mod body;
-pub mod buffer;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
-pub mod ratelimit;
-pub mod route;
-pub mod scope;
 pub mod secret;
 pub mod server;
-pub mod shutdown;
-pub mod store;
-pub mod tls;
 pub mod upstream;
-pub mod users;
 
 pub use config::{Config, ConfigError};
 pub use server::{ReloadError, Reloader, Server};
@@ -58,7 +53,7 @@ pub use server::{ReloadError, Reloader, Server};
 pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
     if let Some(files) = &config.server.tls {
-        if let Err(e) = tls::load(files) {
+        if let Err(e) = server::tls::load(files) {
             problems.push(e.to_string());
         }
     }

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use openai_admin_gateway::config::LogFormat;
-use openai_admin_gateway::shutdown::Shutdown;
-use openai_admin_gateway::{auth, check_files, Config, Reloader, Server};
+use openai_admin_gateway::secret;
+use openai_admin_gateway::server::shutdown::Shutdown;
+use openai_admin_gateway::{check_files, Config, Reloader, Server};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -104,15 +105,15 @@ fn hash_key() -> ExitCode {
         eprintln!("no key on stdin");
         return ExitCode::FAILURE;
     }
-    println!("{}", auth::hash_key(key));
+    println!("{}", secret::hash_key(key));
     ExitCode::SUCCESS
 }
 
 fn new_key(prefix: &str) -> ExitCode {
-    match auth::new_key(prefix) {
+    match secret::new_key(prefix) {
         Ok(key) => {
             println!("key:        {key}");
-            println!("key_sha256: {}", auth::hash_key(&key));
+            println!("key_sha256: {}", secret::hash_key(&key));
             ExitCode::SUCCESS
         }
         Err(e) => {

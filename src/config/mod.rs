@@ -7,6 +7,7 @@
 //! `check-config` can print them together.
 
 mod raw;
+mod scope;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -16,9 +17,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::scope::Scope;
 use crate::secret::AdminKey;
 
+pub use scope::Scope;
 pub use validate::parse_hex32;
 use validate::Validator;
 
@@ -255,7 +256,7 @@ impl Config {
     }
 
     fn cross_checks(&self) -> Result<(), ConfigError> {
-        let admin = crate::auth::digest(self.upstream.admin_key.expose().as_bytes());
+        let admin = crate::secret::digest(self.upstream.admin_key.expose().as_bytes());
         let mut problems = Vec::new();
         for (i, c) in self.clients.iter().enumerate() {
             if c.key_sha256.contains(&admin) {

@@ -87,7 +87,7 @@ fn admin_key_never_in_debug_output() {
 
 #[test]
 fn admin_key_hash_as_client_key_is_rejected() {
-    let h = crate::auth::hash_key("sk-admin-test");
+    let h = crate::secret::hash_key("sk-admin-test");
     let e = parse(&format!(
         "[[clients]]\nname = \"x\"\nkey_sha256 = \"{h}\"\n"
     ))
@@ -105,7 +105,7 @@ fn plain_http_only_to_loopback() {
 
 #[test]
 fn rotation_accepts_two_hashes() {
-    let (a, b) = (crate::auth::hash_key("k1"), crate::auth::hash_key("k2"));
+    let (a, b) = (crate::secret::hash_key("k1"), crate::secret::hash_key("k2"));
     let c = parse(&format!(
         "[[clients]]\nname = \"x\"\nkey_sha256 = [\"{a}\", \"{b}\"]\n"
     ))

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{OneOrMany, RawCache, RawClient, RawRateLimit, RawRedis, RawServer, RawUpstream};
+use super::Scope;
 use super::{
     CacheConfig, ClientConfig, EnvLookup, LogFormat, RateLimit, RedisConfig, ServerConfig,
     TlsFiles, UpstreamConfig,
 };
-use crate::scope::Scope;
 use crate::secret::AdminKey;
 
 pub(super) struct Validator<'a> {

@@ -1,25 +1,32 @@
-//! The upstream client: pooled keep-alive connections, HTTPS via rustls
-//! (webpki roots plus an optional extra CA), HTTP/2 when the upstream offers
-//! it over ALPN, a connect timeout, a time-to-headers timeout, and a global
-//! cap on concurrent upstream requests with a bounded wait queue.
+//! The upstream: everything between a request the gateway decided to send
+//! and the OpenAI API.
+//!
+//! - [`Upstream`]: pooled keep-alive connections, HTTPS via rustls (webpki
+//!   roots plus an optional extra CA), HTTP/2 when the upstream offers it
+//!   over ALPN, the admin key swapped in, a time-to-headers timeout, and a
+//!   global cap on concurrent upstream requests with a bounded wait queue.
+//! - `connect`: the rustls client config and a deadline on the whole
+//!   connect (TCP and TLS).
+//! - `slot`: the concurrency slot a response body holds until it ends.
+//! - [`buffer`]: small bodies read whole before they are passed on.
+//!
+//! Public surface: [`Upstream`], [`tls_client_config`], [`buffer`].
 
-use std::pin::Pin;
+pub mod buffer;
+mod connect;
+mod slot;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{BoxBody, BoxError};
@@ -28,6 +35,10 @@ use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, UpstreamOutcome};
 use crate::secret::AdminKey;
+
+pub use connect::tls_client_config;
+use connect::ConnectTimeout;
+use slot::{Slot, SlotBody};
 
 /// The upstream API.
 pub struct Upstream {
@@ -59,41 +70,6 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Builds the rustls client config: webpki roots plus `ca_file`'s certificates.
-pub fn tls_client_config(
-    ca_file: Option<&std::path::Path>,
-) -> std::io::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(pem_error(path))? {
-            roots
-                .add(cert.map_err(pem_error(path))?)
-                .map_err(std::io::Error::other)?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(std::io::Error::other(format!(
-                "upstream.ca_file: no certificate in {}",
-                path.display()
-            )));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-fn pem_error(
-    path: &std::path::Path,
-) -> impl Fn(rustls::pki_types::pem::Error) -> std::io::Error + '_ {
-    move |e| std::io::Error::other(format!("{}: {e}", path.display()))
-}
-
 impl Upstream {
     /// Builds the client for `cfg`.
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
@@ -111,10 +87,7 @@ impl Upstream {
         // HttpConnector's own timeout covers TCP only; this one covers the
         // TLS handshake too, so a peer that accepts and then stalls costs
         // connect_timeout_ms (502), not timeout_ms (504).
-        let https = ConnectTimeout {
-            inner: https,
-            timeout: cfg.connect_timeout,
-        };
+        let https = ConnectTimeout::new(https, cfg.connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
@@ -186,10 +159,7 @@ impl Upstream {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = BoxBody::new(SlotBody {
-            inner: body,
-            _slot: slot,
-        });
+        let body = BoxBody::new(SlotBody::new(body, slot));
         Ok(Response::from_parts(parts, body))
     }
 
@@ -217,11 +187,7 @@ impl Upstream {
             Ok(p) => p,
             Err(_) => self.wait_for_slot().await?,
         };
-        self.metrics.upstream_in_flight().inc();
-        Ok(Slot {
-            _permit: permit,
-            metrics: self.metrics.clone(),
-        })
+        Ok(Slot::new(permit, self.metrics.clone()))
     }
 
     async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit> {
@@ -249,83 +215,4 @@ fn describe(e: hyper_util::client::legacy::Error) -> BoxError {
         src = s.source();
     }
     msg.into()
-}
-
-/// Bounds the whole connect (TCP and TLS) of the wrapped connector.
-#[derive(Clone)]
-struct ConnectTimeout<C> {
-    inner: C,
-    timeout: Duration,
-}
-
-/// The connect did not finish within `connect_timeout_ms`.
-#[derive(Debug, thiserror::Error)]
-#[error("connect (TCP + TLS) timed out")]
-struct ConnectTimedOut;
-
-impl<C> tower_service::Service<Uri> for ConnectTimeout<C>
-where
-    C: tower_service::Service<Uri> + Send,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
-{
-    type Response = C::Response;
-    type Error = BoxError;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = std::result::Result<C::Response, BoxError>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connect = self.inner.call(uri);
-        let timeout = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(r) => r.map_err(Into::into),
-                Err(_) => Err(Box::new(ConnectTimedOut) as BoxError),
-            }
-        })
-    }
-}
-
-/// Holds a concurrency slot until the response body is done or dropped.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.metrics.upstream_in_flight().dec();
-    }
-}
-
-struct SlotBody {
-    inner: hyper::body::Incoming,
-    _slot: Slot,
-}
-
-impl Body for SlotBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

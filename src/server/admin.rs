@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::body::{full, BoxBody};
+use crate::proxy::valid_user_id;
 use crate::proxy::Gateway;
-use crate::route::valid_user_id;
 
 /// What the admin endpoints need.
 #[derive(Debug, Clone)]
@@ -82,9 +82,8 @@ impl Admin {
             (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
             (&Method::GET, "/metrics") => self.metrics().await,
             (&Method::DELETE, "/cache") => {
-                let shared = self.gateway.shared();
-                shared.cache.invalidate_all();
-                shared.metrics.invalidation("purge_all");
+                self.gateway.cache().invalidate_all();
+                self.gateway.metrics().invalidation("purge_all");
                 info!(target: "openai_admin_gateway::audit", action = "purge_all", "cache purged");
                 json(StatusCode::OK, r#"{"purged":"all"}"#.to_string())
             }
@@ -102,17 +101,16 @@ impl Admin {
         if !valid_user_id(id) {
             return text(StatusCode::BAD_REQUEST, "invalid user id\n");
         }
-        let shared = self.gateway.shared();
-        shared.cache.invalidate(id).await;
-        shared.metrics.invalidation("purge");
+        self.gateway.cache().invalidate(id).await;
+        self.gateway.metrics().invalidation("purge");
         info!(target: "openai_admin_gateway::audit", action = "purge", user_id = id, "cache entry purged");
         json(StatusCode::OK, format!(r#"{{"purged":"{id}"}}"#))
     }
 
     async fn metrics(&self) -> Response<BoxBody> {
-        let shared = self.gateway.shared();
-        shared.cache.sync().await;
-        let body = shared.metrics.encode(shared.cache.entry_count());
+        let cache = self.gateway.cache();
+        cache.sync().await;
+        let body = self.gateway.metrics().encode(cache.entry_count());
         let mut r = Response::new(full(body));
         r.headers_mut().insert(
             CONTENT_TYPE,

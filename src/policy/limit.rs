@@ -4,6 +4,9 @@
 //! can never slow another. Every request the client makes is counted, cache
 //! hits included. [`Limiter::annotate`] writes the `x-ratelimit-*` headers the
 //! official SDKs read onto every response to a limited client.
+//!
+//! The limiter takes its clock as a type parameter: the gateway runs on
+//! governor's default (monotonic) clock, tests on `FakeRelativeClock`.
 
 use std::fmt::Write as _;
 use std::num::NonZeroU32;
@@ -16,16 +19,16 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue};
 
+use crate::cluster::{GcraReply, SharedLimits};
 use crate::config::RateLimit;
-use crate::store::RedisStore;
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Gcra<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
 
-/// One client's limiter.
+/// One client's limiter, on clock `C`.
 #[derive(Debug)]
-pub struct Limiter {
+pub struct Limiter<C: Clock = DefaultClock> {
     /// The GCRA state.
-    gcra: Gcra,
+    gcra: Gcra<C>,
     /// The configured budget (compared on reload to keep state).
     limit: RateLimit,
     /// Time for one request's worth of budget to come back.
@@ -36,9 +39,12 @@ pub struct Limiter {
     shared: Option<Shared>,
 }
 
+/// Where a client's shared budget lives.
 #[derive(Debug)]
 struct Shared {
-    store: Arc<RedisStore>,
+    /// The replicas' common GCRA.
+    limits: Arc<SharedLimits>,
+    /// The client's name (its key in Redis).
     client: String,
 }
 
@@ -58,29 +64,37 @@ pub enum Decision {
 }
 
 impl Limiter {
-    /// A fresh, full limiter for `limit`.
+    /// A fresh, full limiter for `limit` on the monotonic clock.
     pub fn new(limit: RateLimit) -> Self {
+        Self::with_clock(limit, DefaultClock::default())
+    }
+
+    /// A limiter whose budget lives in `limits` under `client`, shared by
+    /// every replica; the local GCRA decides while Redis is unavailable.
+    pub fn shared(limit: RateLimit, limits: Arc<SharedLimits>, client: &str) -> Self {
+        Self {
+            shared: Some(Shared {
+                limits,
+                client: client.to_string(),
+            }),
+            ..Self::new(limit)
+        }
+    }
+}
+
+impl<C: Clock> Limiter<C> {
+    /// A fresh, full limiter for `limit` that reads time from `clock`.
+    pub fn with_clock(limit: RateLimit, clock: C) -> Self {
         let rpm = NonZeroU32::new(limit.requests_per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_minute(rpm).allow_burst(burst);
         Self {
-            gcra: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+            gcra: RateLimiter::direct_with_clock(quota, clock)
+                .with_middleware::<StateInformationMiddleware>(),
             limit,
             per_request: quota.replenish_interval(),
             limit_header: HeaderValue::from(limit.requests_per_minute),
             shared: None,
-        }
-    }
-
-    /// A limiter whose budget lives in `store` under `client`, shared by
-    /// every replica; the local GCRA decides while the store is unavailable.
-    pub fn shared(limit: RateLimit, store: Arc<RedisStore>, client: &str) -> Self {
-        Self {
-            shared: Some(Shared {
-                store,
-                client: client.to_string(),
-            }),
-            ..Self::new(limit)
         }
     }
 
@@ -90,8 +104,8 @@ impl Limiter {
         if let Some(s) = &self.shared {
             // Boxed: a Redis round trip's future is large, and only clients
             // with a shared budget should carry it.
-            if let Some(d) = Box::pin(s.store.check(&s.client, self.limit)).await {
-                return d;
+            if let Some(reply) = Box::pin(s.limits.check(&s.client, self.limit)).await {
+                return Decision::from(reply);
             }
         }
         self.check()
@@ -142,6 +156,15 @@ impl Limiter {
     }
 }
 
+impl From<GcraReply> for Decision {
+    fn from(reply: GcraReply) -> Self {
+        match reply {
+            GcraReply::Allowed { remaining } => Decision::Allow { remaining },
+            GcraReply::Denied { wait } => Decision::Deny { retry_after: wait },
+        }
+    }
+}
+
 /// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do:
 /// `20ms`, `1.5s`, `6m0s`.
 pub fn format_reset(d: Duration) -> String {
@@ -162,6 +185,57 @@ pub fn format_reset(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn fake(rpm: u32, burst: u32) -> (Limiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let limit = RateLimit {
+            requests_per_minute: rpm,
+            burst,
+        };
+        (Limiter::with_clock(limit, clock.clone()), clock)
+    }
+
+    #[test]
+    fn budget_comes_back_one_request_per_interval() {
+        // 60/min: one request's worth returns every second.
+        let (l, clock) = fake(60, 2);
+        assert_eq!(l.check(), Decision::Allow { remaining: 1 });
+        assert_eq!(l.check(), Decision::Allow { remaining: 0 });
+        assert_eq!(
+            l.check(),
+            Decision::Deny {
+                retry_after: Duration::from_secs(1)
+            }
+        );
+        clock.advance(Duration::from_millis(400));
+        assert_eq!(
+            l.check(),
+            Decision::Deny {
+                retry_after: Duration::from_millis(600)
+            }
+        );
+        clock.advance(Duration::from_millis(600));
+        assert_eq!(l.check(), Decision::Allow { remaining: 0 });
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(
+            l.check(),
+            Decision::Allow { remaining: 1 },
+            "refills to the burst, no further"
+        );
+    }
+
+    #[test]
+    fn deny_headers_count_to_a_full_budget() {
+        let (l, _clock) = fake(120, 2);
+        let _ = (l.check(), l.check());
+        let d = l.check();
+        let mut h = HeaderMap::new();
+        l.annotate(d, &mut h);
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        // 500 ms until one comes back, plus 500 ms for the second.
+        assert_eq!(h["x-ratelimit-reset-requests"], "1s");
+    }
 
     #[test]
     fn burst_then_deny_with_wait() {

@@ -1,5 +1,5 @@
-//! Shared rate-limit state in Redis, so that N replicas enforce one budget
-//! per client instead of N.
+//! Shared rate-limit state in Redis ([`SharedLimits`]), so that N replicas
+//! enforce one budget per client instead of N.
 //!
 //! The limit is the same GCRA that `governor` runs locally, done atomically
 //! in a Lua script on the Redis server with the server's clock (replicas'
@@ -18,7 +18,6 @@ use tracing::warn;
 
 use crate::config::{RateLimit, RedisConfig};
 use crate::metrics::Metrics;
-use crate::ratelimit::Decision;
 
 /// GCRA over a theoretical arrival time (TAT) in microseconds.
 /// ARGV: emission interval (µs), burst. Returns {allowed, wait_us, remaining}.
@@ -41,8 +40,23 @@ return {1, 0, math.floor((now - allow_at) / interval)}
 /// How long Redis is skipped after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
 
-/// The shared limiter store.
-pub struct RedisStore {
+/// What the shared GCRA answered for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcraReply {
+    /// Taken from the budget; `remaining` requests are left in the burst.
+    Allowed {
+        /// Requests left right now.
+        remaining: u32,
+    },
+    /// Over the budget until `wait` has passed.
+    Denied {
+        /// Time until the next request is allowed.
+        wait: Duration,
+    },
+}
+
+/// The replicas' shared per-client budgets.
+pub struct SharedLimits {
     /// Reconnecting connection.
     conn: ConnectionManager,
     /// The GCRA script (sent by hash, loaded on demand).
@@ -59,25 +73,19 @@ pub struct RedisStore {
     metrics: Arc<Metrics>,
 }
 
-impl std::fmt::Debug for RedisStore {
+impl std::fmt::Debug for SharedLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
+        f.debug_struct("SharedLimits")
             .field("prefix", &self.prefix)
             .finish()
     }
 }
 
-impl RedisStore {
-    /// A store for `cfg`. Connects lazily: a Redis that is down at start only
-    /// means local limits until it is back.
-    pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> redis::RedisResult<Arc<Self>> {
-        let client = redis::Client::open(cfg.url.as_str())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Arc::new(Self {
+impl SharedLimits {
+    /// Shared limits over `conn` (see [`super::connect`]): a Redis that is
+    /// down at start only means local limits until it is back.
+    pub fn new(conn: ConnectionManager, cfg: &RedisConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
             conn,
             script: Script::new(GCRA),
             prefix: cfg.key_prefix.clone(),
@@ -85,12 +93,12 @@ impl RedisStore {
             skip_until_us: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
-        }))
+        })
     }
 
     /// Takes one request from `client`'s shared budget; `None` when Redis
     /// could not answer in time (the caller decides locally).
-    pub async fn check(&self, client: &str, limit: RateLimit) -> Option<Decision> {
+    pub async fn check(&self, client: &str, limit: RateLimit) -> Option<GcraReply> {
         let now_us = self.epoch.elapsed().as_micros() as u64;
         if now_us < self.skip_until_us.load(Ordering::Relaxed) {
             return None;
@@ -105,18 +113,18 @@ impl RedisStore {
         )
         .await;
         match result {
-            Ok(Ok((1, _, remaining))) => Some(Decision::Allow {
+            Ok(Ok((1, _, remaining))) => Some(GcraReply::Allowed {
                 remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
             }),
-            Ok(Ok((_, wait_us, _))) => Some(Decision::Deny {
-                retry_after: Duration::from_micros(wait_us.max(1) as u64),
+            Ok(Ok((_, wait_us, _))) => Some(GcraReply::Denied {
+                wait: Duration::from_micros(wait_us.max(1) as u64),
             }),
             Ok(Err(e)) => self.failed(&e.to_string(), now_us),
             Err(_) => self.failed("timed out", now_us),
         }
     }
 
-    fn failed(&self, cause: &str, now_us: u64) -> Option<Decision> {
+    fn failed(&self, cause: &str, now_us: u64) -> Option<GcraReply> {
         self.metrics.ratelimit_store_error();
         let until = now_us + BACKOFF.as_micros() as u64;
         if self.skip_until_us.swap(until, Ordering::Relaxed) <= now_us {

@@ -1,4 +1,5 @@
-//! Client scopes: `allow = ["METHOD PATH", ...]`.
+//! Client scopes: `allow = ["METHOD PATH", ...]`, compiled with the file
+//! (a bad pattern is a config problem) and applied by the request policy.
 //!
 //! PATH is relative to `server.path_prefix`; `*` matches one path segment, a
 //! final `/**` any rest (zero or more segments); `*` as METHOD matches any

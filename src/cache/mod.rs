@@ -1,0 +1,22 @@
+//! The retrieve-user cache and the cached route.
+//!
+//! - [`store`]: [`UserCache`], moka with a TTL per entry, a size bound,
+//!   single flight, and write generations so a fetch that began before a
+//!   write can never store the old user.
+//! - [`route`]: [`UserRoute`], `GET {prefix}/organization/users/{id}`
+//!   served from the cache, filled from the upstream; it needs only the
+//!   cache, the upstream, metrics and its live [`Settings`].
+//! - [`status`]: [`CacheStatus`], the RFC 9211 `Cache-Status` outcomes.
+//!
+//! Public surface: the re-exports below.
+
+mod route;
+mod status;
+mod store;
+
+pub use route::{is_user, Settings, UserRoute};
+pub use status::{CacheStatus, CACHE_STATUS};
+pub use store::{CacheKey, CachedUser, KeyBits, Lookup, UserCache};
+
+/// The hit response for a stored user (benches measure it alone).
+pub use route::hit_response;

@@ -1,0 +1,30 @@
+//! Everything that talks to Redis, for replicas that share state
+//! (`[redis]`).
+//!
+//! One reconnecting connection per process ([`connect`]), used by
+//! [`SharedLimits`]: the per-client GCRA run as a Lua script on the Redis
+//! server, so every replica takes from one budget. Redis is never on the
+//! critical path: every call is bounded by `redis.timeout_ms`, and a failure
+//! means the caller decides locally.
+//!
+//! Public surface: [`connect`], [`SharedLimits`], [`GcraReply`].
+
+mod limits;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisConfig;
+
+pub use limits::{GcraReply, SharedLimits};
+
+/// The process's Redis connection for `cfg`. Connects lazily and
+/// reconnects on its own; each connect and response is bounded by
+/// `redis.timeout_ms`.
+pub fn connect(cfg: &RedisConfig) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(cfg.url.as_str())?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.timeout))
+        .set_response_timeout(Some(cfg.timeout))
+        .set_number_of_retries(1);
+    ConnectionManager::new_lazy_with_config(client, config)
+}

@@ -1,0 +1,150 @@
+//! The server: listeners, connections, reloads and shutdown.
+//!
+//! [`Server::bind`] binds both listeners and builds the gateway;
+//! [`Server::run`] accepts until the shutdown future resolves, then closes
+//! the listeners at once (new connections are refused), lets in-flight
+//! requests finish for up to `server.shutdown_grace_secs`, and returns.
+//!
+//! - `accept`: the public accept loop, the connection bound, TLS and HTTP/1
+//!   and HTTP/2 serving of each connection.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`,
+//!   cache purges).
+//! - [`tls`]: the certificate store, swapped on reload.
+//! - `reload`: [`Reloader`], which applies a new config to a running server.
+//! - [`shutdown`]: the stop signal (SIGINT or SIGTERM).
+//!
+//! Public surface: [`Server`], [`Reloader`], [`ReloadError`], [`admin`],
+//! [`tls`], [`shutdown`].
+
+mod accept;
+pub mod admin;
+mod reload;
+pub mod shutdown;
+pub mod tls;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::config::{Config, ServerConfig};
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+
+use accept::Acceptor;
+use admin::Admin;
+pub use reload::{ReloadError, Reloader};
+use tls::CertStore;
+
+/// A bound, ready-to-run gateway.
+pub struct Server {
+    /// Public listener.
+    public: TcpListener,
+    /// Admin listener.
+    admin: TcpListener,
+    /// The request handler.
+    gateway: Gateway,
+    /// Listener settings (fixed for the process lifetime).
+    settings: ServerConfig,
+    /// TLS acceptor, when terminating TLS.
+    tls: Option<TlsAcceptor>,
+    /// Applies reloads.
+    reloader: Reloader,
+    /// Set when shutdown begins.
+    draining: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Binds `server.listen` and `server.admin_listen` and builds the gateway.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let metrics = Arc::new(Metrics::new());
+        let gateway = Gateway::new(&config, metrics.clone())?;
+        let certs = config.server.tls.as_ref().map(CertStore::new).transpose()?;
+        let tls = certs.as_ref().map(|c| c.acceptor()).transpose()?;
+        let public = bind(config.server.listen, "server.listen").await?;
+        let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
+        Ok(Server {
+            public,
+            admin,
+            settings: config.server.clone(),
+            tls,
+            reloader: Reloader::new(gateway.clone(), certs, config, metrics),
+            gateway,
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The public listener's address.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .unwrap_or(self.settings.admin_listen)
+    }
+
+    /// A handle that applies new configurations.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        let Server {
+            public,
+            admin,
+            gateway,
+            settings,
+            tls,
+            draining,
+            ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin_task =
+            tokio::spawn(Admin::new(gateway.clone(), draining.clone()).serve(admin, stop_rx));
+        info!(
+            listen = %public.local_addr()?,
+            tls = tls.is_some(),
+            prefix = %settings.path_prefix,
+            "gateway listening"
+        );
+
+        let graceful = GracefulShutdown::new();
+        let acceptor = Acceptor::new(&settings, gateway, tls);
+        acceptor.accept_until(public, shutdown, &graceful).await;
+        // The listener is dropped here: new connections are refused from now on.
+        draining.store(true, Ordering::Release);
+        let _ = stop_tx.send(true);
+
+        let open = graceful.count();
+        info!(
+            open_connections = open,
+            grace_secs = settings.shutdown_grace.as_secs(),
+            "draining"
+        );
+        tokio::select! {
+            _ = graceful.shutdown() => info!("all connections closed"),
+            _ = tokio::time::sleep(settings.shutdown_grace) => {
+                warn!("grace period over; closing remaining connections");
+            }
+        }
+        let _ = admin_task.await;
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
+}

@@ -1,0 +1,205 @@
+//! Live reload: [`Reloader`] applies a new, validated config to a running
+//! server (clients, keys, limits, scopes, cache TTL, admin key, TLS
+//! certificate) and names every changed setting that needs a restart.
+
+use std::io;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::tls::CertStore;
+use crate::config::{CacheConfig, Config, ServerConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+
+/// Applies a new configuration to a running server. Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    /// The gateway whose clients, limits and TTL change.
+    gateway: Gateway,
+    /// The certificate store, when terminating TLS.
+    certs: Option<Arc<CertStore>>,
+    /// The config the process started with, to spot changes that need a restart.
+    initial: Arc<Config>,
+    /// Counts reloads.
+    metrics: Arc<Metrics>,
+}
+
+/// Why a reload was refused (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[source] io::Error),
+}
+
+impl Reloader {
+    /// A reloader for `gateway` (and `certs`), started with `initial`.
+    pub(super) fn new(
+        gateway: Gateway,
+        certs: Option<Arc<CertStore>>,
+        initial: Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            gateway,
+            certs,
+            initial: Arc::new(initial),
+            metrics,
+        }
+    }
+
+    /// Applies the reloadable parts of `config` (clients, keys, limits,
+    /// scopes, cache TTL, admin key, TLS certificate). Settings that need a
+    /// restart are logged and left as they are. On error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        if let (Some(store), Some(files)) = (&self.certs, &config.server.tls) {
+            if let Err(e) = store.reload(files) {
+                self.metrics.reload("error");
+                return Err(ReloadError::Tls(e));
+            }
+        }
+        self.warn_fixed(&config);
+        self.gateway.apply(&config);
+        self.metrics.reload("ok");
+        info!(
+            clients = config.clients.len(),
+            ttl_secs = config.cache.ttl.as_secs(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// Counts a reload that failed before reaching [`Reloader::reload`]
+    /// (an invalid file).
+    pub fn rejected(&self) {
+        self.metrics.reload("error");
+    }
+
+    fn warn_fixed(&self, next: &Config) {
+        for key in restart_only_changes(&self.initial, next) {
+            warn!(
+                key,
+                "changed in the file but needs a restart; keeping the running value"
+            );
+        }
+    }
+}
+
+/// The keys that differ between `a` and `b` but only take effect on a
+/// restart. Every field is destructured, so a new one does not compile
+/// until it is sorted here as reloadable or restart-only.
+fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
+    let Config {
+        server,
+        upstream,
+        cache,
+        clients: _, // reloadable
+        redis,
+    } = a;
+    let ServerConfig {
+        listen,
+        admin_listen,
+        path_prefix,
+        shutdown_grace,
+        max_connections,
+        header_read_timeout,
+        log_format,
+        tls, // the files are re-read; turning TLS on or off needs a restart
+    } = server;
+    let UpstreamConfig {
+        base_url,
+        admin_key: _, // reloadable
+        connect_timeout,
+        timeout,
+        pool_idle_timeout,
+        max_concurrent_requests,
+        max_queued_requests,
+        ca_file,
+    } = upstream;
+    let CacheConfig {
+        ttl: _,            // reloadable (new entries)
+        max_body_bytes: _, // reloadable
+        max_entries,
+    } = cache;
+    let (s, u) = (&b.server, &b.upstream);
+    let checks = [
+        ("server.listen", *listen != s.listen),
+        ("server.admin_listen", *admin_listen != s.admin_listen),
+        ("server.path_prefix", *path_prefix != s.path_prefix),
+        (
+            "server.shutdown_grace_secs",
+            *shutdown_grace != s.shutdown_grace,
+        ),
+        (
+            "server.max_connections",
+            *max_connections != s.max_connections,
+        ),
+        (
+            "server.header_read_timeout_ms",
+            *header_read_timeout != s.header_read_timeout,
+        ),
+        ("server.log_format", *log_format != s.log_format),
+        ("server.tls_cert", tls.is_some() != s.tls.is_some()),
+        ("upstream.base_url", *base_url != u.base_url),
+        (
+            "upstream.connect_timeout_ms",
+            *connect_timeout != u.connect_timeout,
+        ),
+        ("upstream.timeout_ms", *timeout != u.timeout),
+        (
+            "upstream.pool_idle_timeout_secs",
+            *pool_idle_timeout != u.pool_idle_timeout,
+        ),
+        (
+            "upstream.max_concurrent_requests",
+            *max_concurrent_requests != u.max_concurrent_requests,
+        ),
+        (
+            "upstream.max_queued_requests",
+            *max_queued_requests != u.max_queued_requests,
+        ),
+        ("upstream.ca_file", *ca_file != u.ca_file),
+        ("cache.max_entries", *max_entries != b.cache.max_entries),
+        ("redis", *redis != b.redis),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, std::path::Path::new("."), &|n| {
+            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
+        })
+        .expect("valid config")
+    }
+
+    #[test]
+    fn restart_only_keys_are_named_and_reloadable_ones_are_not() {
+        let a = config("");
+        let b = config(
+            "[server]\nheader_read_timeout_ms = 1234\nshutdown_grace_secs = 3\nlog_format = \"json\"\n\
+             [upstream]\nmax_queued_requests = 7\npool_idle_timeout_secs = 9\n\
+             [cache]\nttl_secs = 5\nmax_body_bytes = 100\n\
+             [redis]\nurl = \"redis://127.0.0.1:1\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&a, &b),
+            [
+                "server.shutdown_grace_secs",
+                "server.header_read_timeout_ms",
+                "server.log_format",
+                "upstream.pool_idle_timeout_secs",
+                "upstream.max_queued_requests",
+                "redis",
+            ]
+        );
+        assert!(restart_only_changes(&a, &a).is_empty());
+    }
+}
