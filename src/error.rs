@@ -41,9 +41,6 @@ pub enum GatewayError {
     /// The method/path is outside the client's scope.
     #[error("request outside the client's scope")]
     Forbidden,
-    /// The request is too large.
-    #[error("request too large")]
-    PayloadTooLarge,
     /// The request body ended before its declared `content-length`.
     #[error("request body ended early")]
     IncompleteBody,
@@ -71,7 +68,6 @@ impl GatewayError {
             }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamOverloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,7 +83,6 @@ impl GatewayError {
             Self::InvalidUserId => ("invalid_request_error", "invalid_user_id"),
             Self::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
             Self::Forbidden => ("invalid_request_error", "insufficient_scope"),
-            Self::PayloadTooLarge => ("invalid_request_error", "payload_too_large"),
             Self::IncompleteBody => ("invalid_request_error", "incomplete_body"),
             Self::UpstreamUnavailable(_) => ("gateway_error", "upstream_unavailable"),
             Self::UpstreamTimeout => ("gateway_error", "upstream_timeout"),
@@ -104,7 +99,6 @@ impl GatewayError {
             Self::InvalidUserId => "Invalid user id: use the id exactly as the API returns it (letters, digits, '-', '_', '.', '~', at most 256 characters).",
             Self::RateLimited { .. } => "Rate limit reached for this gateway key. Retry after the time given in the retry-after header.",
             Self::Forbidden => "This gateway key is not allowed to call this method and path.",
-            Self::PayloadTooLarge => "Request too large.",
             Self::IncompleteBody => "The request body ended before its declared content-length.",
             Self::UpstreamUnavailable(_) => "The gateway could not get a response from the OpenAI API.",
             Self::UpstreamTimeout => "The OpenAI API did not respond in time.",
@@ -123,7 +117,6 @@ impl GatewayError {
                 retry_after: *retry_after,
             },
             Self::Forbidden => Self::Forbidden,
-            Self::PayloadTooLarge => Self::PayloadTooLarge,
             Self::IncompleteBody => Self::IncompleteBody,
             Self::UpstreamUnavailable(e) => Self::UpstreamUnavailable(e.to_string().into()),
             Self::UpstreamTimeout => Self::UpstreamTimeout,
@@ -206,12 +199,6 @@ mod tests {
                 400,
                 "invalid_request_error",
                 "invalid_user_id",
-            ),
-            (
-                GatewayError::PayloadTooLarge,
-                413,
-                "invalid_request_error",
-                "payload_too_large",
             ),
             (
                 GatewayError::UpstreamUnavailable("x".into()),

@@ -416,6 +416,111 @@ pub fn hit_response(u: &CachedUser) -> Response<BoxBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    /// A one-route Admin API on a loopback port: `GET /v1/organization/users/{id}`
+    /// answers the user, except `missing` (404). Counts the requests.
+    async fn upstream() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let calls = counted.clone();
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let id = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+                    async move {
+                        let (status, body) = if id == "missing" {
+                            (404, r#"{"error":{"message":"No such user","type":"invalid_request_error","param":null,"code":null}}"#.to_owned())
+                        } else {
+                            (
+                                200,
+                                format!(
+                                    r#"{{"object":"organization.user","id":"{id}","name":"N","email":"n@x","role":"reader","added_at":1}}"#
+                                ),
+                            )
+                        };
+                        let mut r = Response::new(http_body_util::Full::new(Bytes::from(body)));
+                        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                        r.headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (format!("http://{addr}/v1"), calls)
+    }
+
+    /// The cached route alone: a cache, an upstream client, metrics.
+    async fn route() -> (UserRoute, Arc<AtomicUsize>) {
+        let (base, calls) = upstream().await;
+        let text = format!("[upstream]\nbase_url = \"{base}\"\n");
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new("."), &|n| {
+            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
+        })
+        .expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Arc::new(Upstream::new(&cfg.upstream, metrics.clone()).expect("client"));
+        let settings = Settings::from(&cfg.cache);
+        (
+            UserRoute::new(UserCache::new(100), upstream, metrics, settings),
+            calls,
+        )
+    }
+
+    async fn get(r: &UserRoute, id: &str, headers: &HeaderMap) -> (StatusCode, CacheStatus, Bytes) {
+        let rest = format!("/organization/users/{id}");
+        let (resp, status) = r.get_user(headers, &rest, id).await.expect("answer");
+        let code = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (code, status, body)
+    }
+
+    #[tokio::test]
+    async fn a_miss_is_stored_and_the_next_request_is_a_hit() {
+        let (r, calls) = route().await;
+        let none = HeaderMap::new();
+        let (code, status, first) = get(&r, "user_1", &none).await;
+        assert_eq!((code, status), (StatusCode::OK, CacheStatus::MissStored));
+        let (code, status, second) = get(&r, "user_1", &none).await;
+        assert_eq!((code, status), (StatusCode::OK, CacheStatus::Hit));
+        assert_eq!(first, second, "a hit returns the stored bytes");
+        assert!(is_user(&second, "user_1"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_404_is_passed_through_and_not_stored() {
+        let (r, calls) = route().await;
+        let none = HeaderMap::new();
+        for _ in 0..2 {
+            let (code, status, _) = get(&r, "missing", &none).await;
+            assert_eq!((code, status), (StatusCode::NOT_FOUND, CacheStatus::Miss));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn no_store_fetches_without_storing_and_no_cache_refreshes() {
+        let (r, calls) = route().await;
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert_eq!(get(&r, "u2", &h).await.1, CacheStatus::Request);
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        assert_eq!(get(&r, "u2", &h).await.1, CacheStatus::RequestStored);
+        assert_eq!(get(&r, "u2", &HeaderMap::new()).await.1, CacheStatus::Hit);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn user_bodies_are_recognised() {

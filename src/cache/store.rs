@@ -418,13 +418,21 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_not_cached() {
+        // A failed fetch stores nothing: the next lookup fetches again
+        // (a cached error would answer it without calling the fetch).
         let c = UserCache::new(100);
+        let calls = AtomicUsize::new(0);
         for _ in 0..2 {
             let r = c
-                .get_or_fetch(c.key("u1"), async { Err::<CachedUser, _>(7u8) })
+                .get_or_fetch(c.key("u1"), async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err::<CachedUser, _>(7u8)
+                })
                 .await;
             assert!(matches!(r, Lookup::Failed(e) if *e == 7));
         }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fill(&c, "u1", &calls).await, "filled");
     }
 
     #[tokio::test]
