@@ -17,7 +17,13 @@ use support_ext::*;
 async fn the_upstream_never_sees_more_than_the_cap_and_every_request_succeeds() {
     const CAP: usize = 4;
     const REQUESTS: usize = 200;
-    let upstream = start_counting_upstream(Duration::from_millis(30)).await;
+    let upstream = start_upstream().await;
+    // Every response takes 30 ms, so the parallel requests overlap at the upstream.
+    upstream.inject("*", "*", Fault::new().delay_ms(30));
+    // The cache misses below (`i % 4 == 0`) ask for users the upstream must know.
+    for i in (0..REQUESTS).step_by(4) {
+        upstream.add_user(&format!("user_cap_{i}"), "Counted User", "reader");
+    }
     let mut cfg = GatewayConfig::new(&upstream.base_url());
     // Queued requests wait up to timeout_ms for a slot: generous for a loaded machine.
     cfg.timeout_ms = 120_000;

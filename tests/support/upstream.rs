@@ -18,6 +18,11 @@
 //!   `x-fake-gate`, `x-fake-hop-response` control it.
 //!
 //! Every response carries its own `x-request-id: upstream-req-N`.
+//!
+//! Besides the recorded requests, the fake counts requests with a wrong `Authorization`
+//! ([`Upstream::bad_auth`]) and how many it is handling at once ([`Upstream::in_flight`],
+//! [`Upstream::max_in_flight`]); a `Fault` with only a delay, injected for `"*" "*"`, makes
+//! every response take that long, so parallel requests overlap.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -175,6 +180,13 @@ pub struct State {
     users: Mutex<BTreeMap<String, Value>>,
     /// Requests received (any route, any outcome).
     total: AtomicUsize,
+    /// Requests that did not carry exactly one `Authorization: Bearer ADMIN_KEY`.
+    bad_auth: AtomicUsize,
+    /// Requests in the handler right now: from arrival until the response headers are
+    /// ready (for the JSON and echo routes that is the whole response).
+    in_flight: AtomicUsize,
+    /// The most requests that were in the handler at the same time.
+    max_in_flight: AtomicUsize,
     /// Requests received per `"METHOD /path"` (no query).
     per_route: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// Every request, in arrival order.
@@ -255,6 +267,9 @@ impl State {
         State {
             users: Mutex::new(users),
             total: AtomicUsize::new(0),
+            bad_auth: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             per_route: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(1),
@@ -354,6 +369,22 @@ impl Upstream {
         self.state.total.load(Ordering::SeqCst)
     }
 
+    /// Requests that did not carry exactly one `Authorization: Bearer ADMIN_KEY` (they were
+    /// answered 401).
+    pub fn bad_auth(&self) -> usize {
+        self.state.bad_auth.load(Ordering::SeqCst)
+    }
+
+    /// Requests in the handler right now (arrived, response headers not yet ready).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were in the handler at the same time, since the start.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Requests received for `method` and `path` (path without query).
     pub fn count(&self, method: &str, path: &str) -> usize {
         let key = format!("{method} {path}");
@@ -421,13 +452,32 @@ impl Upstream {
 
 type Resp = Response<TestBody>;
 
+/// Counts a request in [`State::in_flight`] (and the peak) while it lives.
+struct InFlight(Arc<State>);
+
+impl InFlight {
+    fn enter(state: &Arc<State>) -> InFlight {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> io::Result<Resp> {
     let request_id = format!(
         "upstream-req-{}",
         state.next_id.fetch_add(1, Ordering::SeqCst)
     );
     let index = state.record(&req, &request_id);
+    let _in_flight = InFlight::enter(&state);
     let mut resp = if !authorized(req.headers()) {
+        state.bad_auth.fetch_add(1, Ordering::SeqCst);
         error(
             StatusCode::UNAUTHORIZED,
             "Invalid authorization header",

@@ -4,26 +4,14 @@
 //! `mod support_ext;` and uses a subset, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::{Method, Request};
 use hyper::client::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle as TaskHandle;
 
-use crate::support::body::{full, TestBody};
+use crate::support::body::TestBody;
 use crate::support::client::{req, TestResponse};
-use crate::support::ADMIN_KEY;
 
 // === config text ===
 
@@ -182,120 +170,6 @@ pub async fn send_on(
     })
     .await
     .expect("no response on the keep-alive connection within 30s")
-}
-
-// === an upstream that measures its own concurrency ===
-
-/// A minimal upstream that answers every request after `delay`, counting how many requests it
-/// is handling at once. `/v1/organization/users/{id}` answers a `User` with that id; anything
-/// else answers `{"ok":true}`.
-pub struct CountingUpstream {
-    pub addr: SocketAddr,
-    state: Arc<Counts>,
-    accept: TaskHandle<()>,
-}
-
-#[derive(Default)]
-struct Counts {
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-    total: AtomicUsize,
-    bad_auth: AtomicUsize,
-}
-
-impl Drop for CountingUpstream {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-impl CountingUpstream {
-    pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-    /// Most requests that were in the handler at the same time.
-    pub fn max_in_flight(&self) -> usize {
-        self.state.max_in_flight.load(Ordering::SeqCst)
-    }
-    /// Requests in the handler right now.
-    pub fn in_flight(&self) -> usize {
-        self.state.in_flight.load(Ordering::SeqCst)
-    }
-    /// Requests received.
-    pub fn total(&self) -> usize {
-        self.state.total.load(Ordering::SeqCst)
-    }
-    /// Requests that did not carry exactly the admin key.
-    pub fn bad_auth(&self) -> usize {
-        self.state.bad_auth.load(Ordering::SeqCst)
-    }
-}
-
-/// Starts a [`CountingUpstream`] on `127.0.0.1:0`.
-pub async fn start_counting_upstream(delay: Duration) -> CountingUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let state = Arc::new(Counts::default());
-    let st = state.clone();
-    let accept = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let st = st.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| counted(st.clone(), req, delay));
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    CountingUpstream {
-        addr,
-        state,
-        accept,
-    }
-}
-
-async fn counted(
-    st: Arc<Counts>,
-    req: Request<Incoming>,
-    delay: Duration,
-) -> Result<Response<TestBody>, Infallible> {
-    st.total.fetch_add(1, Ordering::SeqCst);
-    let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    st.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let expected = format!("Bearer {ADMIN_KEY}");
-    let auth = req
-        .headers()
-        .get_all("authorization")
-        .iter()
-        .collect::<Vec<_>>();
-    if auth.len() != 1 || auth[0].as_bytes() != expected.as_bytes() {
-        st.bad_auth.fetch_add(1, Ordering::SeqCst);
-    }
-    let path = req.uri().path().to_string();
-    let _ = req.into_body().collect().await;
-    tokio::time::sleep(delay).await;
-    let body = match path.strip_prefix("/v1/organization/users/") {
-        Some(id) if !id.is_empty() && !id.contains('/') => json!({
-            "object": "organization.user",
-            "id": id,
-            "name": "Counted User",
-            "email": format!("{id}@example.com"),
-            "role": "reader",
-            "added_at": 1711471533,
-        }),
-        _ => json!({"ok": true}),
-    };
-    st.in_flight.fetch_sub(1, Ordering::SeqCst);
-    let resp = Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .body(full(serde_json::to_vec(&body).expect("json")))
-        .expect("response");
-    Ok(resp)
 }
 
 // === log text ===
