@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
-use support_ext::{metric, rate_limit};
+use support_ext::metric;
 
 struct Redis {
     child: Child,

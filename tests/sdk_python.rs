@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use http::Method;
 use support::sdk::{run_streaming, test_python};
-use support::{client_toml, start_gateway, start_upstream, GatewayConfig, TestGateway, CLIENT_KEY};
-use support_ext::{metric, rate_limit};
+use support::{
+    client_toml, rate_limit, start_gateway, start_upstream, GatewayConfig, TestGateway, CLIENT_KEY,
+};
+use support_ext::metric;
 
 /// The seeded upstream user the Python tests retrieve, update and finally delete.
 const USER_ID: &str = "user_abc";

@@ -28,7 +28,7 @@ use serde_json::json;
 use support::pki::{Leaf, Pki};
 use support::process::{output_text, run_cli, TempDir};
 use support::*;
-use support_ext::{metric, with_upstream_keys};
+use support_ext::metric;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;

@@ -117,6 +117,27 @@ pub fn client_toml(name: &str, key: &str, more: &str) -> String {
     )
 }
 
+/// Adds `lines` (e.g. `max_concurrent_requests = 4`) to the `[upstream]` table of a config
+/// rendered by `GatewayConfig::toml`.
+pub fn with_upstream_keys(toml: &str, lines: &str) -> String {
+    assert!(
+        toml.contains("[upstream]\n"),
+        "no [upstream] table:\n{toml}"
+    );
+    toml.replacen("[upstream]\n", &format!("[upstream]\n{lines}\n"), 1)
+}
+
+/// A `rate_limit = {...}` line for `client_toml`'s `more`.
+pub fn rate_limit(requests_per_minute: u32, burst: u32) -> String {
+    format!("rate_limit = {{ requests_per_minute = {requests_per_minute}, burst = {burst} }}")
+}
+
+/// An `allow = [...]` line for `client_toml`'s `more`.
+pub fn allow(patterns: &[&str]) -> String {
+    let list: Vec<String> = patterns.iter().map(|p| format!("{p:?}")).collect();
+    format!("allow = [{}]", list.join(", "))
+}
+
 /// The default test config for `upstream_base_url` with `extra` TOML appended.
 pub fn config_toml(upstream_base_url: &str, extra: &str) -> String {
     let mut cfg = GatewayConfig::new(upstream_base_url);

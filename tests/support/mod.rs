@@ -29,8 +29,8 @@ use std::time::Duration;
 pub use body::{channel_body, empty, full, BodySender, TestBody};
 pub use client::{assert_openai_error, h1_connect, req, Req, TestResponse};
 pub use gateway::{
-    client_toml, config_toml, parse_config, sha256_hex, start_gateway, start_pair, start_pair_with,
-    GatewayConfig, TestGateway,
+    allow, client_toml, config_toml, parse_config, rate_limit, sha256_hex, start_gateway,
+    start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
 };
 pub use upstream::{pattern_chunk, start_upstream, Fault, Upstream};
 

@@ -13,29 +13,6 @@ use hyper::client::conn::http1;
 use crate::support::body::TestBody;
 use crate::support::client::{req, TestResponse};
 
-// === config text ===
-
-/// Adds `lines` (e.g. `max_concurrent_requests = 4`) to the `[upstream]` table of a config
-/// rendered by `GatewayConfig::toml`.
-pub fn with_upstream_keys(toml: &str, lines: &str) -> String {
-    assert!(
-        toml.contains("[upstream]\n"),
-        "no [upstream] table:\n{toml}"
-    );
-    toml.replacen("[upstream]\n", &format!("[upstream]\n{lines}\n"), 1)
-}
-
-/// A `rate_limit = {...}` line for `client_toml`'s `more`.
-pub fn rate_limit(requests_per_minute: u32, burst: u32) -> String {
-    format!("rate_limit = {{ requests_per_minute = {requests_per_minute}, burst = {burst} }}")
-}
-
-/// An `allow = [...]` line for `client_toml`'s `more`.
-pub fn allow(patterns: &[&str]) -> String {
-    let list: Vec<String> = patterns.iter().map(|p| format!("{p:?}")).collect();
-    format!("allow = [{}]", list.join(", "))
-}
-
 // === metrics ===
 
 /// Sum of every sample of `name` in Prometheus text whose labels include all of `labels`
