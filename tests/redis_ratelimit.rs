@@ -6,14 +6,12 @@
 //! outage falls back to per-replica limits instead of failing requests.
 
 mod support;
-mod support_ext;
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
-use support_ext::metric;
 
 struct Redis {
     child: Child,

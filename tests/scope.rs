@@ -4,12 +4,10 @@
 //! path: a percent-encoded path never matches a literal pattern.
 
 mod support;
-mod support_ext;
 
 use http::Method;
 use serde_json::json;
 use support::*;
-use support_ext::*;
 
 const SCOPED_KEY: &str = "gwk_scoped_client_key_ssssssssssssssssssssssssssssssss";
 const USER_PATH: &str = "/v1/organization/users/user_abc";

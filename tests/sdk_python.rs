@@ -14,7 +14,6 @@
 //! without the venv).
 
 mod support;
-mod support_ext;
 
 use std::path::Path;
 use std::process::{Command, ExitStatus};
@@ -23,9 +22,9 @@ use std::time::Duration;
 use http::Method;
 use support::sdk::{run_streaming, test_python};
 use support::{
-    client_toml, rate_limit, start_gateway, start_upstream, GatewayConfig, TestGateway, CLIENT_KEY,
+    client_toml, metric, rate_limit, start_gateway, start_upstream, GatewayConfig, TestGateway,
+    CLIENT_KEY,
 };
-use support_ext::metric;
 
 /// The seeded upstream user the Python tests retrieve, update and finally delete.
 const USER_ID: &str = "user_abc";

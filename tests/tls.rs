@@ -7,7 +7,6 @@
 //! `127.0.0.1` signed by it.
 
 mod support;
-mod support_ext;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +24,6 @@ use support::process::{
     drain, output_text, run_cli, text_of, wait_timeout, Captured, GatewayProcess,
 };
 use support::*;
-use support_ext::config_reloads;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

@@ -10,7 +10,6 @@
 //! or holds no certificate.
 
 mod support;
-mod support_ext;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,7 +27,6 @@ use serde_json::json;
 use support::pki::{Leaf, Pki};
 use support::process::{output_text, run_cli, TempDir};
 use support::*;
-use support_ext::metric;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;

@@ -6,6 +6,8 @@
 //! - [`gateway`]: starts the gateway in-process on `127.0.0.1:0` through the library API
 //!   (`Config::parse`, `Server::bind`, `Server::run`) and builds test configs.
 //! - [`client`]: a small HTTP/1.1 and h2c client plus assertion helpers for responses.
+//! - [`metrics`]: sums of Prometheus samples by name and labels, and the config reload
+//!   counters of a gateway's admin listener.
 //! - [`body`]: a channel-backed streaming body used by both sides.
 //! - [`process`]: runs the real binary (temp config files, stdout/stderr capture, signals to
 //!   its pid: SIGHUP, SIGTERM, SIGINT).
@@ -18,6 +20,7 @@
 pub mod body;
 pub mod client;
 pub mod gateway;
+pub mod metrics;
 pub mod pki;
 pub mod process;
 pub mod sdk;
@@ -32,6 +35,7 @@ pub use gateway::{
     allow, client_toml, config_toml, parse_config, rate_limit, sha256_hex, start_gateway,
     start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
 };
+pub use metrics::{config_reloads, metric};
 pub use upstream::{pattern_chunk, start_upstream, Fault, Upstream};
 
 /// The organization's real admin key as the fake upstream expects it. It must never show up
