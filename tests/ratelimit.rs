@@ -7,13 +7,11 @@
 //! get none of them.
 
 mod support;
-mod support_ext;
 
 use std::time::{Duration, Instant};
 
 use http::Method;
 use support::*;
-use support_ext::*;
 
 const USER_PATH: &str = "/v1/organization/users/user_abc";
 const LIMITED_KEY: &str = "gwk_limited_client_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

@@ -3,7 +3,6 @@
 //! unchanged.
 
 mod support;
-mod support_ext;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,6 @@ use std::time::Duration;
 use http::Method;
 use serde_json::json;
 use support::*;
-use support_ext::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_never_sees_more_than_the_cap_and_every_request_succeeds() {

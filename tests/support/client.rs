@@ -1,4 +1,5 @@
-//! A small HTTP client for tests (HTTP/1.1 or h2c prior knowledge) and response assertions.
+//! A small HTTP client for tests (HTTP/1.1 or h2c prior knowledge, or requests on one kept-alive
+//! HTTP/1.1 connection) and response assertions (OpenAI errors, `x-ratelimit-*` headers).
 
 use std::time::Duration;
 
@@ -136,6 +137,34 @@ pub async fn h1_connect(addr: std::net::SocketAddr) -> http1::SendRequest<TestBo
         .expect("handshake");
     tokio::spawn(conn);
     sender
+}
+
+/// Sends `method path` with `Authorization: Bearer key` on an existing HTTP/1.1 connection.
+pub async fn send_on(
+    conn: &mut http1::SendRequest<TestBody>,
+    method: Method,
+    path: &str,
+    key: &str,
+) -> TestResponse {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway")
+        .header("authorization", format!("Bearer {key}"))
+        .body(empty())
+        .expect("request");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        conn.ready()
+            .await
+            .expect("the keep-alive connection was closed");
+        let resp = conn
+            .send_request(req)
+            .await
+            .expect("request on the keep-alive connection failed");
+        TestResponse::collect(resp).await.expect("body")
+    })
+    .await
+    .expect("no response on the keep-alive connection within 30s")
 }
 
 // === TestResponse ===
@@ -305,4 +334,60 @@ pub fn assert_openai_error(resp: &TestResponse, status: u16, kind: &str, code: &
         "gateway errors get a gateway id, got {id}"
     );
     resp.assert_no_admin_key();
+}
+
+// === rate-limit headers ===
+
+/// Parses OpenAI's `x-ratelimit-reset-*` format (`20ms`, `1.5s`, `6m0s`).
+pub fn parse_reset(s: &str) -> Option<Duration> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse::<u64>().ok().map(Duration::from_millis);
+    }
+    let s = s.strip_suffix('s')?;
+    match s.split_once('m') {
+        Some((m, sec)) => {
+            let m: u64 = m.parse().ok()?;
+            let sec: f64 = sec.parse().ok()?;
+            Some(Duration::from_secs(m * 60) + Duration::from_secs_f64(sec))
+        }
+        None => s.parse::<f64>().ok().map(Duration::from_secs_f64),
+    }
+}
+
+/// The three `x-ratelimit-*-requests` headers of `resp` as (limit, remaining, reset),
+/// failing the test when one is missing or malformed.
+#[track_caller]
+pub fn ratelimit_headers(resp: &TestResponse) -> (u64, u64, Duration) {
+    let get = |name: &str| {
+        resp.header(name)
+            .unwrap_or_else(|| panic!("{name} missing: {}", resp.describe()))
+    };
+    let limit = get("x-ratelimit-limit-requests");
+    let remaining = get("x-ratelimit-remaining-requests");
+    let reset = get("x-ratelimit-reset-requests");
+    let limit = limit
+        .parse()
+        .unwrap_or_else(|_| panic!("x-ratelimit-limit-requests {limit:?}"));
+    let remaining = remaining
+        .parse()
+        .unwrap_or_else(|_| panic!("x-ratelimit-remaining-requests {remaining:?}"));
+    let reset = parse_reset(&reset)
+        .unwrap_or_else(|| panic!("x-ratelimit-reset-requests {reset:?} is not like 1.5s"));
+    (limit, remaining, reset)
+}
+
+/// Fails the test if any `x-ratelimit-*` header is present.
+#[track_caller]
+pub fn assert_no_ratelimit_headers(resp: &TestResponse) {
+    let found: Vec<&str> = resp
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("x-ratelimit-"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "unlimited client got {found:?}: {}",
+        resp.describe()
+    );
 }

@@ -5,7 +5,8 @@
 //!   SSE, big streamed bodies, uploads) with per-test failure injection and request counters.
 //! - [`gateway`]: starts the gateway in-process on `127.0.0.1:0` through the library API
 //!   (`Config::parse`, `Server::bind`, `Server::run`) and builds test configs.
-//! - [`client`]: a small HTTP/1.1 and h2c client plus assertion helpers for responses.
+//! - [`client`]: a small HTTP/1.1 and h2c client (also on one kept-alive connection) plus
+//!   assertion helpers for responses (OpenAI errors, `x-ratelimit-*` headers).
 //! - [`metrics`]: sums of Prometheus samples by name and labels, and the config reload
 //!   counters of a gateway's admin listener.
 //! - [`body`]: a channel-backed streaming body used by both sides.
@@ -30,7 +31,10 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use body::{channel_body, empty, full, BodySender, TestBody};
-pub use client::{assert_openai_error, h1_connect, req, Req, TestResponse};
+pub use client::{
+    assert_no_ratelimit_headers, assert_openai_error, h1_connect, parse_reset, ratelimit_headers,
+    req, send_on, Req, TestResponse,
+};
 pub use gateway::{
     allow, client_toml, config_toml, parse_config, rate_limit, sha256_hex, start_gateway,
     start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
