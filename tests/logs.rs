@@ -4,7 +4,6 @@
 //! escape codes when stderr is not a terminal, even with a colour-capable `TERM`.
 
 mod support;
-mod support_ext;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +13,6 @@ use http::Method;
 use serde_json::{json, Map, Value};
 use support::process::{GatewayProcess, TempDir};
 use support::*;
-use support_ext::log_field;
 
 const ACCESS: &str = "openai_admin_gateway::access";
 const AUDIT: &str = "openai_admin_gateway::audit";

@@ -4,7 +4,6 @@
 //! Also the audit line the real binary writes for a forwarded write.
 
 mod support;
-mod support_ext;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +13,6 @@ use openai_admin_gateway::Config;
 use serde_json::json;
 use support::process::{GatewayProcess, TempDir};
 use support::*;
-use support_ext::*;
 
 const USER_PATH: &str = "/v1/organization/users/user_abc";
 const ADDED_KEY: &str = "gwk_added_by_reload_key_000000000000000000000000000000";

@@ -2,11 +2,15 @@
 //!
 //! # Layout
 //! - [`upstream`]: an in-process fake of the OpenAI Admin API (users routes, an echo route,
-//!   SSE, big streamed bodies, uploads) with per-test failure injection and request counters.
+//!   SSE, big streamed bodies, uploads) with per-test failure injection (delays, gates, error
+//!   statuses, broken bodies) and counters: requests per route, wrong `Authorization`, requests
+//!   in flight and their peak.
 //! - [`gateway`]: starts the gateway in-process on `127.0.0.1:0` through the library API
 //!   (`Config::parse`, `Server::bind`, `Server::run`) and builds test configs.
 //! - [`client`]: a small HTTP/1.1 and h2c client (also on one kept-alive connection) plus
 //!   assertion helpers for responses (OpenAI errors, `x-ratelimit-*` headers).
+//! - [`logs`]: finding `key=value` fields in the gateway's text or JSON log lines, with the
+//!   text format's ANSI colours stripped.
 //! - [`metrics`]: sums of Prometheus samples by name and labels, and the config reload
 //!   counters of a gateway's admin listener.
 //! - [`body`]: a channel-backed streaming body used by both sides.
@@ -21,6 +25,7 @@
 pub mod body;
 pub mod client;
 pub mod gateway;
+pub mod logs;
 pub mod metrics;
 pub mod pki;
 pub mod process;
@@ -39,6 +44,7 @@ pub use gateway::{
     allow, client_toml, config_toml, parse_config, rate_limit, sha256_hex, start_gateway,
     start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
 };
+pub use logs::{log_field, strip_ansi};
 pub use metrics::{config_reloads, metric};
 pub use upstream::{pattern_chunk, start_upstream, Fault, Upstream};
 

@@ -1,10 +1,5 @@
-//! Helpers for the "central control" tests (rate limits, scopes, reload, upstream cap, audit)
-//! that `tests/support` does not offer. The real binary with its pid (for SIGHUP/SIGTERM) is
-//! `support::process::GatewayProcess`. Each test crate declares `mod support;` and
-//! `mod support_ext;` and uses a subset, hence the `dead_code` allowance.
-#![allow(dead_code, unused_imports)]
-
-// === log text ===
+//! Reading the gateway's log lines (e.g. `GatewayProcess::stderr_text`) in either format:
+//! text (with ANSI colours) or JSON.
 
 /// `text` without ANSI escape sequences (the text log format colours field names).
 pub fn strip_ansi(text: &str) -> String {
