@@ -26,9 +26,13 @@ pub enum GatewayError {
     /// The path is outside `server.path_prefix`.
     #[error("path outside the gateway prefix")]
     NotFound,
-    /// The path holds `.`/`..` segments.
-    #[error("path has dot segments")]
+    /// The path is not canonical: `\\`, `%5C`, `%2F`, `//`, dot segments,
+    /// control characters or a broken escape.
+    #[error("path is not canonical")]
     InvalidPath,
+    /// `CONNECT`, or a method the Admin API does not use.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// The user id in a users route is not a plain id.
     #[error("invalid user id")]
     InvalidUserId,
@@ -44,6 +48,12 @@ pub enum GatewayError {
     /// The request body ended before its declared `content-length`.
     #[error("request body ended early")]
     IncompleteBody,
+    /// The client's request body broke (a malformed chunk, a reset).
+    #[error("request body broken: {0}")]
+    InvalidBody(#[source] BoxError),
+    /// The upstream refused the admin key (401, or a 403 naming the key).
+    #[error("upstream refused the admin key (status {0})")]
+    UpstreamAuthFailed(u16),
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(#[source] BoxError),
@@ -63,9 +73,12 @@ impl GatewayError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::InvalidPath | Self::InvalidUserId | Self::IncompleteBody => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidPath
+            | Self::InvalidUserId
+            | Self::IncompleteBody
+            | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamAuthFailed(_) => StatusCode::BAD_GATEWAY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -80,6 +93,9 @@ impl GatewayError {
             Self::Unauthorized => ("invalid_request_error", "invalid_api_key"),
             Self::NotFound => ("invalid_request_error", "not_found"),
             Self::InvalidPath => ("invalid_request_error", "invalid_path"),
+            Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
+            Self::UpstreamAuthFailed(_) => ("gateway_error", "upstream_auth_failed"),
             Self::InvalidUserId => ("invalid_request_error", "invalid_user_id"),
             Self::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
             Self::Forbidden => ("invalid_request_error", "insufficient_scope"),
@@ -95,7 +111,10 @@ impl GatewayError {
         match self {
             Self::Unauthorized => "Missing or incorrect API key provided for this gateway. Use a key issued by the gateway operator as the Bearer token.",
             Self::NotFound => "Unknown path: requests must start with the gateway's path prefix.",
-            Self::InvalidPath => "Invalid path: '.' and '..' segments are not allowed.",
+            Self::InvalidPath => "Invalid path: '\\', '%5C', '%2F', empty segments ('//'), '.' and '..' segments (raw or encoded), control characters and broken percent-escapes are not allowed.",
+            Self::MethodNotAllowed => "This method is not allowed through the gateway.",
+            Self::InvalidBody(_) => "The request body could not be read (malformed or cut off by the client).",
+            Self::UpstreamAuthFailed(_) => "The OpenAI API refused the gateway's admin key. This is a gateway configuration problem, not a problem with your key: tell the gateway operator.",
             Self::InvalidUserId => "Invalid user id: use the id exactly as the API returns it (letters, digits, '-', '_', '.', '~', at most 256 characters).",
             Self::RateLimited { .. } => "Rate limit reached for this gateway key. Retry after the time given in the retry-after header.",
             Self::Forbidden => "This gateway key is not allowed to call this method and path.",
@@ -112,6 +131,9 @@ impl GatewayError {
             Self::Unauthorized => Self::Unauthorized,
             Self::NotFound => Self::NotFound,
             Self::InvalidPath => Self::InvalidPath,
+            Self::MethodNotAllowed => Self::MethodNotAllowed,
+            Self::InvalidBody(e) => Self::InvalidBody(e.to_string().into()),
+            Self::UpstreamAuthFailed(s) => Self::UpstreamAuthFailed(*s),
             Self::InvalidUserId => Self::InvalidUserId,
             Self::RateLimited { retry_after } => Self::RateLimited {
                 retry_after: *retry_after,
@@ -205,6 +227,24 @@ mod tests {
                 502,
                 "gateway_error",
                 "upstream_unavailable",
+            ),
+            (
+                GatewayError::MethodNotAllowed,
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            (
+                GatewayError::InvalidBody("x".into()),
+                400,
+                "invalid_request_error",
+                "invalid_body",
+            ),
+            (
+                GatewayError::UpstreamAuthFailed(401),
+                502,
+                "gateway_error",
+                "upstream_auth_failed",
             ),
             (
                 GatewayError::UpstreamTimeout,

@@ -14,7 +14,7 @@ mod route;
 mod status;
 mod store;
 
-pub use route::{is_user, Settings, UserRoute};
+pub use route::{directive, is_user, Directive, Settings, UserRoute};
 pub use status::{CacheStatus, CACHE_STATUS};
 pub use store::{CacheKey, CachedUser, KeyBits, Lookup, UserCache};
 

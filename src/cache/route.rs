@@ -99,7 +99,8 @@ impl Replay {
 
 /// What `Cache-Control` on the request asks of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Directive {
+pub enum Directive {
+    /// No directive that changes what the cache does.
     Normal,
     /// `no-cache`: fetch, then store.
     Refresh,
@@ -107,7 +108,9 @@ enum Directive {
     NoStore,
 }
 
-fn directive(headers: &HeaderMap) -> Directive {
+/// Reads the request's `Cache-Control`: `no-store` wins over `no-cache`;
+/// other directives are ignored.
+pub fn directive(headers: &HeaderMap) -> Directive {
     let mut d = Directive::Normal;
     for v in headers.get_all(CACHE_CONTROL) {
         let Ok(v) = v.to_str() else { continue };
