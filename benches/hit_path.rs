@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use openai_admin_gateway::cache::{hit_response, CachedUser, Lookup, UserCache};
 use openai_admin_gateway::config::{ClientConfig, RateLimit, Scope};
 use openai_admin_gateway::policy::{ClientTable, Limiter};
-use openai_admin_gateway::proxy::classify;
+use openai_admin_gateway::proxy::{canonicalize, classify, strip_prefix};
 use openai_admin_gateway::secret::digest;
 
 const PATH: &str = "/v1/organization/users/user_abc123def456";
@@ -22,7 +22,13 @@ const PATH: &str = "/v1/organization/users/user_abc123def456";
 fn route(c: &mut Criterion) {
     let mut g = c.benchmark_group("route");
     g.bench_function("classify", |b| {
-        b.iter(|| classify(black_box(&Method::GET), black_box(PATH), false, "/v1").is_ok())
+        // Prefix, canonical path, then the route: what a request pays
+        // before authentication.
+        b.iter(|| {
+            let rest = strip_prefix(black_box(PATH), "/v1").unwrap_or("");
+            let canonical = canonicalize(rest).ok();
+            canonical.is_some_and(|c| classify(black_box(&Method::GET), &c, false).is_ok())
+        })
     });
     // Baseline: the obvious allocating version (split into owned segments).
     g.bench_function("naive_split_to_vec", |b| {

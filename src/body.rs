@@ -37,6 +37,36 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// The error a client's request body ended with (a malformed chunk, a
+/// reset): the client's fault, not the upstream's. [`client_body`] marks
+/// a body's errors with it, and the upstream client looks for it in the
+/// chain of a failed exchange.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// A client's request body whose errors are [`ClientBodyError`]s.
+pub fn client_body<B>(body: B) -> BoxBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(|e| Box::new(ClientBodyError(e.into())) as BoxError)
+        .boxed_unsync()
+}
+
+/// True when `e` or anything in its source chain is a [`ClientBodyError`].
+pub fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// The error a body ends with when the upstream broke off mid-body.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream body ended early")]

@@ -115,7 +115,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "This method is not allowed through the gateway.",
             Self::InvalidBody(_) => "The request body could not be read (malformed or cut off by the client).",
             Self::UpstreamAuthFailed(_) => "The OpenAI API refused the gateway's admin key. This is a gateway configuration problem, not a problem with your key: tell the gateway operator.",
-            Self::InvalidUserId => "Invalid user id: use the id exactly as the API returns it (letters, digits, '-', '_', '.', '~', at most 256 characters).",
+            Self::InvalidUserId => "Invalid user id: at most 256 bytes.",
             Self::RateLimited { .. } => "Rate limit reached for this gateway key. Retry after the time given in the retry-after header.",
             Self::Forbidden => "This gateway key is not allowed to call this method and path.",
             Self::IncompleteBody => "The request body ended before its declared content-length.",

@@ -51,6 +51,8 @@ pub enum UpstreamOutcome {
     Error,
     /// No response headers within the timeout.
     Timeout,
+    /// The client's request body broke mid-exchange (the client's fault).
+    ClientAborted,
 }
 
 impl EncodeLabelValue for UpstreamOutcome {
@@ -59,6 +61,7 @@ impl EncodeLabelValue for UpstreamOutcome {
             Self::Status(s) => write!(encoder, "{s}"),
             Self::Error => encoder.write_str("error"),
             Self::Timeout => encoder.write_str("timeout"),
+            Self::ClientAborted => encoder.write_str("client_aborted"),
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use support::upstream::{sse_event, REDACTED_ADMIN_AUTH};
 use support::*;
 
-const ECHO_PATH: &str = "/v1/echo/a%2Fb/~c/x.y";
+const ECHO_PATH: &str = "/v1/echo/a%20b/~c/x.y%3A";
 const ECHO_QUERY: &str = "?q=1&q=2&enc=%20%2B&empty=&flag";
 
 fn odd_body(tag: &str) -> Bytes {

@@ -6,7 +6,6 @@
 mod support;
 
 use http::Method;
-use serde_json::json;
 use support::*;
 
 const SCOPED_KEY: &str = "gwk_scoped_client_key_ssssssssssssssssssssssssssssssss";
@@ -193,28 +192,45 @@ async fn literal_path_matches_only_itself_and_cache_hits_are_scoped_too() {
 }
 
 #[tokio::test]
-async fn percent_encoded_path_does_not_match_a_literal_pattern() {
+async fn scopes_match_the_canonical_path_and_encoded_slashes_are_refused() {
     let (upstream, gw) = scoped_pair(&["GET /organization/users", "POST /echo/open/**"]).await;
-    as_scoped(&gw, Method::GET, "/v1/organization/users")
+    // Escapes of unreserved characters are decoded before the scope check: these name
+    // exactly the resources the patterns allow, and are forwarded as sent.
+    for path in [
+        "/v1/organization/users",
+        "/v1/organization/user%73",
+        "/v1/organization/%75sers",
+        "/v1/%6Frganization/users",
+    ] {
+        as_scoped(&gw, Method::GET, path)
+            .send()
+            .await
+            .assert_status(200);
+    }
+    as_scoped(&gw, Method::POST, "/v1/echo/%6Fpen/x")
+        .body("{}")
         .send()
         .await
         .assert_status(200);
-    as_scoped(&gw, Method::POST, "/v1/echo/open/x")
-        .json(&json!({"a": 1}))
-        .send()
-        .await
-        .assert_status(200);
+    assert_eq!(upstream.count("GET", "/v1/organization/user%73"), 1);
+    // An encoded slash could name another resource after any hop that decodes it.
+    let before = upstream.total();
+    for (method, path) in [
+        (Method::GET, "/v1/organization%2Fusers"),
+        (Method::GET, "/v1/organization%2fusers"),
+        (Method::POST, "/v1/echo%2Fopen/x"),
+    ] {
+        let resp = as_scoped(&gw, method, path).body("{}").send().await;
+        assert_openai_error(&resp, 400, "invalid_request_error", "invalid_path");
+    }
+    assert_eq!(upstream.total(), before, "{:?}", upstream.requests());
+    // Other spellings of other resources stay outside the scope.
     assert_all_forbidden(
         &upstream,
         &gw,
         &[
-            (Method::GET, "/v1/organization/user%73"),
-            (Method::GET, "/v1/organization/%75sers"),
-            (Method::GET, "/v1/organization%2Fusers"),
-            (Method::GET, "/v1/organization%2fusers"),
-            (Method::GET, "/v1/%6Frganization/users"),
-            (Method::POST, "/v1/echo/%6Fpen/x"),
-            (Method::POST, "/v1/echo%2Fopen/x"),
+            (Method::GET, "/v1/organization/user%73/u1"),
+            (Method::POST, "/v1/echo/%6Fpenx/x"),
         ],
     )
     .await;

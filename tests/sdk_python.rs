@@ -28,6 +28,8 @@ use support::{
 
 /// The seeded upstream user the Python tests retrieve, update and finally delete.
 const USER_ID: &str = "user_abc";
+/// A seeded user whose id the SDK percent-encodes (`user%20a`).
+const SPACED_ID: &str = "user a";
 /// Upper bound for the whole pytest run; each SDK request has its own 30 s timeout.
 const PYTEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -55,6 +57,7 @@ async fn official_python_sdk_against_gateway() {
     };
 
     let upstream = start_upstream().await;
+    upstream.add_user(SPACED_ID, "Spaced", "reader");
     let gateway = start_gateway(&GatewayConfig::new(&upstream.base_url()).toml()).await;
     let base_url = gateway.base_url();
     let upstream_url = upstream.base_url();
@@ -78,6 +81,14 @@ async fn official_python_sdk_against_gateway() {
     assert!(upstream.count("GET", &user_path) >= 1);
     assert!(upstream.count("POST", &user_path) >= 1);
     assert_eq!(upstream.count("DELETE", &user_path), 1);
+    // retrieve("user a") twice: the SDK sent "user%20a", the upstream was asked once.
+    let spaced_path = "/v1/organization/users/user%20a";
+    assert_eq!(
+        upstream.count("GET", spaced_path),
+        1,
+        "{:?}",
+        upstream.requests()
+    );
 }
 
 // === the rate limit ===

@@ -14,7 +14,7 @@ mod route;
 mod status;
 mod store;
 
-pub use route::{directive, is_user, Directive, Settings, UserRoute};
+pub use route::{bypasses, directive, fill_headers, is_user, Directive, Settings, UserRoute};
 pub use status::{CacheStatus, CACHE_STATUS};
 pub use store::{CacheKey, CachedUser, KeyBits, Lookup, UserCache};
 

@@ -1,19 +1,22 @@
 //! The cached route: `GET {prefix}/organization/users/{user_id}`.
 //!
 //! A miss runs one upstream fetch shared by every concurrent request for the
-//! id. The fetch reads the body up to `cache.max_body_bytes`; only a 200 that
-//! parses as an `organization.user` with the requested id is stored, as the
-//! upstream's bytes. Anything else is handed to the waiting requests as it
-//! came (small bodies shared, a larger one streamed to one request while the
-//! others fetch for themselves), never stored.
+//! id. That fetch is the gateway's own request, with a fixed set of headers
+//! ([`fill_headers`]), so no client's headers shape another client's answer.
+//! It reads the body up to `cache.max_body_bytes`; only a 200 that parses
+//! as an `organization.user` with the requested id is stored, as the
+//! upstream's bytes, and only such a user is shared with the requests that
+//! waited on it. Anything else answers the request that fetched it, and
+//! each waiter fetches for itself.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    HeaderValue, ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_TYPE,
 };
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -25,7 +28,7 @@ use super::status::{hit_status, CacheStatus, CACHE_STATUS};
 use super::store::{CacheKey, CachedUser, Lookup, UserCache};
 use crate::body::{empty, full, prefixed, truncated, BoxBody};
 use crate::config::CacheConfig;
-use crate::error::{GatewayError, Result};
+use crate::error::Result;
 use crate::headers::{int_value, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -62,40 +65,10 @@ pub struct UserRoute {
     settings: ArcSwap<Settings>,
 }
 
-/// A fetch that produced nothing to store, shared among its waiters.
-#[derive(Debug)]
-enum FetchFailure {
-    /// The upstream failed (502/504/503 for everyone).
-    Upstream(GatewayError),
-    /// A complete (or broken-off) small response, replayed to every waiter.
-    Replay(Replay),
-    /// A large response: the first waiter streams it, the others refetch.
-    Stream(Mutex<Option<Response<BoxBody>>>),
-}
-
-/// A buffered upstream response.
-#[derive(Debug)]
-struct Replay {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    /// The upstream broke off after `body`.
-    broken: bool,
-}
-
-impl Replay {
-    fn response(&self) -> Response<BoxBody> {
-        let body = if self.broken {
-            truncated(self.body.clone())
-        } else {
-            full(self.body.clone())
-        };
-        let mut r = Response::new(body);
-        *r.status_mut() = self.status;
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
-}
+/// What a fetch got that is not a user to store: the answer for the
+/// request that made it (the upstream's response, streamed on when large or
+/// broken off) or the failure to report. Never shared with other requests.
+type Unstored = Result<Response<BoxBody>>;
 
 /// What `Cache-Control` on the request asks of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,43 +125,62 @@ impl UserRoute {
         self.settings.store(Arc::new(settings));
     }
 
-    /// Serves the cached route.
+    /// Serves the cached route for `id` (decoded); `rest` is the path as
+    /// the client spelled it. Only `Cache-Control` and a valid
+    /// `x-request-id` are read from `headers`: a fill is the gateway's own
+    /// request (see [`fill_headers`]), and requests whose headers would
+    /// change the answer never get here ([`bypasses`]).
     pub async fn get_user(
         &self,
         headers: &HeaderMap,
         rest: &str,
-        user_id: &str,
+        id: &str,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
         // The fetch paths are boxed: their futures (the upstream exchange,
         // moka's single-flight entry) are kilobytes, and inline they would make
         // every hit's request future that large too.
         match directive(headers) {
             Directive::Normal => {
-                let key = self.cache.key(user_id);
+                let key = self.cache.key(id);
                 if let Some(u) = self.cache.get(&key).await {
                     self.metrics.cache_hit();
                     return Ok((hit_response(&u), CacheStatus::Hit));
                 }
-                Box::pin(self.lookup(headers, rest, user_id, key)).await
+                Box::pin(self.lookup(headers, rest, id, key)).await
             }
-            Directive::Refresh => Box::pin(self.refresh(headers, rest, user_id, true)).await,
-            Directive::NoStore => Box::pin(self.refresh(headers, rest, user_id, false)).await,
+            Directive::Refresh => {
+                Box::pin(self.fetch_alone(headers, rest, id, Alone::Refresh)).await
+            }
+            Directive::NoStore => {
+                Box::pin(self.fetch_alone(headers, rest, id, Alone::NoStore)).await
+            }
         }
     }
 
     /// A miss (or a hit that turned up while this request got here): one
-    /// shared fetch per key.
+    /// shared fetch per key. Only a storable user is shared: when the fill
+    /// got anything else, the request that ran it answers with that, and
+    /// each request that waited on it fetches for itself.
     async fn lookup(
         &self,
         headers: &HeaderMap,
         rest: &str,
-        user_id: &str,
+        id: &str,
         key: CacheKey,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
         let mut upstream_id = None;
-        let fetch = self.fetch(headers, rest, user_id, &mut upstream_id);
+        let mut mine: Option<Unstored> = None;
+        let fill = async {
+            match self.fetch(headers, rest, id, &mut upstream_id).await {
+                Ok(u) => Ok(u),
+                Err(unstored) => {
+                    mine = Some(unstored);
+                    Err(())
+                }
+            }
+        };
         // get_user has just looked the key up: go straight to the shared fetch.
-        match self.cache.fetch_once(key, fetch).await {
+        match self.cache.fetch_once(key, fill).await {
             Lookup::Hit(u) => {
                 self.metrics.cache_hit();
                 Ok((hit_response(&u), CacheStatus::Hit))
@@ -197,74 +189,61 @@ impl UserRoute {
                 self.metrics.cache_miss();
                 Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
             }
-            Lookup::Failed(f) => {
-                self.metrics.cache_miss();
-                let r = match &*f {
-                    FetchFailure::Upstream(e) => return Err(e.duplicate()),
-                    FetchFailure::Replay(replay) => replay.response(),
-                    FetchFailure::Stream(slot) => match take(slot) {
-                        Some(r) => r,
-                        // Another waiter streams the shared response; this one
-                        // fetches its own copy (large responses are not shared).
-                        None => {
-                            self.upstream
-                                .send(Method::GET, rest, None, headers.clone(), empty())
-                                .await?
-                        }
-                    },
-                };
-                Ok((r, CacheStatus::Miss))
-            }
-        }
-    }
-
-    /// `no-cache` (store = true) and `no-store` (store = false): always fetch.
-    async fn refresh(
-        &self,
-        headers: &HeaderMap,
-        rest: &str,
-        user_id: &str,
-        store: bool,
-    ) -> Result<(Response<BoxBody>, CacheStatus)> {
-        let key = self.cache.key(user_id);
-        let mut upstream_id = None;
-        match self.fetch(headers, rest, user_id, &mut upstream_id).await {
-            Ok(u) => {
-                let r = fetched_response(&u, upstream_id);
-                if store {
-                    self.cache.insert(key, u).await;
-                    Ok((r, CacheStatus::RequestStored))
-                } else {
-                    Ok((r, CacheStatus::Request))
+            Lookup::Failed(_) => match mine {
+                Some(unstored) => {
+                    self.metrics.cache_miss();
+                    Ok((unstored?, CacheStatus::Miss))
                 }
-            }
-            Err(FetchFailure::Upstream(e)) => Err(e),
-            Err(FetchFailure::Replay(replay)) => Ok((replay.response(), CacheStatus::Request)),
-            Err(FetchFailure::Stream(slot)) => match take(&slot) {
-                Some(r) => Ok((r, CacheStatus::Request)),
-                None => Err(GatewayError::UpstreamUnavailable(
-                    "response already taken".into(),
-                )),
+                None => self.fetch_alone(headers, rest, id, Alone::Waiter).await,
             },
         }
     }
 
-    /// One upstream retrieve. Asks for an identity encoding so the body can be
-    /// checked; records the upstream's request id for the caller.
+    /// A fetch for this request alone: `no-cache`, `no-store`, or a waiter
+    /// whose shared fill got nothing to share. A user it gets is stored
+    /// unless `no-store` asked otherwise.
+    async fn fetch_alone(
+        &self,
+        headers: &HeaderMap,
+        rest: &str,
+        id: &str,
+        why: Alone,
+    ) -> Result<(Response<BoxBody>, CacheStatus)> {
+        let key = self.cache.key(id);
+        let mut upstream_id = None;
+        let (stored, unstored) = why.statuses();
+        if why == Alone::Waiter {
+            self.metrics.cache_miss();
+        }
+        match self.fetch(headers, rest, id, &mut upstream_id).await {
+            Ok(u) => {
+                let r = fetched_response(&u, upstream_id);
+                if why == Alone::NoStore {
+                    return Ok((r, unstored));
+                }
+                self.cache.insert(key, u).await;
+                Ok((r, stored))
+            }
+            Err(unstored_answer) => Ok((unstored_answer?, unstored)),
+        }
+    }
+
+    /// One upstream retrieve, as the gateway's own request. The body is
+    /// read up to `cache.max_body_bytes`; a 200 that is the user asked for
+    /// comes back as a [`CachedUser`], anything else as this request's
+    /// answer. Records the upstream's request id for the caller.
     async fn fetch(
         &self,
         headers: &HeaderMap,
         rest: &str,
-        user_id: &str,
+        id: &str,
         upstream_id: &mut Option<HeaderValue>,
-    ) -> std::result::Result<CachedUser, FetchFailure> {
-        let mut headers = headers.clone();
-        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    ) -> std::result::Result<CachedUser, Unstored> {
         let resp = self
             .upstream
-            .send(Method::GET, rest, None, headers, empty())
+            .send(Method::GET, rest, None, fill_headers(headers), empty())
             .await
-            .map_err(FetchFailure::Upstream)?;
+            .map_err(Err)?;
         // Copy what is needed instead of holding the reload guard across awaits.
         let Settings {
             max_body_bytes: max,
@@ -278,20 +257,22 @@ impl UserRoute {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) {
-            return Err(stream(Response::from_parts(parts, body)));
+            return Err(Ok(Response::from_parts(parts, body)));
         }
         let mut buf = BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
-                return Err(replay(parts, buf.freeze(), true));
+                return Err(Ok(Response::from_parts(parts, truncated(buf.freeze()))));
             };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             buf.extend_from_slice(&data);
             if buf.len() > max {
-                let r = Response::from_parts(parts, prefixed(buf.freeze(), body));
-                return Err(stream(r));
+                return Err(Ok(Response::from_parts(
+                    parts,
+                    prefixed(buf.freeze(), body),
+                )));
             }
         }
         // Stored bodies get an exact-size allocation (the buffer may have grown
@@ -301,7 +282,7 @@ impl UserRoute {
         } else {
             buf.freeze()
         };
-        if parts.status == StatusCode::OK && is_user(&bytes, user_id) && !encoded(&parts.headers) {
+        if parts.status == StatusCode::OK && is_user(&bytes, id) && !encoded(&parts.headers) {
             Ok(CachedUser::new(
                 bytes,
                 parts.headers.get(CONTENT_TYPE).map(own),
@@ -309,13 +290,65 @@ impl UserRoute {
                 ttl,
             ))
         } else {
-            Err(replay(parts, bytes, false))
+            Err(Ok(Response::from_parts(parts, full(bytes))))
         }
     }
 }
 
-fn take(slot: &Mutex<Option<Response<BoxBody>>>) -> Option<Response<BoxBody>> {
-    slot.lock().ok().and_then(|mut g| g.take())
+/// Why a request fetches for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alone {
+    /// `Cache-Control: no-cache`: fetch, then store.
+    Refresh,
+    /// `Cache-Control: no-store`: fetch, don't store.
+    NoStore,
+    /// It waited on a fill that got nothing to share.
+    Waiter,
+}
+
+impl Alone {
+    /// (`Cache-Status` when stored, when not).
+    fn statuses(self) -> (CacheStatus, CacheStatus) {
+        match self {
+            Self::Refresh | Self::NoStore => (CacheStatus::RequestStored, CacheStatus::Request),
+            Self::Waiter => (CacheStatus::MissStored, CacheStatus::Miss),
+        }
+    }
+}
+
+/// The gateway's user agent on its own requests.
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("openai-admin-gateway/", env!("CARGO_PKG_VERSION")));
+
+/// The headers of a cache fill: fixed, so no client's headers shape what
+/// other clients are served. The upstream adds the admin key. The client's
+/// `x-request-id` rides along when it is a plain token (for tracing).
+pub fn fill_headers(client: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(4);
+    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    h.insert(http::header::USER_AGENT, USER_AGENT);
+    if let Some(id) = client.get(X_REQUEST_ID).filter(|v| valid_request_id(v)) {
+        h.insert(X_REQUEST_ID, id.clone());
+    }
+    h
+}
+
+/// 1 to 128 visible ASCII characters.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len()) && b.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+/// True when the request carries a header that changes the answer: a
+/// `Range`, any `If-*` precondition, or an `OpenAI-Organization` /
+/// `OpenAI-Project` that picks another tenant. Such a request bypasses the
+/// cache and is forwarded as sent.
+pub fn bypasses(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::RANGE)
+        || headers.contains_key("openai-organization")
+        || headers.contains_key("openai-project")
+        || headers.keys().any(|k| k.as_str().starts_with("if-"))
 }
 
 /// A header value that owns its bytes. Values parsed by hyper are slices of
@@ -327,19 +360,6 @@ fn own(v: &HeaderValue) -> HeaderValue {
         return HeaderValue::from_static("application/json");
     }
     HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone())
-}
-
-fn stream(r: Response<BoxBody>) -> FetchFailure {
-    FetchFailure::Stream(Mutex::new(Some(r)))
-}
-
-fn replay(parts: http::response::Parts, body: Bytes, broken: bool) -> FetchFailure {
-    FetchFailure::Replay(Replay {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        broken,
-    })
 }
 
 /// A body we cannot check (compressed despite `identity`) is never stored.

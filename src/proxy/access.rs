@@ -3,20 +3,33 @@
 //! [`Access`] is opened when a request arrives and raises the in-flight
 //! gauge. The phases fill in what they learn (route, client, limit
 //! decision, cache outcome, upstream status). [`Access::respond`] stamps the
-//! common headers on the response and records its status. When the
-//! `Access` is dropped (at the end of `Gateway::handle`, or earlier because
-//! hyper dropped the request future when the client hung up) it counts the
-//! request, lowers the gauge and writes the access line, plus an audit line
-//! for anything but GET/HEAD that reached the upstream. This is the one
-//! place those are written, as Pingora's `logging()` phase is.
+//! common headers on the response, records its status and moves the account
+//! into the response body, which counts the bytes sent. When the account is
+//! dropped (the body ended or broke off, or hyper dropped the request future
+//! because the client hung up or reset the stream) it counts the request,
+//! lowers the gauge and writes the access line, plus an audit line for
+//! anything but GET/HEAD that reached the upstream. This is the one place
+//! those are written, as Pingora's `logging()` phase is.
+//!
+//! [`Connection`] is one client connection's account: whether its first
+//! request has arrived (the server closes silent connections), and how many
+//! forwarded requests its client abandoned; past a bound the server sends
+//! GOAWAY, so resetting streams cannot be used to make the upstream work
+//! for nothing.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::body::BoxBody;
+use crate::body::{BoxBody, BoxError};
 use crate::cache::CacheStatus;
 use crate::headers::{RequestIds, X_REQUEST_ID};
 use crate::metrics::{ClientLabel, Metrics};
@@ -28,15 +41,105 @@ use super::route::RouteClass;
 /// the gateway answered (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// Forwarded requests a connection's client may abandon per
+/// [`CANCEL_WINDOW`] before the connection is sent GOAWAY.
+pub const MAX_CANCELLED_FORWARDS: u32 = 50;
+
+/// The window [`MAX_CANCELLED_FORWARDS`] is counted over.
+pub const CANCEL_WINDOW: Duration = Duration::from_secs(10);
+
+// === Connection ===
+
+/// One client connection's account, shared by its requests.
+#[derive(Debug, Default)]
+pub struct Connection {
+    /// The first request's headers have arrived.
+    first_request: AtomicBool,
+    /// Abandoned forwards in the current window.
+    cancelled: AtomicU32,
+    /// When the current window began (ms on the process clock).
+    window_start_ms: AtomicU64,
+    /// Signalled once the connection has earned a GOAWAY.
+    goaway: Notify,
+}
+
+impl Connection {
+    /// A new connection's account.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Notes that a request arrived.
+    pub fn request_arrived(&self) {
+        if !self.first_request.load(Ordering::Relaxed) {
+            self.first_request.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True once the first request's headers have arrived.
+    pub fn has_had_a_request(&self) -> bool {
+        self.first_request.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the connection should be sent GOAWAY.
+    pub async fn goaway(&self) {
+        self.goaway.notified().await;
+    }
+
+    /// Counts a forwarded request whose client left before the answer.
+    fn cancelled_forward(&self) {
+        let now = clock_ms();
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let window = CANCEL_WINDOW.as_millis() as u64;
+        let n = if now.saturating_sub(start) > window {
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.cancelled.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.cancelled.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if n == MAX_CANCELLED_FORWARDS + 1 {
+            warn!(
+                abandoned = n,
+                window_secs = CANCEL_WINDOW.as_secs(),
+                "client keeps abandoning forwarded requests; sending GOAWAY"
+            );
+            self.goaway.notify_one();
+        }
+    }
+}
+
+/// Milliseconds since the first call (a cheap monotonic clock).
+fn clock_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+// === Access ===
+
+/// How the response body ended, for the access line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    /// Not answered, or the body was never reached.
+    None,
+    /// Sent in full.
+    Complete,
+    /// Broke off (the upstream failed mid-body, or the client left).
+    Incomplete,
+}
+
 /// One request's account; see the module docs.
-pub(super) struct Access<'a> {
+pub(super) struct Access {
     /// Where the request is counted.
-    metrics: &'a Metrics,
+    metrics: Arc<Metrics>,
+    /// The connection it came on, when served by the server.
+    conn: Option<Arc<Connection>>,
     /// When it arrived.
     start: Instant,
     /// Its method.
     method: Method,
-    /// Its path, for the audit line (anything but GET/HEAD).
+    /// Its path, for the audit line (anything but GET/HEAD); `None` once a
+    /// write task has taken it to write the audit line itself.
     audit_path: Option<String>,
     /// The route class (`rejected` until routed).
     pub route: RouteClass,
@@ -54,14 +157,22 @@ pub(super) struct Access<'a> {
     pub failure: Option<String>,
     /// The answer's status and request id; `None` while unanswered.
     answered: Option<(StatusCode, Option<HeaderValue>)>,
+    /// How the body ended, and the body bytes sent.
+    body: (BodyEnd, u64),
 }
 
-impl<'a> Access<'a> {
+impl Access {
     /// Opens the account of a request with `method` on `path`.
-    pub(super) fn open(metrics: &'a Metrics, method: &Method, path: &str) -> Self {
+    pub(super) fn open(
+        metrics: &Arc<Metrics>,
+        conn: Option<Arc<Connection>>,
+        method: &Method,
+        path: &str,
+    ) -> Self {
         metrics.in_flight().inc();
         Self {
-            metrics,
+            metrics: metrics.clone(),
+            conn,
             start: Instant::now(),
             method: method.clone(),
             audit_path: (!matches!(*method, Method::GET | Method::HEAD)).then(|| path.to_owned()),
@@ -73,13 +184,29 @@ impl<'a> Access<'a> {
             forwarded: false,
             failure: None,
             answered: None,
+            body: (BodyEnd::None, 0),
         }
     }
 
+    /// The client's name as logged.
+    pub(super) fn client_label(&self) -> ClientLabel {
+        match &self.client {
+            Some(c) => c.name.clone(),
+            None => ClientLabel::anonymous(),
+        }
+    }
+
+    /// Hands the audit line to someone who will write it whatever happens
+    /// to this request (a write's own task).
+    pub(super) fn take_audit(&mut self) -> Option<String> {
+        self.audit_path.take()
+    }
+
     /// Stamps the common headers (a request id when the upstream gave
-    /// none, the client's `x-ratelimit-*`) and records the answer.
+    /// none, the client's `x-ratelimit-*`), records the answer and moves
+    /// the account into the body, which finishes it.
     pub(super) fn respond(
-        &mut self,
+        mut self,
         mut resp: Response<BoxBody>,
         ids: &RequestIds,
     ) -> Response<BoxBody> {
@@ -93,66 +220,155 @@ impl<'a> Access<'a> {
         }
         let id = resp.headers().get(X_REQUEST_ID).cloned();
         self.answered = Some((resp.status(), id));
-        resp
+        let (parts, inner) = resp.into_parts();
+        let body = Accounted {
+            inner,
+            access: self,
+            sent: 0,
+            ended: false,
+        };
+        Response::from_parts(parts, BoxBody::new(body))
     }
 }
 
-impl Drop for Access<'_> {
+impl Drop for Access {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        let anonymous;
-        let client = match &self.client {
-            Some(c) => &c.name,
-            None => {
-                anonymous = ClientLabel::anonymous();
-                &anonymous
-            }
-        };
+        let client = self.client_label();
         let (status, request_id) = match &self.answered {
             Some((s, id)) => (s.as_u16(), id.as_ref().map_or("-", header_str)),
             None => (CLIENT_CLOSED, "-"),
         };
+        if self.answered.is_none() && self.forwarded {
+            if let Some(conn) = &self.conn {
+                conn.cancelled_forward();
+            }
+        }
         let counted = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         let route = self.route.as_str();
         self.metrics
-            .request(route, &self.method, counted, client, elapsed);
+            .request(route, &self.method, counted, &client, elapsed);
         self.metrics.in_flight().dec();
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);
         let latency_us = elapsed.as_micros() as u64;
         let (method, client) = (self.method.as_str(), client.as_str());
+        let (body, bytes) = match self.body {
+            (BodyEnd::None, _) => ("-", 0),
+            (BodyEnd::Complete, n) => ("complete", n),
+            (BodyEnd::Incomplete, n) => ("incomplete", n),
+        };
         let error = match (&self.failure, &self.answered) {
             (Some(e), _) => Some(e.as_str()),
             (None, None) => Some("client closed the connection before the answer"),
+            (None, Some(_)) if self.body.0 == BodyEnd::Incomplete => {
+                Some("response body broke off")
+            }
             (None, Some(_)) => None,
         };
         match error {
             None => info!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us,
+                request_id, client, method, route, status, cache, latency_us, body, bytes,
             ),
             Some(error) => warn!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us, error,
+                request_id, client, method, route, status, cache, latency_us, body, bytes, error,
             ),
         }
         if let (Some(path), true) = (&self.audit_path, self.forwarded) {
-            // Anything but GET/HEAD may have changed something upstream.
-            // upstream_status 0: no response (error, timeout, or the client
-            // left first), so the change may or may not have happened.
-            info!(
-                target: "openai_admin_gateway::audit",
+            audit(
                 request_id,
                 client,
                 method,
-                path = path.as_str(),
-                upstream_status = self.upstream_status.map_or(0, |s| s.as_u16()),
+                path,
+                self.upstream_status,
                 status,
             );
         }
     }
 }
 
+/// The audit line of a request that may have changed something upstream.
+/// `upstream_status` 0: no response (error, timeout, or the client left
+/// first), so the change may or may not have happened.
+pub(super) fn audit(
+    request_id: &str,
+    client: &str,
+    method: &str,
+    path: &str,
+    upstream_status: Option<StatusCode>,
+    status: u16,
+) {
+    info!(
+        target: "openai_admin_gateway::audit",
+        request_id,
+        client,
+        method,
+        path,
+        upstream_status = upstream_status.map_or(0, |s| s.as_u16()),
+        status,
+    );
+}
+
 fn header_str(v: &HeaderValue) -> &str {
     v.to_str().unwrap_or("-")
+}
+
+// === Accounted ===
+
+/// A response body carrying its request's account: counts the bytes sent
+/// and, when dropped, tells the account whether the body ended.
+struct Accounted {
+    /// The body.
+    inner: BoxBody,
+    /// Finished when this body is dropped.
+    access: Access,
+    /// Data bytes handed to hyper.
+    sent: u64,
+    /// The body reached its end.
+    ended: bool,
+}
+
+impl Body for Accounted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Accounted {
+    fn drop(&mut self) {
+        let ended = self.ended || self.inner.is_end_stream();
+        let end = if ended {
+            BodyEnd::Complete
+        } else {
+            BodyEnd::Incomplete
+        };
+        self.access.body = (end, self.sent);
+    }
 }

@@ -1,26 +1,50 @@
 //! [`Gateway::handle`] and its phases, each free to answer early:
-//! 1 route, 2 authenticate, 3 the client's rate limit and scope, 4 serve.
+//! 1 route (method, prefix, canonical path, classification),
+//! 2 authenticate, 3 the client's rate limit and scope, 4 serve.
 
-use http::{Request, Response};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use super::access::Access;
-use super::route::{classify, Route};
+use super::access::{audit, Access, Connection};
+use super::canon::{canonicalize, decode_segment};
+use super::route::{allowed_method, classify, strip_prefix, Route};
 use super::Gateway;
 use crate::body::BoxBody;
-use crate::cache::{CacheStatus, CACHE_STATUS};
+use crate::cache::{bypasses, CacheStatus, CACHE_STATUS};
 use crate::error::{GatewayError, Result};
+use crate::headers::X_REQUEST_ID;
 use crate::policy::Decision;
 use crate::upstream::buffer;
 
+/// What a request's phases need to know about where it is going.
+struct Target<'a> {
+    /// The path after the prefix as the client sent it (what is forwarded;
+    /// routing and scopes read its canonical spelling).
+    raw: &'a str,
+    /// The raw query, if any.
+    query: Option<&'a str>,
+}
+
 impl Gateway {
     /// Answers one request. Never fails: an error becomes an OpenAI-shaped
-    /// response. The request's account is written when `access` drops,
-    /// here or wherever hyper drops this future.
+    /// response. The request's account is written when it ends: after the
+    /// response body, or wherever hyper drops this future.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        self.handle_on(req, None).await
+    }
+
+    /// [`Gateway::handle`] for a request that came on `conn`.
+    pub async fn handle_on(
+        &self,
+        req: Request<Incoming>,
+        conn: Option<Arc<Connection>>,
+    ) -> Response<BoxBody> {
         let shared = &*self.shared;
-        let mut access = Access::open(&shared.metrics, req.method(), req.uri().path());
+        let mut access = Access::open(&shared.metrics, conn, req.method(), req.uri().path());
         let resp = match self.handle_inner(req, &mut access).await {
             Ok(r) => r,
             Err(e) => self.refused(e, &mut access),
@@ -31,27 +55,36 @@ impl Gateway {
     async fn handle_inner(
         &self,
         req: Request<Incoming>,
-        access: &mut Access<'_>,
+        access: &mut Access,
     ) -> Result<Response<BoxBody>> {
         // 1. Route. The URI is cloned (reference counts, no copy) so that
         //    the request can move on while the path is borrowed.
+        if !allowed_method(req.method()) {
+            return Err(GatewayError::MethodNotAllowed);
+        }
         let uri = req.uri().clone();
-        let has_query = uri.query().is_some();
-        let (route, rest) = classify(req.method(), uri.path(), has_query, &self.shared.prefix)?;
+        let raw = strip_prefix(uri.path(), &self.shared.prefix).ok_or(GatewayError::NotFound)?;
+        let canonical = canonicalize(raw)?;
+        let route = classify(req.method(), &canonical, uri.query().is_some())?;
         access.route = route.class();
         // 2, 3. Who is asking, and may they?
-        self.admit(&req, rest, access).await?;
+        self.admit(&req, &canonical, access).await?;
         // 4. Serve.
-        self.serve(route, req, rest, uri.query(), access).await
+        let target = Target {
+            raw,
+            query: uri.query(),
+        };
+        self.serve(route, req, &target, access).await
     }
 
     /// Authenticates the client, then takes one request from its budget
-    /// (every request counts) and checks its scope.
+    /// (every request counts) and checks its scope against the canonical
+    /// path.
     async fn admit(
         &self,
         req: &Request<Incoming>,
-        rest: &str,
-        access: &mut Access<'_>,
+        canonical: &str,
+        access: &mut Access,
     ) -> Result<()> {
         let client = self.shared.clients.load().authenticate(req.headers())?;
         access.client = Some(client.clone());
@@ -63,7 +96,7 @@ impl Gateway {
             }
         }
         match &client.scope {
-            Some(scope) if !scope.allows(req.method(), rest) => Err(GatewayError::Forbidden),
+            Some(scope) if !scope.allows(req.method(), canonical) => Err(GatewayError::Forbidden),
             _ => Ok(()),
         }
     }
@@ -72,51 +105,60 @@ impl Gateway {
         &self,
         route: Route<'_>,
         req: Request<Incoming>,
-        rest: &str,
-        query: Option<&str>,
-        access: &mut Access<'_>,
+        target: &Target<'_>,
+        access: &mut Access,
     ) -> Result<Response<BoxBody>> {
         match route {
-            Route::GetUser { user_id } => {
-                access.forwarded = true;
-                let users = &self.shared.users;
-                let (resp, status) = users.get_user(req.headers(), rest, user_id).await?;
-                access.cache = Some(status);
-                if status != CacheStatus::Hit {
-                    access.upstream_status = Some(resp.status());
-                }
-                Ok(with_cache_status(resp, status))
-            }
-            // Forwarding is boxed: its future (body buffering, the upstream
-            // exchange) would otherwise make every cache hit's future larger.
+            Route::GetUser { user_id } => match cacheable_id(user_id, req.headers()) {
+                Some(id) => self.get_user(&req, target, &id, access).await,
+                // Comment on every bypass: a header that changes the
+                // answer, or an id that is not UTF-8 once decoded (it can
+                // never match a stored user). Forwarded as sent.
+                None => Box::pin(self.forward(req, target, access)).await,
+            },
+            // Boxed: a write's and a forward's futures (body buffering, the
+            // upstream exchange) would otherwise make every hit's future
+            // larger.
             Route::UserWrite { user_id } => {
-                let resp = Box::pin(self.forward(req, rest, query, access)).await?;
-                if resp.status().is_success() {
-                    Box::pin(self.shared.users.cache().invalidate(user_id)).await;
-                    self.shared.metrics.invalidation("write");
-                }
-                Ok(resp)
+                let id = decode_segment(user_id).map(Cow::into_owned);
+                Box::pin(self.write_user(req, target, id, access)).await
             }
-            Route::GetUserWithQuery | Route::Forward => {
-                Box::pin(self.forward(req, rest, query, access)).await
+            Route::GetUserUncached | Route::Forward => {
+                Box::pin(self.forward(req, target, access)).await
             }
         }
+    }
+
+    async fn get_user(
+        &self,
+        req: &Request<Incoming>,
+        target: &Target<'_>,
+        id: &str,
+        access: &mut Access,
+    ) -> Result<Response<BoxBody>> {
+        access.forwarded = true;
+        let users = &self.shared.users;
+        let (resp, status) = users.get_user(req.headers(), target.raw, id).await?;
+        access.cache = Some(status);
+        if status != CacheStatus::Hit {
+            access.upstream_status = Some(resp.status());
+        }
+        Ok(with_cache_status(resp, status))
     }
 
     /// Forwards unchanged (bar hop-by-hop headers and credentials), streaming.
     async fn forward(
         &self,
         req: Request<Incoming>,
-        rest: &str,
-        query: Option<&str>,
-        access: &mut Access<'_>,
+        target: &Target<'_>,
+        access: &mut Access,
     ) -> Result<Response<BoxBody>> {
         let (parts, body) = req.into_parts();
         let upstream = &self.shared.upstream;
         let body = buffer::request(body, &parts.headers, upstream.timeout()).await?;
         access.forwarded = true;
         let resp = upstream
-            .send(parts.method, rest, query, parts.headers, body)
+            .send(parts.method, target.raw, target.query, parts.headers, body)
             .await?;
         access.upstream_status = Some(resp.status());
         let resp = buffer::response(resp).await;
@@ -124,10 +166,43 @@ impl Gateway {
         Ok(with_cache_status(resp, CacheStatus::Bypass))
     }
 
+    /// A `POST` or `DELETE` of a user. The exchange and everything that must
+    /// follow it (the evictions, the audit line) run on a task of their
+    /// own, so a client that hangs up can not undo them; this request only
+    /// awaits the result. The id's generation is bumped before the write is
+    /// sent and again once it answers 2xx, so no fill racing the write can
+    /// store the old user.
+    async fn write_user(
+        &self,
+        req: Request<Incoming>,
+        target: &Target<'_>,
+        id: Option<String>,
+        access: &mut Access,
+    ) -> Result<Response<BoxBody>> {
+        let write = Write {
+            gateway: self.clone(),
+            id,
+            raw: target.raw.to_owned(),
+            query: target.query.map(str::to_owned),
+            audit_path: access.take_audit(),
+            client: access.client_label(),
+        };
+        access.forwarded = true;
+        let done = tokio::spawn(write.run(req)).await.map_err(|e| {
+            GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
+        })?;
+        access.upstream_status = done.upstream_status;
+        access.cache = Some(CacheStatus::Bypass);
+        if let Some(f) = done.failure {
+            access.failure = Some(f);
+        }
+        Ok(done.response)
+    }
+
     /// The response for a refused or failed request; upstream failures are
     /// kept for the access line (with its request id), refusals logged at
     /// debug.
-    fn refused(&self, e: GatewayError, access: &mut Access<'_>) -> Response<BoxBody> {
+    fn refused(&self, e: GatewayError, access: &mut Access) -> Response<BoxBody> {
         if e.status().is_server_error() {
             access.failure = Some(e.to_string());
         } else {
@@ -137,6 +212,106 @@ impl Gateway {
             self.shared.metrics.rate_limited(&c.name);
         }
         e.into_response()
+    }
+}
+
+/// The decoded id when the request may use the cache: no header that
+/// changes the answer, and an id that decodes to UTF-8.
+fn cacheable_id<'a>(user_id: &'a str, headers: &HeaderMap) -> Option<Cow<'a, str>> {
+    if bypasses(headers) {
+        return None;
+    }
+    decode_segment(user_id)
+}
+
+/// A user write, owned by its own task.
+struct Write {
+    /// Whose generation to bump (`None`: an id that can not be cached).
+    gateway: Gateway,
+    /// The decoded id.
+    id: Option<String>,
+    /// The path after the prefix as sent.
+    raw: String,
+    /// The raw query.
+    query: Option<String>,
+    /// The path for the audit line.
+    audit_path: Option<String>,
+    /// The client's name for the audit line.
+    client: crate::metrics::ClientLabel,
+}
+
+/// What a write task hands back.
+struct Written {
+    /// The answer, with its `x-request-id` already set.
+    response: Response<BoxBody>,
+    /// The upstream's status, when it answered.
+    upstream_status: Option<StatusCode>,
+    /// Why the exchange failed, for the access line.
+    failure: Option<String>,
+}
+
+impl Write {
+    async fn run(self, req: Request<Incoming>) -> Written {
+        let shared = &*self.gateway.shared;
+        let cache = shared.users.cache();
+        if let Some(id) = &self.id {
+            cache.invalidate(id).await;
+        }
+        let (parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        let mut upstream_status = None;
+        let result = async {
+            let upstream = &shared.upstream;
+            let body = buffer::request(body, &parts.headers, upstream.timeout()).await?;
+            let resp = upstream
+                .send(
+                    parts.method,
+                    &self.raw,
+                    self.query.as_deref(),
+                    parts.headers,
+                    body,
+                )
+                .await?;
+            upstream_status = Some(resp.status());
+            Ok::<_, GatewayError>(resp)
+        }
+        .await;
+        if upstream_status.is_some_and(|s| s.is_success()) {
+            if let Some(id) = &self.id {
+                cache.invalidate(id).await;
+            }
+            shared.metrics.invalidation("write");
+        }
+        let (mut response, failure) = match result {
+            Ok(resp) => (buffer::response(resp).await, None),
+            Err(e) => {
+                let failure = e.status().is_server_error().then(|| e.to_string());
+                (e.into_response(), failure)
+            }
+        };
+        if !response.headers().contains_key(X_REQUEST_ID) {
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID, shared.ids.next());
+        }
+        if let Some(path) = &self.audit_path {
+            let id = response.headers().get(X_REQUEST_ID);
+            let request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let status = response.status().as_u16();
+            audit(
+                request_id,
+                self.client.as_str(),
+                method.as_str(),
+                path,
+                upstream_status,
+                status,
+            );
+        }
+        Written {
+            response: with_cache_status(response, CacheStatus::Bypass),
+            upstream_status,
+            failure,
+        }
     }
 }
 

@@ -1,7 +1,9 @@
-//! Request classification: a pure function of method and raw path.
+//! Request classification: a pure function of method and canonical path.
 //!
-//! Matching works on the raw, still percent-encoded path and never decodes
-//! it, so an encoded `/` or `.` can not make one route look like another.
+//! The path it reads has been through [`super::canon::canonicalize`]: one
+//! spelling per resource, no encoded `/`, no dot or empty segments. So
+//! `/organization/%75sers/u1` is the user route, and nothing spelled
+//! differently can reach another.
 
 use http::Method;
 
@@ -12,14 +14,16 @@ use crate::error::{GatewayError, Result};
 pub enum Route<'a> {
     /// `GET {prefix}/organization/users/{id}` without a query: the cached route.
     GetUser {
-        /// The raw id segment.
+        /// The id segment, canonical (unreserved escapes decoded).
         user_id: &'a str,
     },
-    /// `GET` of that path with a query string: forwarded, never cached.
-    GetUserWithQuery,
-    /// `POST`/`DELETE` of a user: forwarded, then the id is evicted on 2xx.
+    /// `GET` of a user that must not use the cache (a query string, or a
+    /// trailing `/`): forwarded as sent.
+    GetUserUncached,
+    /// `POST`/`DELETE` of a user (with or without a trailing `/`):
+    /// forwarded, and the id is evicted before and after.
     UserWrite {
-        /// The raw id segment.
+        /// The id segment, canonical (unreserved escapes decoded).
         user_id: &'a str,
     },
     /// Anything else under the prefix, forwarded unchanged.
@@ -33,7 +37,7 @@ pub enum RouteClass {
     GetUser,
     /// A user modify/delete.
     UserWrite,
-    /// Plain forwarding (including `GetUserWithQuery`).
+    /// Plain forwarding (including `GetUserUncached`).
     Forward,
     /// Rejected before routing (outside prefix, bad path).
     Rejected,
@@ -57,12 +61,13 @@ impl Route<'_> {
         match self {
             Route::GetUser { .. } => RouteClass::GetUser,
             Route::UserWrite { .. } => RouteClass::UserWrite,
-            Route::GetUserWithQuery | Route::Forward => RouteClass::Forward,
+            Route::GetUserUncached | Route::Forward => RouteClass::Forward,
         }
     }
 }
 
-/// Longest user id accepted on the users routes.
+/// Longest user id accepted on the users routes, in bytes as spelled
+/// canonically.
 pub const MAX_USER_ID_LEN: usize = 256;
 
 /// Strips `prefix` from `path`; `None` when the path is outside it.
@@ -72,74 +77,51 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
-/// Classifies a request. `path` is the raw path (no query), `has_query`
-/// whether a query string was present.
-pub fn classify<'a>(
-    method: &Method,
-    path: &'a str,
-    has_query: bool,
-    prefix: &str,
-) -> Result<(Route<'a>, &'a str)> {
-    let rest = strip_prefix(path, prefix).ok_or(GatewayError::NotFound)?;
-    if has_dot_segment(rest) {
-        return Err(GatewayError::InvalidPath);
-    }
-    let Some(user_id) = user_segment(rest) else {
-        return Ok((Route::Forward, rest));
+/// True for the methods the gateway forwards: the Admin API's own (GET,
+/// POST, DELETE) and the other standard verbs a REST API may grow (HEAD,
+/// PUT, PATCH, OPTIONS). `CONNECT` would open a tunnel with the admin key,
+/// `TRACE` would echo the admin key back, and extension methods mean
+/// nothing to the API: they get 405.
+pub fn allowed_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
+}
+
+/// Classifies a request. `rest` is the canonical path after the prefix
+/// (no query), `has_query` whether a query string was present.
+pub fn classify<'a>(method: &Method, rest: &'a str, has_query: bool) -> Result<Route<'a>> {
+    let Some((user_id, trailing_slash)) = user_segment(rest) else {
+        return Ok(Route::Forward);
     };
     let route = match *method {
-        Method::GET if has_query => Route::GetUserWithQuery,
+        Method::GET if has_query || trailing_slash => Route::GetUserUncached,
         Method::GET => Route::GetUser { user_id },
         Method::POST | Method::DELETE => Route::UserWrite { user_id },
-        _ => return Ok((Route::Forward, rest)),
+        _ => return Ok(Route::Forward),
     };
-    if !valid_user_id(user_id) {
+    if user_id.len() > MAX_USER_ID_LEN {
         return Err(GatewayError::InvalidUserId);
     }
-    Ok((route, rest))
+    Ok(route)
 }
 
-/// `Some(id)` when `rest` is exactly `/organization/users/{id}` with one
-/// non-empty segment.
-fn user_segment(rest: &str) -> Option<&str> {
+/// `Some((id, trailing_slash))` when `rest` is `/organization/users/{id}`
+/// with one non-empty segment, optionally followed by one `/`.
+fn user_segment(rest: &str) -> Option<(&str, bool)> {
     let id = rest.strip_prefix("/organization/users/")?;
-    (!id.is_empty() && !id.contains('/')).then_some(id)
-}
-
-/// A plain id: unreserved characters only, no escapes, not `.`/`..`.
-pub fn valid_user_id(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= MAX_USER_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
-}
-
-/// True when any segment is `.` or `..`, literally or percent-encoded
-/// (`%2e`, either case), which an upstream or an intermediary might resolve.
-fn has_dot_segment(rest: &str) -> bool {
-    rest.split('/').any(|seg| {
-        let mut dots = 0;
-        let b = seg.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'.' {
-                i += 1;
-            } else if b.len() >= i + 3
-                && b[i] == b'%'
-                && b[i + 1] == b'2'
-                && b[i + 2] | 0x20 == b'e'
-            {
-                i += 3;
-            } else {
-                return false;
-            }
-            dots += 1;
-        }
-        dots == 1 || dots == 2
-    })
+    let (id, trailing) = match id.strip_suffix('/') {
+        Some(id) => (id, true),
+        None => (id, false),
+    };
+    (!id.is_empty() && !id.contains('/')).then_some((id, trailing))
 }
 
 #[cfg(test)]
@@ -147,117 +129,87 @@ mod tests {
     use super::*;
 
     fn c(m: Method, p: &str) -> std::result::Result<Route<'_>, &'static str> {
-        classify(&m, p, false, "/v1")
-            .map(|(r, _)| r)
-            .map_err(|e| e.kind().1)
+        classify(&m, p, false).map_err(|e| e.kind().1)
     }
 
     #[test]
     fn cached_route_is_exactly_one_segment() {
         assert_eq!(
-            c(Method::GET, "/v1/organization/users/user_abc"),
+            c(Method::GET, "/organization/users/user_abc"),
             Ok(Route::GetUser {
                 user_id: "user_abc"
             })
         );
         assert_eq!(
-            c(Method::GET, "/v1/organization/users/user_abc/roles"),
+            c(Method::GET, "/organization/users/user_abc/roles"),
             Ok(Route::Forward)
         );
+        assert_eq!(c(Method::GET, "/organization/users/"), Ok(Route::Forward));
+        assert_eq!(c(Method::GET, "/organization/users"), Ok(Route::Forward));
         assert_eq!(
-            c(Method::GET, "/v1/organization/users/"),
-            Ok(Route::Forward)
-        );
-        assert_eq!(c(Method::GET, "/v1/organization/users"), Ok(Route::Forward));
-        assert_eq!(
-            c(Method::GET, "/v1/organization/users/a/b/c"),
+            c(Method::GET, "/organization/users/a/b/c"),
             Ok(Route::Forward)
         );
     }
 
     #[test]
-    fn query_string_is_forwarded_not_cached() {
-        let r = classify(&Method::GET, "/v1/organization/users/u1", true, "/v1")
-            .unwrap()
-            .0;
-        assert_eq!(r, Route::GetUserWithQuery);
+    fn query_string_or_trailing_slash_is_forwarded_not_cached() {
+        let r = classify(&Method::GET, "/organization/users/u1", true).unwrap();
+        assert_eq!(r, Route::GetUserUncached);
         assert_eq!(r.class(), RouteClass::Forward);
-    }
-
-    #[test]
-    fn writes_are_user_writes() {
         assert_eq!(
-            c(Method::POST, "/v1/organization/users/u1"),
-            Ok(Route::UserWrite { user_id: "u1" })
-        );
-        assert_eq!(
-            c(Method::DELETE, "/v1/organization/users/u1"),
-            Ok(Route::UserWrite { user_id: "u1" })
-        );
-        assert_eq!(
-            c(Method::PUT, "/v1/organization/users/u1"),
-            Ok(Route::Forward)
-        );
-        assert_eq!(
-            c(Method::HEAD, "/v1/organization/users/u1"),
-            Ok(Route::Forward)
+            c(Method::GET, "/organization/users/u1/"),
+            Ok(Route::GetUserUncached)
         );
     }
 
     #[test]
-    fn percent_encoded_ids_are_rejected() {
+    fn writes_are_user_writes_with_or_without_a_trailing_slash() {
         assert_eq!(
-            c(Method::GET, "/v1/organization/users/user%2Froles"),
-            Err("invalid_user_id")
+            c(Method::POST, "/organization/users/u1"),
+            Ok(Route::UserWrite { user_id: "u1" })
         );
         assert_eq!(
-            c(Method::GET, "/v1/organization/users/user%2D1"),
-            Err("invalid_user_id")
+            c(Method::DELETE, "/organization/users/u1/"),
+            Ok(Route::UserWrite { user_id: "u1" })
         );
+        assert_eq!(c(Method::PUT, "/organization/users/u1"), Ok(Route::Forward));
         assert_eq!(
-            c(Method::DELETE, "/v1/organization/users/a%20b"),
-            Err("invalid_user_id")
+            c(Method::HEAD, "/organization/users/u1"),
+            Ok(Route::Forward)
         );
-        let long = format!("/v1/organization/users/{}", "a".repeat(257));
+    }
+
+    #[test]
+    fn long_ids_are_refused() {
+        let ok = format!("/organization/users/{}", "a".repeat(256));
+        assert!(c(Method::GET, &ok).is_ok());
+        let long = format!("/organization/users/{}", "a".repeat(257));
         assert_eq!(c(Method::GET, &long), Err("invalid_user_id"));
     }
 
     #[test]
-    fn outside_prefix_is_not_found() {
-        assert_eq!(c(Method::GET, "/organization/users/u1"), Err("not_found"));
-        assert_eq!(
-            c(Method::GET, "/v10/organization/users/u1"),
-            Err("not_found")
-        );
-        assert_eq!(c(Method::GET, "/"), Err("not_found"));
-        assert_eq!(c(Method::GET, "/v1"), Ok(Route::Forward));
+    fn outside_prefix_is_none() {
+        assert_eq!(strip_prefix("/organization/users/u1", "/v1"), None);
+        assert_eq!(strip_prefix("/v10/organization", "/v1"), None);
+        assert_eq!(strip_prefix("/", "/v1"), None);
+        assert_eq!(strip_prefix("/v1", "/v1"), Some(""));
+        assert_eq!(strip_prefix("/v1/x", ""), Some("/v1/x"));
     }
 
     #[test]
-    fn dot_segments_are_rejected() {
-        for p in [
-            "/v1/../admin",
-            "/v1/organization/users/..",
-            "/v1/a/./b",
-            "/v1/%2e%2E/x",
-            "/v1/.%2e/x",
-            "/v1/organization/users/.",
-        ] {
-            assert_eq!(c(Method::GET, p), Err("invalid_path"), "{p}");
+    fn tunnels_traces_and_extension_methods_are_refused() {
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert!(
+                allowed_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
         }
-        assert_eq!(
-            c(Method::GET, "/v1/organization/users/a.b"),
-            Ok(Route::GetUser { user_id: "a.b" })
-        );
-        assert_eq!(c(Method::GET, "/v1/files/..."), Ok(Route::Forward));
-    }
-
-    #[test]
-    fn empty_prefix_works() {
-        let r = classify(&Method::GET, "/organization/users/u1", false, "").unwrap();
-        assert_eq!(
-            r,
-            (Route::GetUser { user_id: "u1" }, "/organization/users/u1")
-        );
+        for m in ["CONNECT", "TRACE", "PROPFIND", "BREW", "get"] {
+            assert!(
+                !allowed_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
     }
 }

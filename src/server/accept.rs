@@ -1,22 +1,36 @@
 //! The public accept loop: one permit per open connection, optional TLS,
-//! HTTP/1.1 and HTTP/2 served on a task per connection, watched for the
-//! graceful drain.
+//! HTTP/1.1 and HTTP/2 served on a task per connection, with the drain
+//! bookkeeping of our own.
+//!
+//! A connection earns its slot: its first request's headers must arrive
+//! within `server.header_read_timeout_ms` of accept (TLS handshake and the
+//! HTTP/2 preface included), or it is closed; and a client that keeps
+//! abandoning forwarded requests is sent GOAWAY
+//! ([`crate::proxy::Connection`] keeps the count).
 
+use std::convert::Infallible;
+use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error};
 
+use crate::body::BoxBody;
 use crate::config::ServerConfig;
-use crate::proxy::Gateway;
+use crate::proxy::{Connection, Gateway};
 
 /// Accepts public connections and serves each on its own task.
 pub(super) struct Acceptor {
@@ -29,8 +43,9 @@ pub(super) struct Acceptor {
     /// One permit per open connection: bounds file descriptors and memory
     /// under a connection flood; accept waits while none is free.
     limit: Arc<Semaphore>,
-    /// Bound on the TLS handshake (slow clients hold a permit otherwise).
-    handshake_timeout: Duration,
+    /// Time from accept to the first request's headers (TLS included):
+    /// silent connections would hold a permit otherwise.
+    first_request_timeout: Duration,
 }
 
 impl Acceptor {
@@ -50,15 +65,18 @@ impl Acceptor {
             gateway,
             tls,
             limit: Arc::new(Semaphore::new(settings.max_connections)),
-            handshake_timeout: settings.header_read_timeout,
+            first_request_timeout: settings.header_read_timeout,
         }
     }
 
+    /// Accepts until `shutdown` resolves; each connection's task goes into
+    /// `conns` and starts its graceful close when `drain` turns true.
     pub(super) async fn accept_until(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
-        graceful: &GracefulShutdown,
+        conns: &mut JoinSet<()>,
+        drain: &watch::Receiver<bool>,
     ) {
         tokio::pin!(shutdown);
         loop {
@@ -84,11 +102,10 @@ impl Acceptor {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let conn = self.connection(stream, peer, graceful.watcher());
-            tokio::spawn(async move {
-                conn.await;
-                drop(permit);
-            });
+            // Finished connections are reaped as new ones come, so the set
+            // holds about as many tasks as there are open connections.
+            while conns.try_join_next().is_some() {}
+            conns.spawn(self.connection(stream, peer, permit, drain.clone()));
         }
     }
 
@@ -96,41 +113,111 @@ impl Acceptor {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        watcher: hyper_util::server::graceful::Watcher,
+        permit: OwnedSemaphorePermit,
+        drain: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let http = self.http.clone();
-        let gateway = self.gateway.clone();
+        let account = Connection::new();
+        let service = ConnService {
+            gateway: self.gateway.clone(),
+            conn: account.clone(),
+        };
         let tls = self.tls.clone();
-        let handshake_timeout = self.handshake_timeout;
+        let deadline = Instant::now() + self.first_request_timeout;
         async move {
-            let result =
-                match tls {
-                    None => {
-                        let conn = http.serve_connection(TokioIo::new(stream), gateway);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        let tls_stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    debug!(%peer, cause = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = http.serve_connection(TokioIo::new(tls_stream), gateway);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
-            if let Err(e) = result {
-                debug!(%peer, cause = %e, "connection ended with an error");
+            let _permit = permit;
+            match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    drive(conn, &account, deadline, drain, peer).await;
+                }
+                Some(acceptor) => {
+                    let tls_stream =
+                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                debug!(%peer, cause = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = http.serve_connection(TokioIo::new(tls_stream), service);
+                    drive(conn, &account, deadline, drain, peer).await;
+                }
             }
         }
+    }
+}
+
+/// Serves one connection to its end. Dropping it (a silent client past
+/// the deadline) closes the socket; a drain or an abusive client starts a
+/// graceful close (GOAWAY on HTTP/2, close after the current response on
+/// HTTP/1.1).
+async fn drive<C>(
+    conn: C,
+    account: &Connection,
+    first_request_deadline: Instant,
+    mut drain: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: Display,
+{
+    tokio::pin!(conn);
+    let first = tokio::time::sleep_until(first_request_deadline);
+    tokio::pin!(first);
+    let (mut waiting_first, mut closing) = (true, false);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(%peer, cause = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut first, if waiting_first => {
+                if !account.has_had_a_request() {
+                    debug!(%peer, "no request within header_read_timeout_ms; closing");
+                    return;
+                }
+                waiting_first = false;
+            }
+            r = drain.changed(), if !closing => {
+                if r.is_err() || *drain.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = account.goaway(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The gateway as one connection's service: tells the connection's account
+/// that a request arrived, and hands it to the request.
+#[derive(Clone)]
+struct ConnService {
+    /// The handler.
+    gateway: Gateway,
+    /// This connection's account.
+    conn: Arc<Connection>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.conn.request_arrived();
+        let gateway = self.gateway.clone();
+        let conn = self.conn.clone();
+        Box::pin(async move { Ok(gateway.handle_on(req, Some(conn)).await) })
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::body::{full, BoxBody};
-use crate::proxy::valid_user_id;
+use crate::proxy::user_id_of;
 use crate::proxy::Gateway;
 
 /// What the admin endpoints need.
@@ -97,14 +97,19 @@ impl Admin {
         }
     }
 
-    async fn purge_user(&self, id: &str) -> Response<BoxBody> {
-        if !valid_user_id(id) {
+    /// Purges the user `raw` names, spelled as in a request path: every
+    /// spelling of one id (`user%2D1`, `user-1`) purges the same entry.
+    async fn purge_user(&self, raw: &str) -> Response<BoxBody> {
+        let Some(id) = user_id_of(raw) else {
             return text(StatusCode::BAD_REQUEST, "invalid user id\n");
-        }
-        self.gateway.cache().invalidate(id).await;
+        };
+        self.gateway.cache().invalidate(&id).await;
         self.gateway.metrics().invalidation("purge");
-        info!(target: "openai_admin_gateway::audit", action = "purge", user_id = id, "cache entry purged");
-        json(StatusCode::OK, format!(r#"{{"purged":"{id}"}}"#))
+        info!(target: "openai_admin_gateway::audit", action = "purge", user_id = id.as_str(), "cache entry purged");
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "purged": id }).to_string(),
+        )
     }
 
     async fn metrics(&self) -> Response<BoxBody> {

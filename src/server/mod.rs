@@ -2,8 +2,10 @@
 //!
 //! [`Server::bind`] binds both listeners and builds the gateway;
 //! [`Server::run`] accepts until the shutdown future resolves, then closes
-//! the listeners at once (new connections are refused), lets in-flight
-//! requests finish for up to `server.shutdown_grace_secs`, and returns.
+//! the listeners at once (new connections are refused), asks every
+//! connection to close gracefully, lets in-flight requests finish for up to
+//! `server.shutdown_grace_secs`, aborts the connections still open then,
+//! and returns once every connection task has ended.
 //!
 //! - `accept`: the public accept loop, the connection bound, TLS and HTTP/1
 //!   and HTTP/2 serving of each connection.
@@ -28,9 +30,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
@@ -119,25 +121,36 @@ impl Server {
             "gateway listening"
         );
 
-        let graceful = GracefulShutdown::new();
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
         let acceptor = Acceptor::new(&settings, gateway, tls);
-        acceptor.accept_until(public, shutdown, &graceful).await;
+        acceptor
+            .accept_until(public, shutdown, &mut conns, &drain_rx)
+            .await;
         // The listener is dropped here: new connections are refused from now on.
         draining.store(true, Ordering::Release);
         let _ = stop_tx.send(true);
+        let _ = drain_tx.send(true);
 
-        let open = graceful.count();
+        while conns.try_join_next().is_some() {}
         info!(
-            open_connections = open,
+            open_connections = conns.len(),
             grace_secs = settings.shutdown_grace.as_secs(),
             "draining"
         );
-        tokio::select! {
-            _ = graceful.shutdown() => info!("all connections closed"),
-            _ = tokio::time::sleep(settings.shutdown_grace) => {
-                // Nothing closes them here: their tasks are dropped with
-                // the runtime when the caller returns (the binary exits).
-                warn!("grace period over; returning without waiting for the remaining connections");
+        let drained = tokio::time::timeout(settings.shutdown_grace, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        match drained {
+            Ok(()) => info!("all connections closed"),
+            Err(_) => {
+                warn!(
+                    aborted = conns.len(),
+                    "grace period over; closing the remaining connections"
+                );
+                conns.abort_all();
+                while conns.join_next().await.is_some() {}
             }
         }
         let _ = admin_task.await;

@@ -24,7 +24,7 @@ use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::body::{prefixed, BoxBody, BoxError};
+use crate::body::{client_body, prefixed, BoxBody, BoxError};
 use crate::error::{GatewayError, Result};
 
 /// Largest declared body that is read whole (each way).
@@ -99,11 +99,11 @@ where
     B::Error: Into<BoxError>,
 {
     let Some(len) = small(headers) else {
-        return Ok(crate::body::boxed(body));
+        return Ok(client_body(body));
     };
     match read(body, len, Some(window)).await {
         Read::Whole(data, trailers) => Ok(whole(data, trailers)),
-        Read::Partial(data, rest) => Ok(prefixed(data, rest.map_err(Into::into))),
+        Read::Partial(data, rest) => Ok(prefixed(data, client_body(rest))),
         Read::Broken(..) => Err(GatewayError::IncompleteBody),
     }
 }

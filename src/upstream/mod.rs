@@ -29,7 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{BoxBody, BoxError};
+use crate::body::{is_client_body_error, BoxBody, BoxError};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
@@ -148,12 +148,17 @@ impl Upstream {
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         let outcome = match &result {
             Ok(Ok(r)) => UpstreamOutcome::Status(r.status().as_u16()),
+            // The client's body broke: not the upstream's failure.
+            Ok(Err(e)) if is_client_body_error(e) => UpstreamOutcome::ClientAborted,
             Ok(Err(_)) => UpstreamOutcome::Error,
             Err(_) => UpstreamOutcome::Timeout,
         };
         self.metrics.upstream(outcome, start.elapsed());
         let resp = match result {
             Ok(Ok(r)) => r,
+            Ok(Err(e)) if is_client_body_error(&e) => {
+                return Err(GatewayError::InvalidBody(describe(e)))
+            }
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(e))),
             Err(_) => return Err(GatewayError::UpstreamTimeout),
         };

@@ -227,12 +227,13 @@ test("a path outside the prefix raises NotFoundError", async () => {
   );
 });
 
-test("a malformed user id raises BadRequestError", async () => {
-  // The SDK percent-encodes the id ("a%20b"); the gateway refuses encoded ids.
+test("an id with a slash in it raises BadRequestError (invalid_path)", async () => {
+  // The SDK percent-encodes the id ("a%2Fb"); an encoded slash could name another
+  // resource after any hop that decodes it, so the gateway refuses it.
   await assert.rejects(
-    users.retrieve("a b"),
+    users.retrieve("a/b"),
     apiError(OpenAI.BadRequestError, 400, (err) => {
-      assert.equal(err.code, "invalid_user_id");
+      assert.equal(err.code, "invalid_path");
       assert.equal(err.type, "invalid_request_error");
     }),
   );

@@ -23,6 +23,8 @@ from openai import OpenAI
 BASE_URL = os.environ.get("GATEWAY_BASE_URL", "")
 KEY = os.environ.get("GATEWAY_KEY", "")
 USER_ID = os.environ.get("GATEWAY_USER_ID", "")
+# A user whose id the SDK must percent-encode; seeded upstream by tests/sdk_python.rs.
+SPACED_ID = "user a"
 
 if not (BASE_URL and KEY and USER_ID):
     pytest.exit(
@@ -142,12 +144,15 @@ def test_path_outside_prefix_is_not_found():
     assert err.type == "invalid_request_error"
 
 
-def test_invalid_user_id_is_bad_request(users):
-    # The SDK percent-encodes the id ("a%20b"); the gateway refuses encoded ids.
-    with pytest.raises(openai.BadRequestError) as excinfo:
-        users.retrieve("a b")
-    assert excinfo.value.status_code == 400
-    assert excinfo.value.code == "invalid_user_id"
+def test_an_id_that_needs_encoding_is_served_through_the_cache(users):
+    # The SDK percent-encodes the id ("user%20a"); the gateway keys its cache by the decoded
+    # id: once from the upstream, then from memory.
+    first = users.with_raw_response.retrieve(SPACED_ID)
+    assert first.parse().id == SPACED_ID
+    assert "stored" in cache_status(first.headers), cache_status(first.headers)
+    second = users.with_raw_response.retrieve(SPACED_ID)
+    assert second.parse().id == SPACED_ID
+    assert "hit" in cache_status(second.headers), cache_status(second.headers)
 
 
 def test_unknown_user_is_not_found_from_upstream(users):

@@ -72,7 +72,13 @@ impl GatewayConfig {
     /// Points `listen` and `admin_listen` at loopback ports that were free a moment ago, for
     /// the real binary (it cannot tell which ports it bound). Returns (public, admin).
     pub fn free_ports(&mut self) -> (SocketAddr, SocketAddr) {
-        let (addr, admin) = (free_addr(), free_addr());
+        // Both held at once, so the kernel cannot hand out the same port twice.
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (addr, admin) = (
+            a.local_addr().expect("addr"),
+            b.local_addr().expect("addr"),
+        );
         self.listen = addr.to_string();
         self.admin_listen = admin.to_string();
         (addr, admin)

@@ -536,17 +536,47 @@ async fn route(state: &Arc<State>, index: usize, req: Request<Incoming>) -> io::
     Ok(match (segments.as_slice(), &method) {
         (["v1", "organization", "users"], &Method::GET) => list_users(state, req.uri().query()),
         (["v1", "organization", "users"], _) => not_allowed(),
-        (["v1", "organization", "users", id], &Method::GET) => get_user(state, id),
-        (["v1", "organization", "users", id], &Method::POST) => modify_user(state, id, req).await,
-        (["v1", "organization", "users", id], &Method::DELETE) => delete_user(state, id),
+        // Path parameters are percent-decoded, as the real API's router does.
+        (["v1", "organization", "users", id], &Method::GET) => get_user(state, &decode(id)),
+        (["v1", "organization", "users", id], &Method::POST) => {
+            modify_user(state, &decode(id), req).await
+        }
+        (["v1", "organization", "users", id], &Method::DELETE) => delete_user(state, &decode(id)),
         (["v1", "organization", "users", _], _) => not_allowed(),
-        (["v1", "organization", "users", id, "roles"], &Method::GET) => user_roles(state, id),
+        (["v1", "organization", "users", id, "roles"], &Method::GET) => {
+            user_roles(state, &decode(id))
+        }
         (["v1", "organization", "users", _, "roles"], _) => not_allowed(),
         (["v1", "_test", "sse"], _) => sse(state, req.uri().query()),
         (["v1", "_test", "bytes"], _) => bytes_route(state, req.uri().query()),
         (["v1", "_test", "upload"], _) => upload(state, req).await,
         _ => echo(state, index, req).await,
     })
+}
+
+/// A percent-decoded path segment (invalid escapes and non-UTF-8 kept as they are).
+fn decode(segment: &str) -> String {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| segment.to_string())
 }
 
 // === users routes ===

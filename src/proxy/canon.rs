@@ -1,0 +1,265 @@
+//! Canonical paths: decided once, at the door, before any policy.
+//!
+//! The path after the prefix is brought to one spelling (RFC 3986 §6.2.2):
+//! percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
+//! decoded and every other escape's hex is upper-cased. Routing, the scope
+//! check and the cache key all read that spelling; the upstream gets the
+//! path as the client sent it, which means the same thing to any server.
+//!
+//! Spellings that a server, a CDN or a framework in front of the upstream
+//! could read as another path are refused instead of guessed at (Envoy's
+//! `normalize_path` + `merge_slashes` + `REJECT_REQUEST` for escaped
+//! slashes): a raw `\` or `%5C`, an encoded slash `%2F`, an empty segment
+//! (`//`; a single trailing `/` is allowed), a `.` or `..` segment raw or
+//! encoded, control characters raw or encoded, and broken escapes. What is
+//! accepted therefore names exactly one resource, whichever of those
+//! normalisers a hop applies.
+
+use std::borrow::Cow;
+
+use crate::error::{GatewayError, Result};
+
+/// The canonical spelling of `rest` (the raw path after the prefix: empty
+/// or starting with `/`), or 400 `invalid_path`. Borrows when `rest` has no
+/// escapes to rewrite.
+pub fn canonicalize(rest: &str) -> Result<Cow<'_, str>> {
+    let bytes = rest.as_bytes();
+    let mut out: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\\' => return Err(GatewayError::InvalidPath),
+            b if b < 0x20 || b == 0x7f => return Err(GatewayError::InvalidPath),
+            b'%' => {
+                let v = escape_at(bytes, i).ok_or(GatewayError::InvalidPath)?;
+                if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
+                    return Err(GatewayError::InvalidPath);
+                }
+                let buf = out.get_or_insert_with(|| {
+                    let mut s = String::with_capacity(rest.len());
+                    s.push_str(&rest[..i]);
+                    s
+                });
+                if is_unreserved(v) {
+                    buf.push(char::from(v));
+                } else {
+                    buf.push('%');
+                    buf.push(char::from(HEX[usize::from(v >> 4)]));
+                    buf.push(char::from(HEX[usize::from(v & 0xf)]));
+                }
+                i += 3;
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(buf) = out.as_mut() {
+            // Everything else is copied as it is (ASCII: the URI parser
+            // admits nothing else; a multi-byte char is copied whole).
+            let len = utf8_len(b);
+            buf.push_str(&rest[i..i + len]);
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+    let path = match out {
+        Some(s) => Cow::Owned(s),
+        None => Cow::Borrowed(rest),
+    };
+    check_segments(&path)?;
+    Ok(path)
+}
+
+/// Refuses empty segments (but a single trailing `/`) and dot segments.
+fn check_segments(path: &str) -> Result<()> {
+    let Some(body) = path.strip_prefix('/') else {
+        // Only the empty path (the prefix itself) has no leading slash.
+        return if path.is_empty() {
+            Ok(())
+        } else {
+            Err(GatewayError::InvalidPath)
+        };
+    };
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if body.is_empty() {
+        // "/" alone, or "//" (an empty segment).
+        return if path.len() <= 1 {
+            Ok(())
+        } else {
+            Err(GatewayError::InvalidPath)
+        };
+    }
+    for seg in body.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(GatewayError::InvalidPath);
+        }
+    }
+    Ok(())
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// The byte an escape at `i` (`%XY`) stands for.
+fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
+    let hi = hex_value(*bytes.get(i + 1)?)?;
+    let lo = hex_value(*bytes.get(i + 2)?)?;
+    Some(hi << 4 | lo)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 unreserved characters.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
+
+/// A canonical path segment fully percent-decoded (the user id of the
+/// cache key and of the stored body's check). `None` when the decoded bytes
+/// are not UTF-8: such an id can never equal a JSON id, and is not cached.
+pub fn decode_segment(seg: &str) -> Option<Cow<'_, str>> {
+    if !seg.contains('%') {
+        return Some(Cow::Borrowed(seg));
+    }
+    let bytes = seg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match escape_at(bytes, i).filter(|_| bytes[i] == b'%') {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// The id a single path segment names, as the cache keys it (canonical,
+/// then fully decoded): what an admin's `DELETE /cache/users/{id}` purges.
+/// `None` when `raw` is not one canonical, non-empty segment of at most
+/// [`super::MAX_USER_ID_LEN`] bytes, or does not decode to UTF-8.
+pub fn user_id_of(raw: &str) -> Option<String> {
+    if raw.is_empty() || raw.contains('/') {
+        return None;
+    }
+    let path = format!("/{raw}");
+    let canonical = canonicalize(&path).ok()?;
+    let seg = &canonical[1..];
+    if seg.len() > super::MAX_USER_ID_LEN {
+        return None;
+    }
+    decode_segment(seg).map(Cow::into_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(p: &str) -> String {
+        canonicalize(p)
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .into_owned()
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_others_upper_cased() {
+        assert_eq!(
+            ok("/organization/%75sers/user%2D1"),
+            "/organization/users/user-1"
+        );
+        assert_eq!(ok("/organization/user%73"), "/organization/users");
+        assert_eq!(ok("/echo/a%20b%2b%3a"), "/echo/a%20b%2B%3A");
+        assert_eq!(ok("/x/%7E%5f"), "/x/~_");
+        assert!(matches!(canonicalize("/plain/path"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn the_prefix_itself_and_a_trailing_slash_are_fine() {
+        assert_eq!(ok(""), "");
+        assert_eq!(ok("/"), "/");
+        assert_eq!(ok("/organization/users/u1/"), "/organization/users/u1/");
+    }
+
+    #[test]
+    fn ambiguous_spellings_are_refused() {
+        for p in [
+            "/a\\b",
+            "/a/..\\..\\admin_api_keys",
+            "/a%5cb",
+            "/a%5Cb",
+            "/users/x/..%2f..%2fprojects",
+            "/a%2Fb",
+            "//a",
+            "/a//b",
+            "/a/",
+            "/a//",
+            "//",
+            "/.",
+            "/..",
+            "/a/./b",
+            "/a/../b",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/a/%2E",
+            "/a/%00",
+            "/a/%1f",
+            "/a/%7F",
+            "/a/\u{1}",
+            "/a/%",
+            "/a/%4",
+            "/a/%zz",
+            "x",
+        ] {
+            if p == "/a/" {
+                // A trailing slash is allowed.
+                assert!(canonicalize(p).is_ok());
+                continue;
+            }
+            assert!(canonicalize(p).is_err(), "{p:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn dots_inside_a_segment_are_not_dot_segments() {
+        assert_eq!(ok("/files/.../a.b/..c/%2E%2E%2E"), "/files/.../a.b/..c/...");
+    }
+
+    #[test]
+    fn purge_ids_name_the_cached_id() {
+        assert_eq!(user_id_of("%75ser_abc").as_deref(), Some("user_abc"));
+        assert_eq!(user_id_of("user%20a").as_deref(), Some("user a"));
+        for bad in ["", "a/b", "a%2Fb", "..", "%2e", "a%00", "a\\b"] {
+            assert_eq!(user_id_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(user_id_of(&"a".repeat(257)), None);
+    }
+
+    #[test]
+    fn segments_decode_fully() {
+        assert_eq!(decode_segment("user%20a").as_deref(), Some("user a"));
+        assert_eq!(decode_segment("user-1").as_deref(), Some("user-1"));
+        assert_eq!(decode_segment("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(decode_segment("%FF"), None);
+    }
+}
