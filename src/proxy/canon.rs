@@ -262,4 +262,151 @@ mod tests {
         assert_eq!(decode_segment("%C3%A9").as_deref(), Some("é"));
         assert_eq!(decode_segment("%FF"), None);
     }
+
+    // === the property: what is accepted names one resource for every hop ===
+
+    use crate::config::Scope;
+    use http::Method;
+    use proptest::prelude::*;
+
+    const SEGMENTS: &[&str] = &[
+        "organization",
+        "users",
+        "x",
+        "user_abc",
+        "admin_api_keys",
+        "projects",
+        ".",
+        "..",
+        "",
+        "%2e",
+        "%2E%2e",
+        ".%2e",
+        "%2f",
+        "%2F",
+        "%5c",
+        "%5C",
+        "%75sers",
+        "user%73",
+        "a%20b",
+        "%00",
+        "%",
+        "~",
+        "a.b",
+        "%2D",
+    ];
+    const SEPARATORS: &[&str] = &["/", "\\", "//", "%2F", "%5C", "%2f"];
+    const PREFIXES: &[&str] = &[
+        "",
+        "/organization/users",
+        "/organization/users/x",
+        "/organization",
+    ];
+
+    fn paths() -> impl Strategy<Value = String> {
+        let pieces = prop::collection::vec((0..SEPARATORS.len(), 0..SEGMENTS.len()), 1..7);
+        (0..PREFIXES.len(), pieces, any::<bool>()).prop_map(|(p, pieces, trailing)| {
+            let mut s = PREFIXES[p].to_string();
+            for (sep, seg) in pieces {
+                s.push_str(SEPARATORS[sep]);
+                s.push_str(SEGMENTS[seg]);
+            }
+            if trailing {
+                s.push('/');
+            }
+            s
+        })
+    }
+
+    /// `\` → `/`.
+    fn backslashes(p: &str) -> String {
+        p.replace('\\', "/")
+    }
+
+    /// `%2F` → `/` and `%5C` → `\`, then backslashes as slashes.
+    fn decode_slashes(p: &str) -> String {
+        let s = p.replace("%2F", "/").replace("%2f", "/");
+        backslashes(&s.replace("%5C", "\\").replace("%5c", "\\"))
+    }
+
+    /// `//` → `/`.
+    fn merge_slashes(p: &str) -> String {
+        let mut s = p.to_string();
+        while s.contains("//") {
+            s = s.replace("//", "/");
+        }
+        s
+    }
+
+    /// RFC 3986 §5.2.4 remove_dot_segments, with `%2E` read as `.`.
+    fn resolve_dots(p: &str) -> String {
+        let mut out: Vec<&str> = Vec::new();
+        let decoded = p.replace("%2e", ".").replace("%2E", ".");
+        let segs: Vec<&str> = decoded.split('/').collect();
+        for (i, seg) in segs.iter().enumerate().skip(1) {
+            match *seg {
+                "." => {}
+                ".." => {
+                    out.pop();
+                }
+                s => out.push(s),
+            }
+            if (*seg == "." || *seg == "..") && i == segs.len() - 1 {
+                out.push("");
+            }
+        }
+        format!("/{}", out.join("/"))
+    }
+
+    /// Unreserved escapes decoded: how any server reads the result.
+    fn unreserved(p: &str) -> String {
+        let b = p.as_bytes();
+        let mut out = String::new();
+        let mut i = 0;
+        while i < b.len() {
+            match escape_at(b, i).filter(|v| b[i] == b'%' && is_unreserved(*v)) {
+                Some(v) => {
+                    out.push(char::from(v));
+                    i += 3;
+                }
+                None => {
+                    out.push(char::from(b[i]));
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// For every path the gateway accepts for a scoped reader, each common normaliser
+        /// (and all of them in a row) leaves a path the reader's patterns still allow.
+        #[test]
+        fn accepted_paths_stay_in_scope_under_every_normaliser(path in paths()) {
+            let scope = Scope::parse(&[
+                "GET /organization/users/*".to_string(),
+                "GET /organization/users".to_string(),
+            ]).expect("patterns");
+            let Ok(canonical) = canonicalize(&path) else { return Ok(()) };
+            if !scope.allows(&Method::GET, &canonical) {
+                return Ok(());
+            }
+            let all = resolve_dots(&merge_slashes(&decode_slashes(&backslashes(&path))));
+            for (name, normalised) in [
+                ("backslashes", backslashes(&path)),
+                ("decode_slashes", decode_slashes(&path)),
+                ("merge_slashes", merge_slashes(&path)),
+                ("resolve_dots", resolve_dots(&path)),
+                ("all", all),
+            ] {
+                let seen = unreserved(&normalised);
+                prop_assert!(
+                    scope.allows(&Method::GET, &seen),
+                    "{path:?} accepted as {canonical:?}, but {name} makes it {seen:?}"
+                );
+            }
+        }
+    }
 }

@@ -75,10 +75,7 @@ impl GatewayConfig {
         // Both held at once, so the kernel cannot hand out the same port twice.
         let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (addr, admin) = (
-            a.local_addr().expect("addr"),
-            b.local_addr().expect("addr"),
-        );
+        let (addr, admin) = (a.local_addr().expect("addr"), b.local_addr().expect("addr"));
         self.listen = addr.to_string();
         self.admin_listen = admin.to_string();
         (addr, admin)

@@ -4,7 +4,8 @@
 //! Routes (all need `Authorization: Bearer ADMIN_KEY`, else 401 in OpenAI's error shape):
 //! - `GET /v1/organization/users?limit=&after=`: `UserListResponse`.
 //! - `GET|POST|DELETE /v1/organization/users/{id}`: retrieve / modify role (`{"role":..}`) /
-//!   delete; unknown id → 404.
+//!   delete; unknown id → 404. The id is percent-decoded; a retrieve with
+//!   `OpenAI-Organization: X` answers the user with `(as seen by X)` after its name.
 //! - `GET /v1/organization/users/{id}/roles`: a role list.
 //! - `GET /v1/_test/sse?n=&interval_ms=&gate=`: `n` SSE events; with `gate` the first event is
 //!   sent at once and the rest only after the gate opens.
@@ -537,7 +538,11 @@ async fn route(state: &Arc<State>, index: usize, req: Request<Incoming>) -> io::
         (["v1", "organization", "users"], &Method::GET) => list_users(state, req.uri().query()),
         (["v1", "organization", "users"], _) => not_allowed(),
         // Path parameters are percent-decoded, as the real API's router does.
-        (["v1", "organization", "users", id], &Method::GET) => get_user(state, &decode(id)),
+        (["v1", "organization", "users", id], &Method::GET) => {
+            let org = req.headers().get("openai-organization");
+            let org = org.and_then(|v| v.to_str().ok());
+            get_user(state, &decode(id), org)
+        }
         (["v1", "organization", "users", id], &Method::POST) => {
             modify_user(state, &decode(id), req).await
         }
@@ -640,9 +645,19 @@ fn user_not_found(id: &str) -> Resp {
     error(StatusCode::NOT_FOUND, &msg, "user_not_found")
 }
 
-fn get_user(state: &State, id: &str) -> Resp {
+/// A user as the organization `org` (the `OpenAI-Organization` header) sees it: its `name`
+/// says which organization answered, so a test can tell tenants' answers apart.
+fn get_user(state: &State, id: &str, org: Option<&str>) -> Resp {
     match state.users.lock().unwrap().get(id) {
-        Some(user) => json_response(StatusCode::OK, user),
+        Some(user) => match org {
+            Some(org) => {
+                let mut seen = user.clone();
+                let name = seen["name"].as_str().unwrap_or_default().to_string();
+                seen["name"] = json!(format!("{name} (as seen by {org})"));
+                json_response(StatusCode::OK, &seen)
+            }
+            None => json_response(StatusCode::OK, user),
+        },
         None => user_not_found(id),
     }
 }
