@@ -85,6 +85,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthFailureLabels {
+    /// 401 or 403.
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ClientLabels {
     client: ClientLabel,
 }
@@ -121,6 +127,7 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: Histogram,
     upstream_in_flight: Gauge,
+    upstream_auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<ClientLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     ratelimit_store_errors: Counter,
@@ -146,6 +153,7 @@ impl Metrics {
             upstream_requests: Family::default(),
             upstream_duration: latency_histogram(),
             upstream_in_flight: Gauge::default(),
+            upstream_auth_failures: Family::default(),
             rate_limited: Family::default(),
             reloads: Family::default(),
             ratelimit_store_errors: Counter::default(),
@@ -202,6 +210,18 @@ impl Metrics {
             "Upstream requests holding a concurrency slot",
             m.upstream_in_flight.clone(),
         );
+        r.register(
+            "gateway_upstream_auth_failures",
+            "Upstream refusals of the admin key (a 401, or a 403 naming the key), by upstream status",
+            m.upstream_auth_failures.clone(),
+        );
+        // Both series exist from the start, so an alert on their rate sees
+        // the first failure.
+        for status in [401, 403] {
+            let _series = m
+                .upstream_auth_failures
+                .get_or_create(&AuthFailureLabels { status });
+        }
         r.register(
             "gateway_rate_limited",
             "Requests refused with 429 by a client's rate limit",
@@ -277,6 +297,15 @@ impl Metrics {
         &self.upstream_in_flight
     }
 
+    /// Counts an upstream refusal of the admin key; `status` is 401 or 403
+    /// (anything else is counted as 403, keeping the label bounded).
+    pub fn upstream_auth_failure(&self, status: u16) {
+        let status = if status == 401 { 401 } else { 403 };
+        self.upstream_auth_failures
+            .get_or_create(&AuthFailureLabels { status })
+            .inc();
+    }
+
     /// Counts a 429 given to `client`.
     pub fn rate_limited(&self, client: &ClientLabel) {
         self.rate_limited
@@ -338,6 +367,9 @@ mod tests {
         m.cache_miss();
         m.upstream(UpstreamOutcome::Status(200), Duration::from_millis(3));
         m.upstream(UpstreamOutcome::Timeout, Duration::from_millis(3));
+        m.upstream_auth_failure(401);
+        m.upstream_auth_failure(401);
+        m.upstream_auth_failure(999);
         let text = m.encode(7);
         for needle in [
             "gateway_requests_total{route=\"get_user\",method=\"GET\",status=\"200\",client=\"dash\"} 1",
@@ -348,6 +380,8 @@ mod tests {
             "gateway_upstream_requests_total{status=\"200\"} 1",
             "gateway_upstream_requests_total{status=\"timeout\"} 1",
             "gateway_upstream_duration_seconds_count 2",
+            "gateway_upstream_auth_failures_total{status=\"401\"} 2",
+            "gateway_upstream_auth_failures_total{status=\"403\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
