@@ -123,7 +123,8 @@ pub async fn response(resp: Response<BoxBody>) -> Response<BoxBody> {
     Response::from_parts(parts, body)
 }
 
-fn whole(data: Bytes, trailers: Option<HeaderMap>) -> BoxBody {
+/// A body already in memory (used for small bodies and checked 403s).
+pub(super) fn whole(data: Bytes, trailers: Option<HeaderMap>) -> BoxBody {
     BoxBody::new(Whole {
         data: (!data.is_empty()).then_some(data),
         trailers,

@@ -9,9 +9,12 @@
 //!   connect (TCP and TLS).
 //! - `slot`: the concurrency slot a response body holds until it ends.
 //! - [`buffer`]: small bodies read whole before they are passed on.
+//! - `auth`: an upstream 401, or a 403 naming the key, means the upstream
+//!   refused the admin key; such a response never reaches a client.
 //!
 //! Public surface: [`Upstream`], [`tls_client_config`], [`buffer`].
 
+mod auth;
 pub mod buffer;
 mod connect;
 mod slot;
@@ -22,12 +25,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{AUTHORIZATION, HOST};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::error;
 
 use crate::body::{is_client_body_error, BoxBody, BoxError};
 use crate::config::UpstreamConfig;
@@ -36,6 +40,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, UpstreamOutcome};
 use crate::secret::AdminKey;
 
+use auth::Forbidden;
 pub use connect::tls_client_config;
 use connect::ConnectTimeout;
 use slot::{Slot, SlotBody};
@@ -125,6 +130,11 @@ impl Upstream {
     /// Sends `method {base}{rest}?{query}` with `headers` (client credential
     /// replaced by the admin key, hop-by-hop headers dropped) and streams
     /// `body`. Resolves at response headers; the body streams on.
+    ///
+    /// An upstream 401, or a 403 whose body names the key, is
+    /// [`GatewayError::UpstreamAuthFailed`]: the upstream refused the admin
+    /// key, and its body (which quotes the key, masked) is dropped. Any
+    /// other 403 is read whole first (see `auth`) and then relayed.
     pub async fn send(
         &self,
         method: Method,
@@ -136,7 +146,10 @@ impl Upstream {
         let uri = self.uri(rest, query)?;
         strip_hop_by_hop(&mut headers);
         headers.remove(HOST);
-        headers.insert(AUTHORIZATION, self.admin.load().header().clone());
+        // The key this request carries, for checking a 403 against it even
+        // if a reload swaps the key meanwhile.
+        let admin = self.admin.load_full();
+        headers.insert(AUTHORIZATION, admin.header().clone());
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -164,8 +177,34 @@ impl Upstream {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = BoxBody::new(SlotBody::new(body, slot));
+        // On the refusal paths the body is dropped unread and the slot is
+        // released when this returns; a relayed 403 is whole, so it needs
+        // the slot no longer either.
+        let body = match parts.status {
+            StatusCode::UNAUTHORIZED => return Err(self.key_refused(401, "401 from the upstream")),
+            StatusCode::FORBIDDEN => {
+                let key = admin.expose();
+                match auth::check_forbidden(&parts.headers, body, key, self.timeout).await {
+                    Forbidden::Relay(body) => body,
+                    Forbidden::KeyRefused(reason) => return Err(self.key_refused(403, reason)),
+                    Forbidden::Failed(e) => return Err(e),
+                }
+            }
+            _ => BoxBody::new(SlotBody::new(body, slot)),
+        };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Counts and logs an upstream refusal of the admin key. The log line
+    /// carries the status and why, never the upstream's body.
+    fn key_refused(&self, status: u16, reason: &'static str) -> GatewayError {
+        self.metrics.upstream_auth_failure(status);
+        error!(
+            status,
+            reason,
+            "the upstream refused the admin key; requests fail with 502 upstream_auth_failed until it is replaced"
+        );
+        GatewayError::UpstreamAuthFailed(status)
     }
 
     fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri> {
