@@ -20,6 +20,10 @@
 //!
 //! Every response carries its own `x-request-id: upstream-req-N`.
 //!
+//! A [`Fault::refuse_key`] makes the fake answer as OpenAI does when the admin key is revoked
+//! or lacks a permission ([`KeyRefusal`]): the 401 and the first 403 quote the key masked
+//! ([`masked_admin_key`]), the other 403 names no key.
+//!
 //! Besides the recorded requests, the fake counts requests with a wrong `Authorization`
 //! ([`Upstream::bad_auth`]) and how many it is handling at once ([`Upstream::in_flight`],
 //! [`Upstream::max_in_flight`]); a `Fault` with only a delay, injected for `"*" "*"`, makes
@@ -62,6 +66,8 @@ pub struct Fault {
     pub gate: Option<String>,
     /// Answer with this status and an OpenAI error body (429 adds `retry-after`).
     pub status: Option<u16>,
+    /// Refuse the admin key the way OpenAI does (takes precedence over `status`).
+    pub refusal: Option<KeyRefusal>,
     /// Close the connection without any response.
     pub reset_before_headers: bool,
     /// Send headers (with the full `content-length`) and half the body, then break off.
@@ -96,6 +102,10 @@ impl Fault {
     }
     pub fn status(mut self, status: u16) -> Self {
         self.status = Some(status);
+        self
+    }
+    pub fn refuse_key(mut self, how: KeyRefusal) -> Self {
+        self.refusal = Some(how);
         self
     }
     pub fn reset_before_headers(mut self) -> Self {
@@ -134,6 +144,60 @@ impl Fault {
         self.times = Some(n);
         self
     }
+}
+
+/// How [`Fault::refuse_key`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// 401 `invalid_api_key`, "Incorrect API key provided: sk-admin-****…6789. You can find
+    /// your API key at …", as OpenAI answers a revoked key.
+    Revoked,
+    /// 403 whose message quotes the key masked (no "API key" phrase: only the key's own
+    /// characters give it away).
+    ForbiddenNamingKey,
+    /// 403 about a missing permission that names no key (relayed by the gateway).
+    ForbiddenWithoutKey,
+}
+
+impl KeyRefusal {
+    /// The status and exact body the fake answers with.
+    pub fn response(self) -> (StatusCode, Bytes) {
+        let masked = masked_admin_key();
+        let (status, message, code) = match self {
+            Self::Revoked => (
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "Incorrect API key provided: {masked}. You can find your API key at \
+                     https://platform.openai.com/account/api-keys."
+                ),
+                "invalid_api_key",
+            ),
+            Self::ForbiddenNamingKey => (
+                StatusCode::FORBIDDEN,
+                format!("Key {masked} has been disabled for organization org-test."),
+                "access_denied",
+            ),
+            Self::ForbiddenWithoutKey => (
+                StatusCode::FORBIDDEN,
+                "You have insufficient permissions for this operation. Missing scopes: \
+                 api.management.read. Check that you have the correct role in your organization."
+                    .to_string(),
+                "insufficient_permissions",
+            ),
+        };
+        let body = json!({"error": {"message": message, "type": "invalid_request_error",
+            "param": null, "code": code}});
+        (status, json_bytes(&body))
+    }
+}
+
+/// [`ADMIN_KEY`] masked as OpenAI quotes a key: its `sk-admin-` prefix, stars, and its last
+/// four characters.
+pub fn masked_admin_key() -> String {
+    let prefix = "sk-admin-";
+    let last4 = &ADMIN_KEY[ADMIN_KEY.len() - 4..];
+    let stars = "*".repeat(ADMIN_KEY.len() - prefix.len() - 4);
+    format!("{prefix}{stars}{last4}")
 }
 
 struct FaultRule {
@@ -510,9 +574,17 @@ async fn respond(
     };
     // The response (and with it the user's state) is taken before waiting, as a real server
     // that read the database and then stalled would do.
-    let resp = match fault.status {
-        Some(status) => status_error(status),
-        None => route(state, index, req).await?,
+    let resp = match (fault.refusal, fault.status) {
+        (Some(how), _) => {
+            let (status, body) = how.response();
+            Response::builder()
+                .status(status)
+                .header(CONTENT_TYPE, "application/json")
+                .body(full(body))
+                .expect("response")
+        }
+        (None, Some(status)) => status_error(status),
+        (None, None) => route(state, index, req).await?,
     };
     if let Some(gate) = &fault.gate {
         state.gate(gate).wait().await;
