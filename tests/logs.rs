@@ -1,6 +1,6 @@
 //! The real binary's logs on stderr: `server.log_format = "json"` writes one JSON object per
 //! line (access, audit, startup, reload errors, shutdown), with the access line's fields as
-//! named in `src/proxy.rs` (`Gateway::finish`); the default text format carries no ANSI
+//! named in `src/proxy/access.rs` (`Access`); the default text format carries no ANSI
 //! escape codes when stderr is not a terminal, even with a colour-capable `TERM`.
 
 mod support;
@@ -16,7 +16,7 @@ use support::*;
 
 const ACCESS: &str = "openai_admin_gateway::access";
 const AUDIT: &str = "openai_admin_gateway::audit";
-/// Fields of every access line (`Gateway::finish`), with the JSON type each must have.
+/// Fields of every access line (`proxy::access::Access`), with the JSON type each must have.
 const ACCESS_FIELDS: [(&str, Kind); 7] = [
     ("request_id", Kind::Str),
     ("client", Kind::Str),
