@@ -105,6 +105,11 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -131,6 +136,9 @@ pub struct Metrics {
     rate_limited: Family<ClientLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     ratelimit_store_errors: Counter,
+    stale_served: Family<ReasonLabels, Counter>,
+    refreshes: Family<ResultLabels, Counter>,
+    upstream_timeouts: Family<PhaseLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -157,6 +165,9 @@ impl Metrics {
             rate_limited: Family::default(),
             reloads: Family::default(),
             ratelimit_store_errors: Counter::default(),
+            stale_served: Family::default(),
+            refreshes: Family::default(),
+            upstream_timeouts: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut m.registry;
@@ -237,7 +248,44 @@ impl Metrics {
             "Shared rate-limit checks that fell back to the local limiter (Redis down or slow)",
             m.ratelimit_store_errors.clone(),
         );
+        r.register(
+            "gateway_cache_stale_served",
+            "Expired users served: the refetch failed (error) or a background refresh runs (revalidate)",
+            m.stale_served.clone(),
+        );
+        r.register(
+            "gateway_cache_refreshes",
+            "Refetches of expired users, by result (ok, error, gone, unstorable)",
+            m.refreshes.clone(),
+        );
+        r.register(
+            "gateway_upstream_timeouts",
+            "Upstream deadlines passed: waiting for headers, or for a body (fill, buffered or idle)",
+            m.upstream_timeouts.clone(),
+        );
+        for phase in ["headers", "body"] {
+            let _series = m.upstream_timeouts.get_or_create(&PhaseLabels { phase });
+        }
         m
+    }
+
+    /// Counts an expired user served (`error` or `revalidate`).
+    pub fn stale_served(&self, reason: &'static str) {
+        self.stale_served
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a refetch of an expired user (`ok`, `error`, `gone`, `unstorable`).
+    pub fn refresh(&self, result: &'static str) {
+        self.refreshes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a passed upstream deadline (`headers` or `body`).
+    pub fn upstream_timeout(&self, phase: &'static str) {
+        self.upstream_timeouts
+            .get_or_create(&PhaseLabels { phase })
+            .inc();
     }
 
     /// Counts one answered request.

@@ -214,12 +214,20 @@ fn assert_bounded_labels(scrape: &Scrape) {
                 "method" => methods.contains(v.as_str()),
                 "client" => clients.contains(v.as_str()),
                 "status" if s.name.starts_with("gateway_upstream_requests") => {
-                    v == "error" || v == "timeout" || v.parse::<u16>().is_ok()
+                    ["error", "timeout", "client_aborted"].contains(&v.as_str())
+                        || v.parse::<u16>().is_ok()
                 }
                 "status" => v.parse::<u16>().is_ok(),
                 "le" => v == "+Inf" || v.parse::<f64>().is_ok(),
+                "reason" if s.name.starts_with("gateway_cache_stale_served") => {
+                    ["error", "revalidate"].contains(&v.as_str())
+                }
                 "reason" => ["write", "purge", "purge_all"].contains(&v.as_str()),
+                "result" if s.name.starts_with("gateway_cache_refreshes") => {
+                    ["ok", "error", "gone", "unstorable"].contains(&v.as_str())
+                }
                 "result" => ["ok", "error"].contains(&v.as_str()),
+                "phase" => ["headers", "body"].contains(&v.as_str()),
                 _ => false,
             };
             assert!(

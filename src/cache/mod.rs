@@ -6,16 +6,20 @@
 //! - [`route`]: [`UserRoute`], `GET {prefix}/organization/users/{id}`
 //!   served from the cache, filled from the upstream; it needs only the
 //!   cache, the upstream, metrics and its live [`Settings`].
+//! - `stale`: expired entries served while the upstream fails
+//!   (`stale_if_error_secs`) or while one background refresh runs
+//!   (`stale_while_revalidate_secs`).
 //! - [`status`]: [`CacheStatus`], the RFC 9211 `Cache-Status` outcomes.
 //!
 //! Public surface: the re-exports below.
 
 mod route;
+mod stale;
 mod status;
 mod store;
 
 pub use route::{bypasses, directive, fill_headers, is_user, Directive, Settings, UserRoute};
-pub use status::{CacheStatus, CACHE_STATUS};
+pub use status::{stale_status, CacheStatus, CACHE_STATUS};
 pub use store::{CacheKey, CachedUser, KeyBits, Lookup, UserCache};
 
 /// The hit response for a stored user (benches measure it alone).

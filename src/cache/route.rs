@@ -10,7 +10,8 @@
 //! each waiter fetches for itself.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -28,7 +29,7 @@ use super::status::{hit_status, CacheStatus, CACHE_STATUS};
 use super::store::{CacheKey, CachedUser, Lookup, UserCache};
 use crate::body::{empty, full, prefixed, truncated, BoxBody};
 use crate::config::CacheConfig;
-use crate::error::Result;
+use crate::error::{GatewayError, Result};
 use crate::headers::{int_value, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -40,6 +41,18 @@ pub struct Settings {
     pub ttl: Duration,
     /// Larger user responses are passed through unstored.
     pub max_body_bytes: usize,
+    /// How long past its TTL an entry may be served when the refetch fails.
+    pub stale_if_error: Duration,
+    /// How long past its TTL an entry is served at once while one
+    /// background refresh runs.
+    pub stale_while_revalidate: Duration,
+}
+
+impl Settings {
+    /// How long entries outlive their TTL: the longer stale window.
+    pub fn stale_window(&self) -> Duration {
+        self.stale_if_error.max(self.stale_while_revalidate)
+    }
 }
 
 impl From<&CacheConfig> for Settings {
@@ -47,28 +60,61 @@ impl From<&CacheConfig> for Settings {
         Self {
             ttl: c.ttl,
             max_body_bytes: c.max_body_bytes,
+            stale_if_error: c.stale_if_error,
+            stale_while_revalidate: c.stale_while_revalidate,
         }
     }
 }
 
 /// The cached route and everything it needs: the cache, the upstream it
 /// fills from, metrics and its live settings. Nothing else of the gateway.
-#[derive(Debug)]
+/// Cheap to clone (a background refresh holds a clone).
+#[derive(Debug, Clone)]
 pub struct UserRoute {
+    /// Shared with background refreshes.
+    inner: Arc<Inner>,
+}
+
+/// What [`UserRoute`] holds.
+#[derive(Debug)]
+pub struct Inner {
     /// The stored users.
-    cache: UserCache,
+    pub(super) cache: UserCache,
     /// Where misses are fetched.
-    upstream: Arc<Upstream>,
+    pub(super) upstream: Arc<Upstream>,
     /// Hit and miss counters.
-    metrics: Arc<Metrics>,
-    /// TTL and body bound, replaced on reload.
-    settings: ArcSwap<Settings>,
+    pub(super) metrics: Arc<Metrics>,
+    /// TTL, body bound and stale windows, replaced on reload.
+    pub(super) settings: ArcSwap<Settings>,
+    /// Ids (keys) with a background refresh running: one per id.
+    pub(super) refreshing: Mutex<HashSet<u128>>,
+}
+
+impl std::ops::Deref for UserRoute {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
 }
 
 /// What a fetch got that is not a user to store: the answer for the
 /// request that made it (the upstream's response, streamed on when large or
-/// broken off) or the failure to report. Never shared with other requests.
-type Unstored = Result<Response<BoxBody>>;
+/// broken off) or the failure to report.
+pub(super) type Unstored = Result<Response<BoxBody>>;
+
+/// How a shared fill ended when it stored nothing, as every request that
+/// waited on it sees it.
+#[derive(Debug)]
+pub(super) enum FillFailed {
+    /// No answer: the upstream was unreachable, slow past the deadline,
+    /// overloaded or refused the key. Shared: nobody's headers shaped it.
+    Error(GatewayError),
+    /// The upstream answered something that is not the user, with this
+    /// status. The request that fetched it answers with it; a waiter
+    /// fetches for itself (or serves a stale entry, when allowed).
+    Answer(StatusCode),
+}
 
 /// What `Cache-Control` on the request asks of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,11 +153,15 @@ impl UserRoute {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
+        cache.set_stale_window(settings.stale_window());
         Self {
-            cache,
-            upstream,
-            metrics,
-            settings: ArcSwap::from_pointee(settings),
+            inner: Arc::new(Inner {
+                cache,
+                upstream,
+                metrics,
+                settings: ArcSwap::from_pointee(settings),
+                refreshing: Mutex::new(HashSet::new()),
+            }),
         }
     }
 
@@ -122,6 +172,7 @@ impl UserRoute {
 
     /// Applies reloaded settings; entries already stored keep their TTL.
     pub fn set_settings(&self, settings: Settings) {
+        self.cache.set_stale_window(settings.stale_window());
         self.settings.store(Arc::new(settings));
     }
 
@@ -143,8 +194,11 @@ impl UserRoute {
             Directive::Normal => {
                 let key = self.cache.key(id);
                 if let Some(u) = self.cache.get(&key).await {
-                    self.metrics.cache_hit();
-                    return Ok((hit_response(&u), CacheStatus::Hit));
+                    if u.is_fresh(Instant::now()) {
+                        self.metrics.cache_hit();
+                        return Ok((hit_response(&u), CacheStatus::Hit));
+                    }
+                    return Box::pin(self.stale(headers, rest, id, key, u)).await;
                 }
                 Box::pin(self.lookup(headers, rest, id, key)).await
             }
@@ -169,16 +223,8 @@ impl UserRoute {
         key: CacheKey,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
         let mut upstream_id = None;
-        let mut mine: Option<Unstored> = None;
-        let fill = async {
-            match self.fetch(headers, rest, id, &mut upstream_id).await {
-                Ok(u) => Ok(u),
-                Err(unstored) => {
-                    mine = Some(unstored);
-                    Err(())
-                }
-            }
-        };
+        let mut mine: Option<Response<BoxBody>> = None;
+        let fill = self.fill(headers, rest, id, &mut upstream_id, &mut mine);
         // get_user has just looked the key up: go straight to the shared fetch.
         match self.cache.fetch_once(key, fill).await {
             Lookup::Hit(u) => {
@@ -189,12 +235,18 @@ impl UserRoute {
                 self.metrics.cache_miss();
                 Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
             }
-            Lookup::Failed(_) => match mine {
-                Some(unstored) => {
+            Lookup::Failed(failed) => match (&*failed, mine) {
+                (FillFailed::Error(e), _) => {
                     self.metrics.cache_miss();
-                    Ok((unstored?, CacheStatus::Miss))
+                    Err(e.duplicate())
                 }
-                None => self.fetch_alone(headers, rest, id, Alone::Waiter).await,
+                (FillFailed::Answer(_), Some(answer)) => {
+                    self.metrics.cache_miss();
+                    Ok((answer, CacheStatus::Miss))
+                }
+                (FillFailed::Answer(_), None) => {
+                    self.fetch_alone(headers, rest, id, Alone::Waiter).await
+                }
             },
         }
     }
@@ -202,7 +254,7 @@ impl UserRoute {
     /// A fetch for this request alone: `no-cache`, `no-store`, or a waiter
     /// whose shared fill got nothing to share. A user it gets is stored
     /// unless `no-store` asked otherwise.
-    async fn fetch_alone(
+    pub(super) async fn fetch_alone(
         &self,
         headers: &HeaderMap,
         rest: &str,
@@ -228,11 +280,58 @@ impl UserRoute {
         }
     }
 
-    /// One upstream retrieve, as the gateway's own request. The body is
-    /// read up to `cache.max_body_bytes`; a 200 that is the user asked for
-    /// comes back as a [`CachedUser`], anything else as this request's
-    /// answer. Records the upstream's request id for the caller.
-    async fn fetch(
+    /// The shared fill: a [`fetch`](Self::fetch) whose user is stored and
+    /// shared; anything else is kept in `mine` for the request that ran it
+    /// (only it, the leader, runs this), and what the waiters learn is a
+    /// [`FillFailed`].
+    pub(super) async fn fill(
+        &self,
+        headers: &HeaderMap,
+        rest: &str,
+        id: &str,
+        upstream_id: &mut Option<HeaderValue>,
+        mine: &mut Option<Response<BoxBody>>,
+    ) -> std::result::Result<CachedUser, FillFailed> {
+        match self.fetch(headers, rest, id, upstream_id).await {
+            Ok(u) => Ok(u),
+            Err(Err(e)) => Err(FillFailed::Error(e)),
+            Err(Ok(answer)) => {
+                let status = answer.status();
+                *mine = Some(answer);
+                Err(FillFailed::Answer(status))
+            }
+        }
+    }
+
+    /// One upstream retrieve, as the gateway's own request, done within
+    /// `upstream.timeout_ms` from start to the last byte read (504 for a
+    /// fill that stalls). The body is read up to `cache.max_body_bytes`; a
+    /// 200 that is the user asked for comes back as a [`CachedUser`],
+    /// anything else as this request's answer. Records the upstream's
+    /// request id for the caller.
+    pub(super) async fn fetch(
+        &self,
+        headers: &HeaderMap,
+        rest: &str,
+        id: &str,
+        upstream_id: &mut Option<HeaderValue>,
+    ) -> std::result::Result<CachedUser, Unstored> {
+        let deadline = self.upstream.timeout();
+        match tokio::time::timeout(
+            deadline,
+            self.fetch_unbounded(headers, rest, id, upstream_id),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics.upstream_timeout("body");
+                Err(Err(GatewayError::UpstreamTimeout))
+            }
+        }
+    }
+
+    async fn fetch_unbounded(
         &self,
         headers: &HeaderMap,
         rest: &str,
@@ -248,6 +347,7 @@ impl UserRoute {
         let Settings {
             max_body_bytes: max,
             ttl,
+            ..
         } = **self.settings.load();
         let (parts, mut body) = resp.into_parts();
         *upstream_id = parts.headers.get(X_REQUEST_ID).cloned();
@@ -297,7 +397,7 @@ impl UserRoute {
 
 /// Why a request fetches for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Alone {
+pub(super) enum Alone {
     /// `Cache-Control: no-cache`: fetch, then store.
     Refresh,
     /// `Cache-Control: no-store`: fetch, don't store.
@@ -395,7 +495,7 @@ pub fn is_user(body: &[u8], user_id: &str) -> bool {
 }
 
 /// A stored user as a response (no cache headers yet).
-fn stored_response(u: &CachedUser) -> Response<BoxBody> {
+pub(super) fn stored_response(u: &CachedUser) -> Response<BoxBody> {
     let body = u.body();
     let mut r = Response::new(full(body.clone()));
     // Room for everything a hit gets (cache headers, request id, rate
@@ -414,7 +514,10 @@ fn stored_response(u: &CachedUser) -> Response<BoxBody> {
 
 /// A user this request fetched: the stored form, with the upstream's
 /// request id (a forwarded response keeps it).
-fn fetched_response(u: &CachedUser, upstream_id: Option<HeaderValue>) -> Response<BoxBody> {
+pub(super) fn fetched_response(
+    u: &CachedUser,
+    upstream_id: Option<HeaderValue>,
+) -> Response<BoxBody> {
     let mut r = stored_response(u);
     if let Some(id) = upstream_id {
         r.headers_mut().insert(X_REQUEST_ID, id);

@@ -21,6 +21,11 @@ pub enum CacheStatus {
     Request,
     /// The route does not use the cache.
     Bypass,
+    /// Expired, served because the refetch failed (`stale_if_error_secs`).
+    StaleIfError,
+    /// Expired, served at once while a background refresh runs
+    /// (`stale_while_revalidate_secs`).
+    StaleRevalidate,
 }
 
 impl CacheStatus {
@@ -33,6 +38,8 @@ impl CacheStatus {
             Self::RequestStored => "request_stored",
             Self::Request => "request",
             Self::Bypass => "bypass",
+            Self::StaleIfError => "stale_error",
+            Self::StaleRevalidate => "stale_revalidate",
         }
     }
 
@@ -45,6 +52,8 @@ impl CacheStatus {
             Self::RequestStored => "openai-admin-gateway; fwd=request; stored",
             Self::Request => "openai-admin-gateway; fwd=request",
             Self::Bypass => "openai-admin-gateway; fwd=bypass",
+            Self::StaleIfError => "openai-admin-gateway; fwd=stale",
+            Self::StaleRevalidate => "openai-admin-gateway; hit",
         })
     }
 }
@@ -67,4 +76,19 @@ pub fn hit_status(ttl: u64) -> HeaderValue {
         Some(slot) => slot.get_or_init(build).clone(),
         None => build(),
     }
+}
+
+/// `Cache-Status` of an expired entry served `past` seconds after its TTL:
+/// `...; hit; ttl=-N` while revalidating, `...; fwd=stale; fwd-status=S;
+/// ttl=-N` when the refetch failed (no `fwd-status` without a response).
+pub fn stale_status(past: u64, fwd_status: Option<u16>, revalidating: bool) -> HeaderValue {
+    let s = match (revalidating, fwd_status) {
+        (true, _) => format!("openai-admin-gateway; hit; ttl=-{past}"),
+        (false, Some(code)) => {
+            format!("openai-admin-gateway; fwd=stale; fwd-status={code}; ttl=-{past}")
+        }
+        (false, None) => format!("openai-admin-gateway; fwd=stale; ttl=-{past}"),
+    };
+    HeaderValue::from_maybe_shared(Bytes::from(s))
+        .unwrap_or_else(|_| HeaderValue::from_static("openai-admin-gateway; fwd=stale"))
 }

@@ -117,6 +117,21 @@ impl CachedUser {
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(u64::from(self.ttl_secs))
     }
+
+    /// Seconds of freshness left at `now`: negative once past its TTL
+    /// (the seconds past expiry, as RFC 9211's `ttl` parameter reads).
+    pub fn ttl_left(&self, now: Instant) -> i64 {
+        let age_ms = clock_ms(now).saturating_sub(self.stored_ms) as i64;
+        let ttl_ms = i64::from(self.ttl_secs) * 1000;
+        let left_ms = ttl_ms - age_ms;
+        // Floor for the past (-0.5 s is -1), so a stale entry never says 0.
+        left_ms.div_euclid(1000)
+    }
+
+    /// True while it is within its TTL.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        clock_ms(now).saturating_sub(self.stored_ms) < u64::from(self.ttl_secs) * 1000
+    }
 }
 
 /// A cache key: 128 bits of two independently keyed SipHashes of the id
@@ -131,6 +146,13 @@ impl Hash for CacheKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // Already a keyed hash: hand moka 64 of its bits.
         state.write_u64(self.0 as u64 ^ (self.0 >> 64) as u64);
+    }
+}
+
+impl CacheKey {
+    /// The key's bits (a set of keys being refreshed holds these).
+    pub fn raw(self) -> u128 {
+        self.0
     }
 }
 
@@ -179,7 +201,19 @@ pub enum Lookup<E> {
     Failed(Arc<E>),
 }
 
-struct PerEntryTtl;
+/// Each entry lives for its TTL plus the stale window in force when it was
+/// stored (the longer of `stale_if_error` and `stale_while_revalidate`):
+/// past its TTL it is only served as stale, never as a plain hit.
+struct PerEntryTtl {
+    /// The stale window, in seconds; set on start and reload.
+    grace_secs: Arc<AtomicU64>,
+}
+
+impl PerEntryTtl {
+    fn life(&self, value: &CachedUser) -> Duration {
+        value.ttl() + Duration::from_secs(self.grace_secs.load(Ordering::Relaxed))
+    }
+}
 
 impl Expiry<CacheKey, CachedUser> for PerEntryTtl {
     fn expire_after_create(
@@ -188,7 +222,7 @@ impl Expiry<CacheKey, CachedUser> for PerEntryTtl {
         value: &CachedUser,
         _: Instant,
     ) -> Option<Duration> {
-        Some(value.ttl())
+        Some(self.life(value))
     }
 
     fn expire_after_update(
@@ -198,7 +232,7 @@ impl Expiry<CacheKey, CachedUser> for PerEntryTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl())
+        Some(self.life(value))
     }
 }
 
@@ -214,6 +248,8 @@ pub struct UserCache {
     id_hasher: RandomState,
     /// Hashes (id, generation, epoch): the key's low half.
     gen_hasher: RandomState,
+    /// How long entries outlive their TTL (see [`PerEntryTtl`]).
+    grace_secs: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for UserCache {
@@ -227,11 +263,15 @@ impl std::fmt::Debug for UserCache {
 impl UserCache {
     /// A cache holding at most `max_entries` users.
     pub fn new(max_entries: u64) -> Self {
+        let grace_secs = Arc::new(AtomicU64::new(0));
         Self {
             entries: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(PerEntryTtl)
+                .expire_after(PerEntryTtl {
+                    grace_secs: grace_secs.clone(),
+                })
                 .build_with_hasher(KeyBits),
+            grace_secs,
             gens: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             id_hasher: RandomState::new(),
@@ -294,6 +334,22 @@ impl UserCache {
     /// Stores `user` under `key` (a forced refresh).
     pub async fn insert(&self, key: CacheKey, user: CachedUser) {
         self.entries.insert(key, user).await;
+    }
+
+    /// Drops the entry under `key` (the upstream said the user is gone).
+    pub async fn remove(&self, key: &CacheKey) {
+        self.entries.invalidate(key).await;
+    }
+
+    /// How long entries stored from now on outlive their TTL.
+    pub fn set_stale_window(&self, window: Duration) {
+        self.grace_secs.store(window.as_secs(), Ordering::Relaxed);
+    }
+
+    /// The key under which `key`'s refresh runs its single flight: a
+    /// refresh must not find the stale entry it is replacing.
+    pub fn refresh_key(key: CacheKey) -> CacheKey {
+        CacheKey(key.0 ^ 1)
     }
 
     /// Evicts `id`, and makes sure no fetch already under way can store an
@@ -433,6 +489,29 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(fill(&c, "u1", &calls).await, "filled");
+    }
+
+    #[test]
+    fn freshness_and_seconds_past_expiry() {
+        let ttl = Duration::from_secs(10);
+        let u = user(ttl).backdated(Duration::from_millis(4_500));
+        let now = Instant::now();
+        assert!(u.is_fresh(now));
+        assert_eq!(u.ttl_left(now), 5);
+        let stale = user(ttl).backdated(Duration::from_millis(12_300));
+        assert!(!stale.is_fresh(now));
+        assert_eq!(stale.ttl_left(now), -3);
+    }
+
+    #[tokio::test]
+    async fn entries_outlive_their_ttl_by_the_stale_window() {
+        let c = UserCache::new(100);
+        c.set_stale_window(Duration::from_secs(2));
+        let k = c.key("u1");
+        c.insert(k, user(Duration::from_secs(1))).await;
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        let u = c.get(&k).await.expect("kept past its TTL");
+        assert!(!u.is_fresh(Instant::now()));
     }
 
     #[tokio::test]

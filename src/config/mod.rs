@@ -115,8 +115,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bound on concurrently open client connections.
     pub max_connections: usize,
-    /// Time allowed for a request's headers (and a TLS handshake) to arrive.
+    /// Time allowed from accept to the first request's headers (TLS and
+    /// the HTTP/2 preface included), and for each later request's headers.
     pub header_read_timeout: Duration,
+    /// A connection with no request open for this long is closed.
+    pub idle_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// PEM certificate chain and private key, when terminating TLS.
@@ -141,8 +144,11 @@ pub struct UpstreamConfig {
     pub admin_key: AdminKey,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
-    /// Time allowed until response headers arrive.
+    /// Time allowed until response headers arrive (and for a whole cache
+    /// fill or buffered body).
     pub timeout: Duration,
+    /// A streamed body that sends nothing for this long is cut.
+    pub body_idle_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
     /// Global cap on in-flight upstream requests.
@@ -162,6 +168,11 @@ pub struct CacheConfig {
     pub max_entries: u64,
     /// Larger user responses pass through unstored.
     pub max_body_bytes: usize,
+    /// How long past its TTL an entry may be served when the refetch fails.
+    pub stale_if_error: Duration,
+    /// How long past its TTL an entry is served at once while one
+    /// background refresh runs.
+    pub stale_while_revalidate: Duration,
 }
 
 /// One `[[clients]]` entry.

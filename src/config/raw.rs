@@ -35,6 +35,7 @@ pub(super) struct RawServer {
     pub(super) shutdown_grace_secs: Option<u64>,
     pub(super) max_connections: Option<usize>,
     pub(super) header_read_timeout_ms: Option<u64>,
+    pub(super) idle_timeout_secs: Option<u64>,
     pub(super) log_format: Option<String>,
     pub(super) tls_cert: Option<PathBuf>,
     pub(super) tls_key: Option<PathBuf>,
@@ -48,6 +49,7 @@ pub(super) struct RawUpstream {
     pub(super) admin_key_file: Option<PathBuf>,
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) timeout_ms: Option<u64>,
+    pub(super) body_idle_timeout_ms: Option<u64>,
     pub(super) pool_idle_timeout_secs: Option<u64>,
     pub(super) max_concurrent_requests: Option<usize>,
     pub(super) max_queued_requests: Option<usize>,
@@ -60,6 +62,8 @@ pub(super) struct RawCache {
     pub(super) ttl_secs: Option<u64>,
     pub(super) max_entries: Option<u64>,
     pub(super) max_body_bytes: Option<usize>,
+    pub(super) stale_if_error_secs: Option<u64>,
+    pub(super) stale_while_revalidate_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

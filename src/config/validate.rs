@@ -63,6 +63,7 @@ impl Validator<'_> {
             shutdown_grace_secs,
             max_connections,
             header_read_timeout_ms,
+            idle_timeout_secs,
             log_format,
             tls_cert,
             tls_key,
@@ -80,6 +81,7 @@ impl Validator<'_> {
             header_read_timeout_ms,
             10_000,
         );
+        let idle = self.positive("server.idle_timeout_secs", idle_timeout_secs, 120);
         let log_format = match log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -114,6 +116,7 @@ impl Validator<'_> {
             shutdown_grace: Duration::from_secs(grace),
             max_connections,
             header_read_timeout: Duration::from_millis(hrt),
+            idle_timeout: Duration::from_secs(idle),
             log_format,
             tls,
         })
@@ -145,6 +148,7 @@ impl Validator<'_> {
             admin_key_file,
             connect_timeout_ms,
             timeout_ms,
+            body_idle_timeout_ms,
             pool_idle_timeout_secs,
             max_concurrent_requests,
             max_queued_requests,
@@ -155,6 +159,11 @@ impl Validator<'_> {
         let admin_key = self.admin_key(admin_key_env, admin_key_file, env);
         let connect = self.positive("upstream.connect_timeout_ms", connect_timeout_ms, 5_000);
         let timeout = self.positive("upstream.timeout_ms", timeout_ms, 60_000);
+        let body_idle = self.positive(
+            "upstream.body_idle_timeout_ms",
+            body_idle_timeout_ms,
+            60_000,
+        );
         let idle = pool_idle_timeout_secs.unwrap_or(90);
         let max_concurrent = max_concurrent_requests.unwrap_or(256);
         if max_concurrent == 0 {
@@ -169,6 +178,7 @@ impl Validator<'_> {
             admin_key: admin_key?,
             connect_timeout: Duration::from_millis(connect),
             timeout: Duration::from_millis(timeout),
+            body_idle_timeout: Duration::from_millis(body_idle),
             pool_idle_timeout: Duration::from_secs(idle),
             max_concurrent_requests: max_concurrent,
             max_queued_requests: max_queued_requests.unwrap_or(1024),
@@ -257,6 +267,8 @@ impl Validator<'_> {
             ttl_secs,
             max_entries,
             max_body_bytes,
+            stale_if_error_secs,
+            stale_while_revalidate_secs,
         } = raw;
         let ttl = self.positive("cache.ttl_secs", ttl_secs, 300);
         let max_entries = self.positive("cache.max_entries", max_entries, 100_000);
@@ -268,6 +280,8 @@ impl Validator<'_> {
             ttl: Duration::from_secs(ttl),
             max_entries,
             max_body_bytes: max_body,
+            stale_if_error: Duration::from_secs(stale_if_error_secs.unwrap_or(0)),
+            stale_while_revalidate: Duration::from_secs(stale_while_revalidate_secs.unwrap_or(0)),
         })
     }
 

@@ -61,12 +61,36 @@ pub struct Connection {
     window_start_ms: AtomicU64,
     /// Signalled once the connection has earned a GOAWAY.
     goaway: Notify,
+    /// Requests open now (their account not yet written).
+    open: AtomicU32,
+    /// When the last request ended (ms on the process clock).
+    last_active_ms: AtomicU64,
 }
 
 impl Connection {
     /// A new connection's account.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let conn = Self::default();
+        conn.last_active_ms.store(clock_ms(), Ordering::Relaxed);
+        Arc::new(conn)
+    }
+
+    /// How long the connection has had no request open; `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = self.last_active_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(clock_ms().saturating_sub(last)))
+    }
+
+    fn opened(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn closed(&self) {
+        self.last_active_ms.store(clock_ms(), Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Notes that a request arrived.
@@ -170,6 +194,9 @@ impl Access {
         path: &str,
     ) -> Self {
         metrics.in_flight().inc();
+        if let Some(c) = &conn {
+            c.opened();
+        }
         Self {
             metrics: metrics.clone(),
             conn,
@@ -239,10 +266,11 @@ impl Drop for Access {
             Some((s, id)) => (s.as_u16(), id.as_ref().map_or("-", header_str)),
             None => (CLIENT_CLOSED, "-"),
         };
-        if self.answered.is_none() && self.forwarded {
-            if let Some(conn) = &self.conn {
+        if let Some(conn) = &self.conn {
+            if self.answered.is_none() && self.forwarded {
                 conn.cancelled_forward();
             }
+            conn.closed();
         }
         let counted = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         let route = self.route.as_str();

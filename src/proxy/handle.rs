@@ -315,8 +315,10 @@ impl Write {
     }
 }
 
+/// Adds `Cache-Status` unless the route set its own (hits and stale
+/// answers carry a `ttl`).
 fn with_cache_status(mut resp: Response<BoxBody>, status: CacheStatus) -> Response<BoxBody> {
-    if status != CacheStatus::Hit {
+    if !resp.headers().contains_key(CACHE_STATUS) {
         resp.headers_mut().insert(CACHE_STATUS, status.header());
     }
     resp

@@ -46,6 +46,9 @@ pub(super) struct Acceptor {
     /// Time from accept to the first request's headers (TLS included):
     /// silent connections would hold a permit otherwise.
     first_request_timeout: Duration,
+    /// A connection with no request open for this long is closed (HTTP/2
+    /// PINGs do not count as activity).
+    idle_timeout: Duration,
 }
 
 impl Acceptor {
@@ -66,6 +69,7 @@ impl Acceptor {
             tls,
             limit: Arc::new(Semaphore::new(settings.max_connections)),
             first_request_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
         }
     }
 
@@ -124,12 +128,13 @@ impl Acceptor {
         };
         let tls = self.tls.clone();
         let deadline = Instant::now() + self.first_request_timeout;
+        let idle = self.idle_timeout;
         async move {
             let _permit = permit;
             match tls {
                 None => {
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    drive(conn, &account, deadline, drain, peer).await;
+                    drive(conn, &account, deadline, idle, drain, peer).await;
                 }
                 Some(acceptor) => {
                     let tls_stream =
@@ -145,7 +150,7 @@ impl Acceptor {
                             }
                         };
                     let conn = http.serve_connection(TokioIo::new(tls_stream), service);
-                    drive(conn, &account, deadline, drain, peer).await;
+                    drive(conn, &account, deadline, idle, drain, peer).await;
                 }
             }
         }
@@ -153,13 +158,14 @@ impl Acceptor {
 }
 
 /// Serves one connection to its end. Dropping it (a silent client past
-/// the deadline) closes the socket; a drain or an abusive client starts a
-/// graceful close (GOAWAY on HTTP/2, close after the current response on
-/// HTTP/1.1).
+/// the deadline) closes the socket; a drain, an abusive client or `idle`
+/// without an open request starts a graceful close (GOAWAY on HTTP/2,
+/// close after the current response on HTTP/1.1).
 async fn drive<C>(
     conn: C,
     account: &Connection,
     first_request_deadline: Instant,
+    idle: Duration,
     mut drain: watch::Receiver<bool>,
     peer: SocketAddr,
 ) where
@@ -169,9 +175,22 @@ async fn drive<C>(
     tokio::pin!(conn);
     let first = tokio::time::sleep_until(first_request_deadline);
     tokio::pin!(first);
+    let idle_check = tokio::time::sleep_until(first_request_deadline + idle);
+    tokio::pin!(idle_check);
     let (mut waiting_first, mut closing) = (true, false);
     loop {
         tokio::select! {
+            _ = &mut idle_check, if !closing => {
+                match account.idle_for() {
+                    Some(quiet) if quiet >= idle => {
+                        debug!(%peer, "idle connection closed");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(quiet) => idle_check.as_mut().reset(Instant::now() + (idle - quiet)),
+                    None => idle_check.as_mut().reset(Instant::now() + idle),
+                }
+            }
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     debug!(%peer, cause = %e, "connection ended with an error");

@@ -104,6 +104,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         shutdown_grace,
         max_connections,
         header_read_timeout,
+        idle_timeout,
         log_format,
         tls, // the files are re-read; turning TLS on or off needs a restart
     } = server;
@@ -112,14 +113,17 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         admin_key: _, // reloadable
         connect_timeout,
         timeout,
+        body_idle_timeout,
         pool_idle_timeout,
         max_concurrent_requests,
         max_queued_requests,
         ca_file,
     } = upstream;
     let CacheConfig {
-        ttl: _,            // reloadable (new entries)
-        max_body_bytes: _, // reloadable
+        ttl: _,                    // reloadable (new entries)
+        max_body_bytes: _,         // reloadable
+        stale_if_error: _,         // reloadable
+        stale_while_revalidate: _, // reloadable
         max_entries,
     } = cache;
     let (s, u) = (&b.server, &b.upstream);
@@ -139,6 +143,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
             "server.header_read_timeout_ms",
             *header_read_timeout != s.header_read_timeout,
         ),
+        ("server.idle_timeout_secs", *idle_timeout != s.idle_timeout),
         ("server.log_format", *log_format != s.log_format),
         ("server.tls_cert", tls.is_some() != s.tls.is_some()),
         ("upstream.base_url", *base_url != u.base_url),
@@ -147,6 +152,10 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
             *connect_timeout != u.connect_timeout,
         ),
         ("upstream.timeout_ms", *timeout != u.timeout),
+        (
+            "upstream.body_idle_timeout_ms",
+            *body_idle_timeout != u.body_idle_timeout,
+        ),
         (
             "upstream.pool_idle_timeout_secs",
             *pool_idle_timeout != u.pool_idle_timeout,

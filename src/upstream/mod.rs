@@ -57,6 +57,8 @@ pub struct Upstream {
     admin: ArcSwap<AdminKey>,
     /// Time allowed until response headers.
     timeout: Duration,
+    /// A streamed body is cut after this long without a frame.
+    body_idle: Duration,
     /// Concurrency slots.
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot now.
@@ -110,6 +112,7 @@ impl Upstream {
             base_path: base.path().trim_end_matches('/').to_string(),
             admin: ArcSwap::from_pointee(cfg.admin_key.clone()),
             timeout: cfg.timeout,
+            body_idle: cfg.body_idle_timeout,
             slots: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
             queued: AtomicUsize::new(0),
             max_queued: cfg.max_queued_requests,
@@ -173,7 +176,10 @@ impl Upstream {
                 return Err(GatewayError::InvalidBody(describe(e)))
             }
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(e))),
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Err(_) => {
+                self.metrics.upstream_timeout("headers");
+                return Err(GatewayError::UpstreamTimeout);
+            }
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -190,7 +196,7 @@ impl Upstream {
                     Forbidden::Failed(e) => return Err(e),
                 }
             }
-            _ => BoxBody::new(SlotBody::new(body, slot)),
+            _ => BoxBody::new(SlotBody::new(body, slot, self.body_idle)),
         };
         Ok(Response::from_parts(parts, body))
     }

@@ -1,13 +1,16 @@
 //! The upstream concurrency slot, held by a response until its body is
 //! done or dropped.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
 use crate::metrics::Metrics;
@@ -37,18 +40,39 @@ impl Drop for Slot {
     }
 }
 
-/// An upstream response body that keeps its [`Slot`] until it ends.
+/// The upstream's body sent nothing for `upstream.body_idle_timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body idle for longer than body_idle_timeout_ms")]
+pub struct BodyIdle;
+
+/// An upstream response body that keeps its [`Slot`] until it ends, and is
+/// cut when it sends nothing for its idle timeout.
 pub(super) struct SlotBody {
     /// The upstream body.
     inner: hyper::body::Incoming,
     /// Released when the body is dropped.
-    _slot: Slot,
+    slot: Slot,
+    /// Longest wait for the next frame.
+    idle: Duration,
+    /// The idle timer, made on the first wait and re-armed after each frame.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer runs for the current wait.
+    armed: bool,
+    /// The body ended (or was cut).
+    done: bool,
 }
 
 impl SlotBody {
-    /// `inner`, holding `slot`.
-    pub(super) fn new(inner: hyper::body::Incoming, slot: Slot) -> Self {
-        Self { inner, _slot: slot }
+    /// `inner`, holding `slot`, cut after `idle` without a frame.
+    pub(super) fn new(inner: hyper::body::Incoming, slot: Slot, idle: Duration) -> Self {
+        Self {
+            inner,
+            slot,
+            idle,
+            timer: None,
+            armed: false,
+            done: false,
+        }
     }
 }
 
@@ -60,13 +84,39 @@ impl Body for SlotBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                if frame.is_none() {
+                    this.done = true;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    timer.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.done = true;
+                    this.slot.metrics.upstream_timeout("body");
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle))));
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -1,0 +1,199 @@
+//! Serving a user the cache already knows while the upstream struggles,
+//! as nginx's `proxy_cache_use_stale` / `proxy_cache_background_update`
+//! and Varnish's grace do.
+//!
+//! An entry lives past its TTL for the longer of the two stale windows,
+//! and past its TTL it is never a plain hit:
+//! - within `stale_while_revalidate_secs` it is served at once
+//!   (`Cache-Status: ...; hit; ttl=-N`) while one background refresh per
+//!   id replaces it;
+//! - otherwise the request refetches (one shared refetch per id), and
+//!   within `stale_if_error_secs` a refetch that fails (no answer, a 5xx, a
+//!   429, or a 200 that is not the user) serves the entry instead
+//!   (`...; fwd=stale; fwd-status=503; ttl=-N`). A 404 or another 4xx is
+//!   the upstream's truth: it is passed on and the entry dropped.
+//!
+//! Refreshes obey the write generations: they store under the key taken
+//! before they began, which a write during the refresh has already retired.
+
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use super::route::{fetched_response, hit_response, stored_response, FillFailed, UserRoute};
+use super::status::{stale_status, CacheStatus, CACHE_STATUS};
+use super::store::{CacheKey, CachedUser, Lookup, UserCache};
+use crate::body::BoxBody;
+use crate::error::Result;
+use crate::headers::int_value;
+
+/// How a refetch of an expired entry ended.
+enum Refetched {
+    /// A fresh user, now stored (`leader`: this request fetched it).
+    User(CachedUser, bool, Option<HeaderValue>),
+    /// The upstream failed: no answer, or a status that is a failure.
+    Failed(Option<StatusCode>),
+    /// The upstream's answer, not a user, for the request that fetched it.
+    Answer(Response<BoxBody>),
+    /// Another request's refetch got an answer it could not share.
+    Unshared,
+}
+
+impl UserRoute {
+    /// Serves `old`, which is past its TTL, under `key`.
+    pub(super) async fn stale(
+        &self,
+        headers: &HeaderMap,
+        rest: &str,
+        id: &str,
+        key: CacheKey,
+        old: CachedUser,
+    ) -> Result<(Response<BoxBody>, CacheStatus)> {
+        let past = seconds_past(&old);
+        let settings = **self.settings.load();
+        if past <= settings.stale_while_revalidate.as_secs() {
+            self.revalidate(rest, id, key);
+            self.metrics.stale_served("revalidate");
+            return Ok((
+                stale_response(&old, past, None, true),
+                CacheStatus::StaleRevalidate,
+            ));
+        }
+        let within = past <= settings.stale_if_error.as_secs();
+        match self.refetch(headers, rest, id, key).await {
+            Refetched::User(u, leader, upstream_id) => {
+                self.metrics.cache_miss();
+                self.metrics.refresh("ok");
+                if leader {
+                    Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
+                } else {
+                    Ok((hit_response(&u), CacheStatus::Hit))
+                }
+            }
+            Refetched::Failed(status) if within => {
+                self.metrics.refresh("error");
+                self.metrics.stale_served("error");
+                let code = status.map(|s| s.as_u16());
+                Ok((
+                    stale_response(&old, past, code, false),
+                    CacheStatus::StaleIfError,
+                ))
+            }
+            Refetched::Answer(answer) => {
+                self.metrics.cache_miss();
+                if is_gone(answer.status()) {
+                    self.metrics.refresh("gone");
+                    self.cache.remove(&key).await;
+                } else {
+                    self.metrics.refresh("unstorable");
+                }
+                Ok((answer, CacheStatus::Miss))
+            }
+            Refetched::Failed(_) | Refetched::Unshared => {
+                // Outside the window, or another request's answer: this
+                // request asks the upstream for itself.
+                self.metrics.refresh("error");
+                Box::pin(self.fetch_alone(headers, rest, id, super::route::Alone::Waiter)).await
+            }
+        }
+    }
+
+    /// One refetch per id: concurrent requests for an expired entry share
+    /// it (a single flight under the entry's refresh key, which does not
+    /// find the stale entry itself).
+    async fn refetch(&self, headers: &HeaderMap, rest: &str, id: &str, key: CacheKey) -> Refetched {
+        let rkey = UserCache::refresh_key(key);
+        let (mut upstream_id, mut mine, mut leader) = (None, None, false);
+        let fill = async {
+            leader = true;
+            self.fill(headers, rest, id, &mut upstream_id, &mut mine)
+                .await
+        };
+        let outcome = self.cache.fetch_once(rkey, fill).await;
+        match outcome {
+            Lookup::Filled(u) | Lookup::Hit(u) => {
+                self.cache.insert(key, u.clone()).await;
+                self.cache.remove(&rkey).await;
+                Refetched::User(u, leader, upstream_id)
+            }
+            Lookup::Failed(failed) => match (&*failed, mine) {
+                (FillFailed::Error(_), _) => Refetched::Failed(None),
+                (FillFailed::Answer(s), _) if is_failure(*s) => Refetched::Failed(Some(*s)),
+                (FillFailed::Answer(_), Some(answer)) => Refetched::Answer(answer),
+                (FillFailed::Answer(_), None) => Refetched::Unshared,
+            },
+        }
+    }
+
+    /// Starts the one background refresh of `key` unless it runs already.
+    fn revalidate(&self, rest: &str, id: &str, key: CacheKey) {
+        let started = self
+            .refreshing
+            .lock()
+            .map(|mut set| set.insert(key.raw()))
+            .unwrap_or(false);
+        if !started {
+            return;
+        }
+        let route = self.clone();
+        let (rest, id) = (rest.to_owned(), id.to_owned());
+        tokio::spawn(async move {
+            let _running = Running { route: &route, key };
+            let result = match route.refetch(&HeaderMap::new(), &rest, &id, key).await {
+                Refetched::User(..) => "ok",
+                Refetched::Answer(answer) if is_gone(answer.status()) => {
+                    route.cache.remove(&key).await;
+                    "gone"
+                }
+                Refetched::Answer(_) | Refetched::Unshared => "unstorable",
+                Refetched::Failed(_) => "error",
+            };
+            route.metrics.refresh(result);
+        });
+    }
+}
+
+/// Marks `key`'s background refresh done however the task ends.
+struct Running<'a> {
+    route: &'a UserRoute,
+    key: CacheKey,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.route.refreshing.lock() {
+            set.remove(&self.key.raw());
+        }
+    }
+}
+
+/// A failure the stale entry may cover: a 5xx, a 429, or a success that
+/// was not the user (a broken body, another id).
+fn is_failure(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status.is_success()
+}
+
+/// The upstream says the user is not there (any 4xx but 429).
+fn is_gone(status: StatusCode) -> bool {
+    status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Whole seconds past the entry's TTL (at least 1: it is expired).
+fn seconds_past(u: &CachedUser) -> u64 {
+    u.ttl_left(Instant::now()).unsigned_abs().max(1)
+}
+
+/// An expired entry as a response: its bytes, its true `Age`, and a
+/// `Cache-Status` with the negative `ttl`.
+fn stale_response(
+    u: &CachedUser,
+    past: u64,
+    fwd_status: Option<u16>,
+    revalidating: bool,
+) -> Response<BoxBody> {
+    let mut r = stored_response(u);
+    let h = r.headers_mut();
+    h.insert(CACHE_STATUS, stale_status(past, fwd_status, revalidating));
+    h.insert(http::header::AGE, int_value(u.age_secs(Instant::now())));
+    r
+}
