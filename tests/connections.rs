@@ -1,8 +1,10 @@
 //! Connections earn their slot and every request is accounted for (DESIGN.md, "Connections"):
 //! silent sockets and slow HTTP/2 prefaces are closed `server.header_read_timeout_ms` after
 //! accept, so they cannot lock real clients out of `server.max_connections`; an HTTP/2 client
-//! that keeps resetting forwarded streams is sent GOAWAY. After each test the in-flight
-//! gauges are back at 0.
+//! that keeps resetting forwarded streams is sent GOAWAY; `CONNECT` and methods the Admin API
+//! does not use get 405; a client's broken chunked body is the client's fault (400), not the
+//! upstream's; a response body that breaks off is logged as incomplete. After each test the
+//! in-flight gauges are back at 0.
 
 mod support;
 
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 use http::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openai_admin_gateway::proxy::{CANCEL_WINDOW, MAX_CANCELLED_FORWARDS};
+use serde_json::{Map, Value};
+use support::process::{GatewayProcess, TempDir};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -373,4 +377,255 @@ async fn http2_stream_reset_flood_is_sent_goaway() {
         "gateway_requests_total{{status=\"499\"}} is {abandoned} after {resets} resets"
     );
     assert_settled(gw.admin_addr).await;
+}
+
+// === 4. CONNECT and odd methods ===
+
+/// Sends `req` on a fresh HTTP/1.1 connection (for request-targets the URL-based client
+/// cannot send) and collects the response.
+async fn send_h1(addr: SocketAddr, req: Request<TestBody>) -> TestResponse {
+    let mut conn = h1_connect(addr).await;
+    within(10, "the answer", async {
+        conn.ready().await.expect("connection ready");
+        let resp = conn.send_request(req).await.expect("request");
+        TestResponse::collect(resp).await.expect("body")
+    })
+    .await
+}
+
+fn connect_request(target: &str) -> Request<TestBody> {
+    Request::builder()
+        .method(Method::CONNECT)
+        .uri(target)
+        .header("host", "127.0.0.1:443")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(empty())
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_methods_the_admin_api_does_not_use_get_405() {
+    let (upstream, gw) = start_pair().await;
+    let before = upstream.total();
+    let not_allowed = |resp: &TestResponse, what: &str| {
+        eprintln!("{what}: {}", resp.status);
+        assert_openai_error(resp, 405, "invalid_request_error", "method_not_allowed");
+    };
+
+    // Authority form, as a proxy client sends it.
+    let resp = send_h1(gw.addr, connect_request("127.0.0.1:443")).await;
+    not_allowed(&resp, "CONNECT 127.0.0.1:443");
+    // A path form, inside the prefix.
+    let resp = send_h1(gw.addr, connect_request("/v1/echo/x")).await;
+    not_allowed(&resp, "CONNECT /v1/echo/x");
+
+    let trace = gw.req(Method::TRACE, "/v1/echo/x").send().await;
+    not_allowed(&trace, "TRACE /v1/echo/x");
+    let propfind = Method::from_bytes(b"PROPFIND").expect("method");
+    let resp = gw.req(propfind.clone(), "/v1/echo/x").send().await;
+    not_allowed(&resp, "PROPFIND /v1/echo/x");
+    let resp = gw.req(propfind, "/v1/echo/x").h2c().send().await;
+    not_allowed(&resp, "PROPFIND /v1/echo/x over h2c");
+
+    assert_eq!(
+        upstream.total(),
+        before,
+        "a refused method reached the upstream"
+    );
+    assert_settled(gw.admin_addr).await;
+}
+
+// === 5. a client's malformed chunked body ===
+
+/// The status line, headers (lowercase names) and body of a raw HTTP/1.1 response.
+fn parse_raw(raw: &[u8]) -> TestResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response head: {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').expect("header line");
+        headers.append(
+            http::header::HeaderName::from_bytes(name.trim().as_bytes()).expect("name"),
+            http::HeaderValue::from_str(value.trim()).expect("value"),
+        );
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("a gateway error has a content-length");
+    TestResponse {
+        status: http::StatusCode::from_u16(status).expect("status"),
+        version: http::Version::HTTP_11,
+        headers,
+        body: bytes::Bytes::copy_from_slice(&body.as_bytes()[..len.min(body.len())]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_the_clients_fault() {
+    let (upstream, gw) = start_pair().await;
+    let before = gw.metrics_text().await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/echo/x HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.flush().await.expect("flush");
+    // The request is being forwarded, its body streaming; then garbage where the next
+    // chunk size belongs.
+    upstream.wait_for_count("POST", "/v1/echo/x", 1).await;
+    s.write_all(b"zz-not-a-chunk-size\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    within(10, "the gateway's answer", s.read_to_end(&mut raw))
+        .await
+        .ok();
+    let after = gw.metrics_text().await;
+
+    let count = |text: &str, name: &str, labels: &[(&str, &str)]| metric(text, name, labels);
+    let upstream_errors = count(
+        &after,
+        "gateway_upstream_requests_total",
+        &[("status", "error")],
+    ) - count(
+        &before,
+        "gateway_upstream_requests_total",
+        &[("status", "error")],
+    );
+    let bad_gateway = count(&after, "gateway_requests_total", &[("status", "502")])
+        - count(&before, "gateway_requests_total", &[("status", "502")]);
+    assert_eq!(
+        upstream_errors, 0.0,
+        "a client's broken body was counted as an upstream error"
+    );
+    assert_eq!(
+        bad_gateway, 0.0,
+        "a client's broken body was counted as a 502"
+    );
+    assert!(
+        !raw.is_empty(),
+        "the gateway closed the connection without an answer"
+    );
+    let resp = parse_raw(&raw);
+    assert_openai_error(&resp, 400, "invalid_request_error", "invalid_body");
+    let invalid = count(&after, "gateway_requests_total", &[("status", "400")])
+        - count(&before, "gateway_requests_total", &[("status", "400")]);
+    assert_eq!(invalid, 1.0, "the refused request is counted as a 400");
+    assert_settled(gw.admin_addr).await;
+}
+
+// === 6. response bodies that break off, in the access log ===
+
+const ACCESS: &str = "openai_admin_gateway::access";
+
+/// Waits for and returns the JSON access line of request `id`.
+async fn access_line(gw: &mut GatewayProcess, id: &str) -> Map<String, Value> {
+    gw.wait_for_line(30, &format!("for request {id}"), |l| {
+        l.contains(ACCESS) && l.contains(id)
+    })
+    .await;
+    let text = gw.stderr_text();
+    let found: Vec<Map<String, Value>> = text
+        .lines()
+        .filter(|l| l.contains(ACCESS) && l.contains(id))
+        .map(|l| match serde_json::from_str(l) {
+            Ok(Value::Object(m)) => m,
+            _ => panic!("access line is not a JSON object: {l}"),
+        })
+        .filter(|m| m.get("request_id").and_then(Value::as_str) == Some(id))
+        .collect();
+    assert_eq!(found.len(), 1, "one access line for {id}: {found:?}");
+    found.into_iter().next().expect("one")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_breaks_off_is_logged_incomplete() {
+    const N: u64 = 100_000;
+    const BREAK_AFTER: u64 = 5_000;
+    let upstream = start_upstream().await;
+    let dir = TempDir::new("conn-logs");
+    let mut cfg = GatewayConfig::new(&upstream.base_url());
+    let (addr, admin) = cfg.free_ports();
+    let toml = with_server_keys(&cfg.toml(), "log_format = \"json\"");
+    let config = dir.write("gateway.toml", &toml);
+    let mut cmd = GatewayProcess::command(&["--config", config.to_str().expect("utf-8 path")]);
+    cmd.env("RUST_LOG", "info").env(ADMIN_KEY_ENV, ADMIN_KEY);
+    let mut gw = GatewayProcess::start(cmd);
+    for a in [addr, admin] {
+        gw.wait_listening(a).await;
+    }
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let broken = req(
+        Method::GET,
+        &url(&format!("/v1/_test/bytes?n={N}&break_after={BREAK_AFTER}")),
+    )
+    .bearer(CLIENT_KEY)
+    .send_streaming()
+    .await
+    .expect("response headers");
+    assert_eq!(broken.status(), 200);
+    let broken_id = broken
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_string();
+    let got = TestResponse::collect(broken).await;
+    assert!(got.is_err(), "a broken-off body arrived complete");
+
+    let complete = req(Method::GET, &url(&format!("/v1/_test/bytes?n={N}")))
+        .bearer(CLIENT_KEY)
+        .send()
+        .await;
+    complete.assert_status(200);
+    assert_eq!(complete.body.len() as u64, N);
+    let small = req(Method::GET, &url("/v1/organization/users/user_abc"))
+        .bearer(CLIENT_KEY)
+        .send()
+        .await;
+    small.assert_status(200);
+
+    let line = access_line(&mut gw, &broken_id).await;
+    eprintln!("broken-off: {line:?}");
+    assert_eq!(line.get("status"), Some(&Value::from(200)), "{line:?}");
+    assert_eq!(
+        line.get("body"),
+        Some(&Value::from("incomplete")),
+        "{line:?}"
+    );
+    let bytes = line.get("bytes").and_then(Value::as_u64).expect("bytes");
+    assert!(
+        (BREAK_AFTER..N).contains(&bytes),
+        "bytes={bytes}, expected {BREAK_AFTER}..{N}: {line:?}"
+    );
+    for (resp, len) in [
+        (&complete, N),
+        (&small, upstream.user_body("user_abc").len() as u64),
+    ] {
+        let line = access_line(&mut gw, &resp.request_id()).await;
+        assert_eq!(line.get("status"), Some(&Value::from(200)), "{line:?}");
+        assert_eq!(line.get("body"), Some(&Value::from("complete")), "{line:?}");
+        assert_eq!(line.get("bytes"), Some(&Value::from(len)), "{line:?}");
+    }
+
+    assert_settled(admin).await;
+    let status = gw.terminate(30);
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        gw.stderr_text()
+    );
 }
