@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use openai_admin_gateway::config::LogFormat;
 use openai_admin_gateway::secret;
 use openai_admin_gateway::server::shutdown::Shutdown;
+use openai_admin_gateway::server::{watch, Trigger};
 use openai_admin_gateway::{check_files, Config, Reloader, Server};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -129,6 +130,8 @@ fn serve(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let _log_guard = init_logging(config.server.log_format);
+    let watch_files = config.server.watch_files;
+    let files = watch::watched_files(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,6 +161,15 @@ fn serve(path: &Path) -> ExitCode {
         };
         info!(admin = %server.admin_addr(), "admin listener ready");
         tokio::spawn(reload_on_sighup(path.to_path_buf(), server.reloader(), hup));
+        // Kept alive until the server stops: dropping it stops the watch.
+        let _watch = match watch_files.then(|| watch::spawn(path, &files, server.reloader())) {
+            Some(Err(e)) => {
+                error!(cause = %e, "cannot watch the config files; reload with SIGHUP");
+                None
+            }
+            Some(Ok(w)) => Some(w),
+            None => None,
+        };
         match server.run(shutdown.recv()).await {
             Ok(()) => {
                 info!("stopped");
@@ -188,22 +200,7 @@ async fn reload_on_sighup(path: PathBuf, reloader: Reloader, mut hup: Hangup) {
     #[cfg(unix)]
     while hup.recv().await.is_some() {
         info!(path = %path.display(), "SIGHUP: reloading configuration");
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || Config::load(&p)).await {
-            Ok(Ok(config)) => {
-                if let Err(e) = reloader.reload(config) {
-                    error!(cause = %e, "reload refused; running configuration kept");
-                }
-            }
-            Ok(Err(e)) => {
-                reloader.rejected();
-                for problem in e.problems() {
-                    error!(problem = %problem, "invalid configuration");
-                }
-                error!("reload refused; running configuration kept");
-            }
-            Err(e) => error!(cause = %e, "reload task failed"),
-        }
+        reloader.reload_file(&path, Trigger::Signal).await;
     }
     #[cfg(not(unix))]
     let _ = (path, reloader, &mut hup);

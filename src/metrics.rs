@@ -106,6 +106,12 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+    trigger: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -134,7 +140,7 @@ pub struct Metrics {
     upstream_in_flight: Gauge,
     upstream_auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<ClientLabels, Counter>,
-    reloads: Family<ResultLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
     ratelimit_store_errors: Counter,
     stale_served: Family<ReasonLabels, Counter>,
     refreshes: Family<ResultLabels, Counter>,
@@ -368,9 +374,11 @@ impl Metrics {
         self.ratelimit_store_errors.inc();
     }
 
-    /// Counts a reload (`ok` or `error`).
-    pub fn reload(&self, result: &'static str) {
-        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    /// Counts a reload (`ok` or `error`; `signal` or `file`).
+    pub fn reload(&self, result: &'static str, trigger: &'static str) {
+        self.reloads
+            .get_or_create(&ReloadLabels { result, trigger })
+            .inc();
     }
 
     /// Prometheus text exposition, with the cache size sampled now.

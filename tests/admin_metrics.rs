@@ -228,6 +228,7 @@ fn assert_bounded_labels(scrape: &Scrape) {
                 }
                 "result" => ["ok", "error"].contains(&v.as_str()),
                 "phase" => ["headers", "body"].contains(&v.as_str()),
+                "trigger" => ["signal", "file"].contains(&v.as_str()),
                 _ => false,
             };
             assert!(

@@ -120,6 +120,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// A connection with no request open for this long is closed.
     pub idle_timeout: Duration,
+    /// Reload when the config file, the admin key file or the TLS files
+    /// change (as Kubernetes swaps mounted Secrets and ConfigMaps).
+    pub watch_files: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// PEM certificate chain and private key, when terminating TLS.
@@ -142,6 +145,8 @@ pub struct UpstreamConfig {
     pub base_url: http::Uri,
     /// The organization's admin key (redacted in `Debug`).
     pub admin_key: AdminKey,
+    /// The file it was read from, when it came from one (watched).
+    pub admin_key_file: Option<PathBuf>,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
     /// Time allowed until response headers arrive (and for a whole cache

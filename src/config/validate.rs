@@ -64,6 +64,7 @@ impl Validator<'_> {
             max_connections,
             header_read_timeout_ms,
             idle_timeout_secs,
+            watch_files,
             log_format,
             tls_cert,
             tls_key,
@@ -117,6 +118,7 @@ impl Validator<'_> {
             max_connections,
             header_read_timeout: Duration::from_millis(hrt),
             idle_timeout: Duration::from_secs(idle),
+            watch_files: watch_files.unwrap_or(true),
             log_format,
             tls,
         })
@@ -156,6 +158,7 @@ impl Validator<'_> {
         } = raw;
         let base_url =
             self.base_url(base_url.unwrap_or_else(|| "https://api.openai.com/v1".into()));
+        let key_file = admin_key_file.as_ref().map(|p| self.path(p.clone()));
         let admin_key = self.admin_key(admin_key_env, admin_key_file, env);
         let connect = self.positive("upstream.connect_timeout_ms", connect_timeout_ms, 5_000);
         let timeout = self.positive("upstream.timeout_ms", timeout_ms, 60_000);
@@ -176,6 +179,7 @@ impl Validator<'_> {
         Some(UpstreamConfig {
             base_url: base_url?,
             admin_key: admin_key?,
+            admin_key_file: key_file,
             connect_timeout: Duration::from_millis(connect),
             timeout: Duration::from_millis(timeout),
             body_idle_timeout: Duration::from_millis(body_idle),

@@ -14,6 +14,7 @@
 //! - [`tls`]: the certificate store, swapped on reload.
 //! - `reload`: [`Reloader`], which applies a new config to a running server.
 //! - [`shutdown`]: the stop signal (SIGINT or SIGTERM).
+//! - [`watch`]: reload when the config, admin key or TLS files change.
 //!
 //! Public surface: [`Server`], [`Reloader`], [`ReloadError`], [`admin`],
 //! [`tls`], [`shutdown`].
@@ -23,6 +24,7 @@ pub mod admin;
 mod reload;
 pub mod shutdown;
 pub mod tls;
+pub mod watch;
 
 use std::future::Future;
 use std::io;
@@ -31,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -42,7 +43,7 @@ use crate::proxy::Gateway;
 
 use accept::Acceptor;
 use admin::Admin;
-pub use reload::{ReloadError, Reloader};
+pub use reload::{ReloadError, Reloader, Trigger};
 use tls::CertStore;
 
 /// A bound, ready-to-run gateway.
@@ -111,7 +112,7 @@ impl Server {
             draining,
             ..
         } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let admin_task =
             tokio::spawn(Admin::new(gateway.clone(), draining.clone()).serve(admin, stop_rx));
         info!(
@@ -121,7 +122,7 @@ impl Server {
             "gateway listening"
         );
 
-        let (drain_tx, drain_rx) = watch::channel(false);
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let mut conns = JoinSet::new();
         let acceptor = Acceptor::new(&settings, gateway, tls);
         acceptor

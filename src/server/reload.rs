@@ -3,9 +3,10 @@
 //! certificate) and names every changed setting that needs a restart.
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::tls::CertStore;
 use crate::config::{CacheConfig, Config, ServerConfig, UpstreamConfig};
@@ -23,6 +24,25 @@ pub struct Reloader {
     initial: Arc<Config>,
     /// Counts reloads.
     metrics: Arc<Metrics>,
+}
+
+/// What asked for a reload (the `trigger` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// A watched file changed.
+    File,
+}
+
+impl Trigger {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signal => "signal",
+            Self::File => "file",
+        }
+    }
 }
 
 /// Why a reload was refused (the running config stays).
@@ -50,21 +70,28 @@ impl Reloader {
     }
 
     /// Applies the reloadable parts of `config` (clients, keys, limits,
-    /// scopes, cache TTL, admin key, TLS certificate). Settings that need a
-    /// restart are logged and left as they are. On error nothing changes.
+    /// scopes, cache TTL, admin key, TLS certificate), as a SIGHUP does.
+    /// Settings that need a restart are logged and left as they are. On
+    /// error nothing changes.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        self.apply(config, Trigger::Signal)
+    }
+
+    /// [`Reloader::reload`], counted under `trigger`.
+    pub fn apply(&self, config: Config, trigger: Trigger) -> Result<(), ReloadError> {
         if let (Some(store), Some(files)) = (&self.certs, &config.server.tls) {
             if let Err(e) = store.reload(files) {
-                self.metrics.reload("error");
+                self.metrics.reload("error", trigger.as_str());
                 return Err(ReloadError::Tls(e));
             }
         }
         self.warn_fixed(&config);
         self.gateway.apply(&config);
-        self.metrics.reload("ok");
+        self.metrics.reload("ok", trigger.as_str());
         info!(
             clients = config.clients.len(),
             ttl_secs = config.cache.ttl.as_secs(),
+            trigger = trigger.as_str(),
             "configuration reloaded"
         );
         Ok(())
@@ -72,8 +99,30 @@ impl Reloader {
 
     /// Counts a reload that failed before reaching [`Reloader::reload`]
     /// (an invalid file).
-    pub fn rejected(&self) {
-        self.metrics.reload("error");
+    pub fn rejected(&self, trigger: Trigger) {
+        self.metrics.reload("error", trigger.as_str());
+    }
+
+    /// Re-reads the file at `path` (and the admin key file it names) and
+    /// applies it; an invalid file is logged with every problem and the
+    /// running config stays. The file is read off the runtime's threads.
+    pub async fn reload_file(&self, path: &Path, trigger: Trigger) {
+        let p = path.to_path_buf();
+        match tokio::task::spawn_blocking(move || Config::load(&p)).await {
+            Ok(Ok(config)) => {
+                if let Err(e) = self.apply(config, trigger) {
+                    error!(cause = %e, "reload refused; running configuration kept");
+                }
+            }
+            Ok(Err(e)) => {
+                self.rejected(trigger);
+                for problem in e.problems() {
+                    error!(problem = %problem, "invalid configuration");
+                }
+                error!("reload refused; running configuration kept");
+            }
+            Err(e) => error!(cause = %e, "reload task failed"),
+        }
     }
 
     fn warn_fixed(&self, next: &Config) {
@@ -105,12 +154,14 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         max_connections,
         header_read_timeout,
         idle_timeout,
+        watch_files,
         log_format,
         tls, // the files are re-read; turning TLS on or off needs a restart
     } = server;
     let UpstreamConfig {
         base_url,
-        admin_key: _, // reloadable
+        admin_key: _,      // reloadable
+        admin_key_file: _, // re-read on every reload
         connect_timeout,
         timeout,
         body_idle_timeout,
@@ -144,6 +195,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
             *header_read_timeout != s.header_read_timeout,
         ),
         ("server.idle_timeout_secs", *idle_timeout != s.idle_timeout),
+        ("server.watch_files", *watch_files != s.watch_files),
         ("server.log_format", *log_format != s.log_format),
         ("server.tls_cert", tls.is_some() != s.tls.is_some()),
         ("upstream.base_url", *base_url != u.base_url),

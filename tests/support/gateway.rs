@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub default_clients: bool,
     /// Raw TOML appended at the end (typically more `[[clients]]`).
     pub extra: String,
+    /// `server.watch_files`: off by default here, so that tests which rewrite the file and
+    /// send SIGHUP count the signal's reload alone.
+    pub watch_files: bool,
 }
 
 impl GatewayConfig {
@@ -66,6 +69,7 @@ impl GatewayConfig {
             admin_key_env: ADMIN_KEY_ENV.into(),
             default_clients: true,
             extra: String::new(),
+            watch_files: false,
         }
     }
 
@@ -84,7 +88,7 @@ impl GatewayConfig {
     pub fn toml(&self) -> String {
         let mut out = format!(
             "[server]\nlisten = {:?}\nadmin_listen = {:?}\npath_prefix = {:?}\n\
-             shutdown_grace_secs = {}\n\n\
+             shutdown_grace_secs = {}\nwatch_files = {}\n\n\
              [upstream]\nbase_url = {:?}\nadmin_key_env = {:?}\nconnect_timeout_ms = {}\n\
              timeout_ms = {}\n\n\
              [cache]\nttl_secs = {}\nmax_entries = {}\n",
@@ -92,6 +96,7 @@ impl GatewayConfig {
             self.admin_listen,
             self.path_prefix,
             self.shutdown_grace_secs,
+            self.watch_files,
             self.upstream_base_url,
             self.admin_key_env,
             self.connect_timeout_ms,
