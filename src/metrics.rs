@@ -145,6 +145,11 @@ pub struct Metrics {
     stale_served: Family<ReasonLabels, Counter>,
     refreshes: Family<ResultLabels, Counter>,
     upstream_timeouts: Family<PhaseLabels, Counter>,
+    invalidations_published: Family<ResultLabels, Counter>,
+    invalidations_received: Counter,
+    invalidation_delay: Histogram,
+    bus_connected: Gauge,
+    cache_epoch_resets: Counter,
 }
 
 impl Default for Metrics {
@@ -174,6 +179,11 @@ impl Metrics {
             stale_served: Family::default(),
             refreshes: Family::default(),
             upstream_timeouts: Family::default(),
+            invalidations_published: Family::default(),
+            invalidations_received: Counter::default(),
+            invalidation_delay: latency_histogram(),
+            bus_connected: Gauge::default(),
+            cache_epoch_resets: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut m.registry;
@@ -272,7 +282,56 @@ impl Metrics {
         for phase in ["headers", "body"] {
             let _series = m.upstream_timeouts.get_or_create(&PhaseLabels { phase });
         }
+        r.register(
+            "gateway_invalidations_published",
+            "Evictions published to the other replicas, by result (ok, error, timeout)",
+            m.invalidations_published.clone(),
+        );
+        r.register(
+            "gateway_invalidations_received",
+            "Evictions received from other replicas and applied",
+            m.invalidations_received.clone(),
+        );
+        r.register(
+            "gateway_invalidation_delay_seconds",
+            "Publish to apply, for evictions received from other replicas (wall clocks)",
+            m.invalidation_delay.clone(),
+        );
+        r.register(
+            "gateway_invalidation_bus_connected",
+            "1 while the invalidation bus subscription is live (hits are served), else 0",
+            m.bus_connected.clone(),
+        );
+        r.register(
+            "gateway_cache_epoch_resets",
+            "Caches emptied because the invalidation bus came back after a loss",
+            m.cache_epoch_resets.clone(),
+        );
         m
+    }
+
+    /// Counts a published eviction (`ok`, `error`, `timeout`).
+    pub fn invalidation_published(&self, result: &'static str) {
+        self.invalidations_published
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts an eviction received from another replica, `delay` after it
+    /// was published.
+    pub fn invalidation_received(&self, delay: Duration) {
+        self.invalidations_received.inc();
+        self.invalidation_delay.observe(delay.as_secs_f64());
+    }
+
+    /// Sets the bus gauge.
+    pub fn bus_connected(&self, connected: bool) {
+        self.bus_connected.set(i64::from(connected));
+    }
+
+    /// Counts an epoch reset.
+    pub fn cache_epoch_reset(&self) {
+        self.cache_epoch_resets.inc();
     }
 
     /// Counts an expired user served (`error` or `revalidate`).

@@ -190,6 +190,11 @@ impl UserRoute {
         // The fetch paths are boxed: their futures (the upstream exchange,
         // moka's single-flight entry) are kilobytes, and inline they would make
         // every hit's request future that large too.
+        if !self.cache.serving() {
+            // The invalidation bus is down: entries may be stale, so answer
+            // as a replica without a cache would.
+            return Box::pin(self.fetch_alone(headers, rest, id, Alone::Offline)).await;
+        }
         match directive(headers) {
             Directive::Normal => {
                 let key = self.cache.key(id);
@@ -264,13 +269,13 @@ impl UserRoute {
         let key = self.cache.key(id);
         let mut upstream_id = None;
         let (stored, unstored) = why.statuses();
-        if why == Alone::Waiter {
+        if matches!(why, Alone::Waiter | Alone::Offline) {
             self.metrics.cache_miss();
         }
         match self.fetch(headers, rest, id, &mut upstream_id).await {
             Ok(u) => {
                 let r = fetched_response(&u, upstream_id);
-                if why == Alone::NoStore {
+                if matches!(why, Alone::NoStore | Alone::Offline) {
                     return Ok((r, unstored));
                 }
                 self.cache.insert(key, u).await;
@@ -404,6 +409,9 @@ pub(super) enum Alone {
     NoStore,
     /// It waited on a fill that got nothing to share.
     Waiter,
+    /// The cache is not serving (the invalidation bus is down): fetch,
+    /// don't store.
+    Offline,
 }
 
 impl Alone {
@@ -411,7 +419,7 @@ impl Alone {
     fn statuses(self) -> (CacheStatus, CacheStatus) {
         match self {
             Self::Refresh | Self::NoStore => (CacheStatus::RequestStored, CacheStatus::Request),
-            Self::Waiter => (CacheStatus::MissStored, CacheStatus::Miss),
+            Self::Waiter | Self::Offline => (CacheStatus::MissStored, CacheStatus::Miss),
         }
     }
 }
@@ -537,6 +545,23 @@ pub fn hit_response(u: &CachedUser) -> Response<BoxBody> {
     h.insert(CACHE_STATUS, hit_status(ttl));
     h.insert(http::header::AGE, int_value(age));
     r
+}
+
+impl crate::cluster::Evict for UserRoute {
+    fn evict<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.cache.invalidate(id))
+    }
+
+    fn evict_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    fn set_serving(&self, serving: bool) {
+        self.cache.set_serving(serving);
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -250,6 +250,8 @@ pub struct UserCache {
     gen_hasher: RandomState,
     /// How long entries outlive their TTL (see [`PerEntryTtl`]).
     grace_secs: Arc<AtomicU64>,
+    /// Hits may be served (false while the invalidation bus is down).
+    serving: AtomicBool,
 }
 
 impl std::fmt::Debug for UserCache {
@@ -272,6 +274,7 @@ impl UserCache {
                 })
                 .build_with_hasher(KeyBits),
             grace_secs,
+            serving: AtomicBool::new(true),
             gens: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             id_hasher: RandomState::new(),
@@ -339,6 +342,17 @@ impl UserCache {
     /// Drops the entry under `key` (the upstream said the user is gone).
     pub async fn remove(&self, key: &CacheKey) {
         self.entries.invalidate(key).await;
+    }
+
+    /// False while entries can not be trusted (the invalidation bus is
+    /// down): no hits are served and nothing is stored.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// See [`UserCache::serving`].
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Release);
     }
 
     /// How long entries stored from now on outlive their TTL.

@@ -2,19 +2,24 @@
 //! (`[redis]`).
 //!
 //! One reconnecting connection per process ([`connect`]), used by
-//! [`SharedLimits`]: the per-client GCRA run as a Lua script on the Redis
-//! server, so every replica takes from one budget. Redis is never on the
-//! critical path: every call is bounded by `redis.timeout_ms`, and a failure
-//! means the caller decides locally.
+//! [`SharedLimits`] (the per-client GCRA run as a Lua script on the Redis
+//! server, so every replica takes from one budget) and by the [`Bus`]'s
+//! publishes; the bus's subscription has a connection of its own. Redis is
+//! never on the critical path: every call is bounded by `redis.timeout_ms`,
+//! a failed limit check means the caller decides locally, and a lost bus
+//! link means no cache hits until it is back.
 //!
-//! Public surface: [`connect`], [`SharedLimits`], [`GcraReply`].
+//! Public surface: [`connect`], [`SharedLimits`], [`GcraReply`], [`Bus`],
+//! [`Evict`].
 
+mod bus;
 mod limits;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 
+pub use bus::{Bus, Evict, HEARTBEAT, SILENCE};
 pub use limits::{GcraReply, SharedLimits};
 
 /// The process's Redis connection for `cfg`. Connects lazily and

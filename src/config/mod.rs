@@ -98,6 +98,8 @@ pub struct RedisConfig {
     pub url: String,
     /// Prepended to client names to form keys.
     pub key_prefix: String,
+    /// The invalidation bus's pub/sub channel.
+    pub channel: String,
     /// Bound on one check; slower answers fall back to local limits.
     pub timeout: Duration,
 }
@@ -203,6 +205,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &shown)
             .field("key_prefix", &self.key_prefix)
+            .field("channel", &self.channel)
             .field("timeout", &self.timeout)
             .finish()
     }

@@ -23,6 +23,7 @@ pub(super) struct RawFile {
 pub(super) struct RawRedis {
     pub(super) url: Option<String>,
     pub(super) key_prefix: Option<String>,
+    pub(super) channel: Option<String>,
     pub(super) timeout_ms: Option<u64>,
 }
 

@@ -293,6 +293,7 @@ impl Validator<'_> {
         let RawRedis {
             url,
             key_prefix,
+            channel,
             timeout_ms,
         } = raw;
         let timeout = self.positive("redis.timeout_ms", timeout_ms, 50);
@@ -310,6 +311,7 @@ impl Validator<'_> {
         Some(RedisConfig {
             url,
             key_prefix: key_prefix.unwrap_or_else(|| "openai-admin-gateway:ratelimit:".into()),
+            channel: channel.unwrap_or_else(|| "openai-admin-gateway:invalidations".into()),
             timeout: Duration::from_millis(timeout),
         })
     }

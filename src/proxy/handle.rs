@@ -279,6 +279,7 @@ impl Write {
         if upstream_status.is_some_and(|s| s.is_success()) {
             if let Some(id) = &self.id {
                 cache.invalidate(id).await;
+                self.gateway.published(id).await;
             }
             shared.metrics.invalidation("write");
         }

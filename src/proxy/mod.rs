@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 
 use crate::body::BoxBody;
 use crate::cache::{Settings, UserCache, UserRoute};
-use crate::cluster::SharedLimits;
+use crate::cluster::{Bus, Evict, SharedLimits};
 use crate::config::Config;
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
@@ -60,6 +60,8 @@ struct Shared {
     ids: RequestIds,
     /// Shared rate-limit budgets (`[redis]`), fixed for the process lifetime.
     shared_limits: Option<Arc<SharedLimits>>,
+    /// The invalidation bus to the other replicas (`[redis]`).
+    bus: Option<Bus>,
 }
 
 /// The public listener's service. Cheap to clone.
@@ -73,12 +75,13 @@ impl Gateway {
     /// Builds the gateway's shared state from a validated config.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
-        let shared_limits = match &config.redis {
-            Some(r) => {
-                let conn = crate::cluster::connect(r).map_err(std::io::Error::other)?;
-                Some(SharedLimits::new(conn, r, metrics.clone()))
-            }
+        let conn = match &config.redis {
+            Some(r) => Some(crate::cluster::connect(r).map_err(std::io::Error::other)?),
             None => None,
+        };
+        let shared_limits = match (&config.redis, &conn) {
+            (Some(r), Some(c)) => Some(SharedLimits::new(c.clone(), r, metrics.clone())),
+            _ => None,
         };
         let clients = ClientTable::build(&config.clients, None, shared_limits.as_ref());
         let users = UserRoute::new(
@@ -87,6 +90,13 @@ impl Gateway {
             metrics.clone(),
             Settings::from(&config.cache),
         );
+        let bus = match (&config.redis, conn) {
+            (Some(r), Some(c)) => {
+                let evict: Arc<dyn Evict> = Arc::new(users.clone());
+                Some(Bus::start(r, c, metrics.clone(), evict).map_err(std::io::Error::other)?)
+            }
+            _ => None,
+        };
         Ok(Gateway {
             shared: Arc::new(Shared {
                 prefix: config.server.path_prefix.clone(),
@@ -96,6 +106,7 @@ impl Gateway {
                 metrics,
                 ids: RequestIds::new(),
                 shared_limits,
+                bus,
             }),
         })
     }
@@ -125,6 +136,29 @@ impl Gateway {
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// Evicts `id` here and on every replica (admin purge).
+    pub async fn purge(&self, id: &str) {
+        self.cache().invalidate(id).await;
+        self.shared.metrics.invalidation("purge");
+        self.published(id).await;
+    }
+
+    /// Evicts everything here and on every replica (admin purge-all).
+    pub async fn purge_all(&self) {
+        self.cache().invalidate_all();
+        self.shared.metrics.invalidation("purge_all");
+        if let Some(bus) = &self.shared.bus {
+            bus.all_evicted().await;
+        }
+    }
+
+    /// Tells the other replicas that `id` was evicted here.
+    async fn published(&self, id: &str) {
+        if let Some(bus) = &self.shared.bus {
+            bus.user_evicted(id).await;
+        }
     }
 }
 

@@ -82,8 +82,7 @@ impl Admin {
             (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
             (&Method::GET, "/metrics") => self.metrics().await,
             (&Method::DELETE, "/cache") => {
-                self.gateway.cache().invalidate_all();
-                self.gateway.metrics().invalidation("purge_all");
+                self.gateway.purge_all().await;
                 info!(target: "openai_admin_gateway::audit", action = "purge_all", "cache purged");
                 json(StatusCode::OK, r#"{"purged":"all"}"#.to_string())
             }
@@ -103,8 +102,7 @@ impl Admin {
         let Some(id) = user_id_of(raw) else {
             return text(StatusCode::BAD_REQUEST, "invalid user id\n");
         };
-        self.gateway.cache().invalidate(&id).await;
-        self.gateway.metrics().invalidation("purge");
+        self.gateway.purge(&id).await;
         info!(target: "openai_admin_gateway::audit", action = "purge", user_id = id.as_str(), "cache entry purged");
         json(
             StatusCode::OK,

@@ -16,6 +16,7 @@
 //! - [`body`]: a channel-backed streaming body used by both sides.
 //! - [`process`]: runs the real binary (temp config files, stdout/stderr capture, signals to
 //!   its pid: SIGHUP, SIGTERM, SIGINT).
+//! - [`redis`]: a real `redis-server` on a loopback port, stopped and restarted at will.
 //! - [`pki`]: a fresh rcgen CA and leaf certificates for `localhost` / `127.0.0.1`.
 //! - [`sdk`]: finding and running the official Python and Node SDK test runners.
 //!
@@ -29,6 +30,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pki;
 pub mod process;
+pub mod redis;
 pub mod sdk;
 pub mod upstream;
 

@@ -1,0 +1,308 @@
+//! The invalidation bus: replicas tell each other which users changed.
+//!
+//! Every eviction a replica makes because of a write, a purge or a
+//! purge-all is published on one Redis pub/sub channel
+//! (`redis.channel`); every replica applies what the others publish (it
+//! bumps the id's write generation, so a fill in flight can not store the
+//! old user afterwards) and skips its own messages.
+//!
+//! Pub/sub drops messages while a subscriber is away, so a replica only
+//! serves hits while its subscription is known to be live:
+//! - each replica publishes a heartbeat every [`HEARTBEAT`]; a subscription
+//!   that hears nothing (its own heartbeat included) for [`SILENCE`] is
+//!   treated as lost, which notices a silent partition as well as a
+//!   closed socket;
+//! - while it is lost, [`Evict::set_serving`]`(false)`: no hits, misses go
+//!   to the upstream and are not stored, as on a replica without a cache;
+//! - on reconnect the subscription is made first, then the cache is
+//!   emptied (a new cache epoch, since invalidations may have been missed),
+//!   and only then are hits served again.
+//!
+//! Publishing never holds a write up for longer than `redis.timeout_ms`; a
+//! failed publish is logged and counted, and the write still succeeds.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use tracing::{debug, info, warn};
+
+use crate::config::RedisConfig;
+use crate::metrics::Metrics;
+
+/// How often each replica publishes a heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// A subscription silent for this long is treated as lost.
+pub const SILENCE: Duration = Duration::from_secs(1);
+
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the bus does to the local cache.
+pub trait Evict: Send + Sync + 'static {
+    /// Another replica evicted `id` (bump its generation, drop its entry).
+    fn evict<'a>(&'a self, id: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// Another replica purged everything.
+    fn evict_all(&self);
+    /// Hits allowed (`true`) or not (the link is down).
+    fn set_serving(&self, serving: bool);
+}
+
+/// One message on the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Message {
+    /// `u <origin> <sent_us> <id>`: a user was evicted.
+    User {
+        origin: String,
+        sent_us: u64,
+        id: String,
+    },
+    /// `a <origin> <sent_us>`: everything was evicted.
+    All { origin: String, sent_us: u64 },
+    /// `h <origin> <sent_us>`: the sender is alive (and so is the link).
+    Heartbeat,
+}
+
+impl Message {
+    fn parse(text: &str) -> Option<Message> {
+        let mut parts = text.splitn(4, ' ');
+        let kind = parts.next()?;
+        let origin = parts.next()?.to_owned();
+        let sent_us = parts.next()?.parse().ok()?;
+        match kind {
+            "u" => Some(Message::User {
+                origin,
+                sent_us,
+                id: parts.next()?.to_owned(),
+            }),
+            "a" => Some(Message::All { origin, sent_us }),
+            "h" => Some(Message::Heartbeat),
+            _ => None,
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The publishing side, shared by writes and purges. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    /// The process's Redis connection (also used by shared limits).
+    conn: ConnectionManager,
+    /// The channel.
+    channel: String,
+    /// This replica's random id, to skip its own messages.
+    origin: Arc<str>,
+    /// Bound on one publish.
+    timeout: Duration,
+    /// Counters and the connected gauge.
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("channel", &self.channel)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+impl Bus {
+    /// Starts the bus: the subscriber and heartbeat tasks, applying remote
+    /// evictions to `evict`. Needs a Tokio runtime.
+    pub fn start(
+        cfg: &RedisConfig,
+        conn: ConnectionManager,
+        metrics: Arc<Metrics>,
+        evict: Arc<dyn Evict>,
+    ) -> redis::RedisResult<Bus> {
+        let client = redis::Client::open(cfg.url.as_str())?;
+        let mut raw = [0u8; 8];
+        let origin = match getrandom::fill(&mut raw) {
+            Ok(()) => crate::secret::hex(&raw),
+            Err(_) => format!("{:016x}", now_us()),
+        };
+        let bus = Bus {
+            conn,
+            channel: cfg.channel.clone(),
+            origin: origin.into(),
+            timeout: cfg.timeout,
+            metrics,
+        };
+        evict.set_serving(false);
+        bus.metrics.bus_connected(false);
+        tokio::spawn(bus.clone().subscribe(client, evict));
+        tokio::spawn(bus.clone().heartbeat());
+        Ok(bus)
+    }
+
+    /// Publishes that `id` was evicted here.
+    pub async fn user_evicted(&self, id: &str) {
+        let msg = format!("u {} {} {id}", self.origin, now_us());
+        self.publish(msg).await;
+    }
+
+    /// Publishes that everything was evicted here.
+    pub async fn all_evicted(&self) {
+        let msg = format!("a {} {}", self.origin, now_us());
+        self.publish(msg).await;
+    }
+
+    async fn publish(&self, msg: String) {
+        let mut conn = self.conn.clone();
+        let sent = conn.publish::<_, _, i64>(&self.channel, msg);
+        let result = match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) => {
+                warn!(cause = %e, "invalidation not published; other replicas may serve the old user until their link notices");
+                "error"
+            }
+            Err(_) => {
+                warn!("invalidation not published within redis.timeout_ms");
+                "timeout"
+            }
+        };
+        self.metrics.invalidation_published(result);
+    }
+
+    /// Publishes a heartbeat every [`HEARTBEAT`], forever.
+    async fn heartbeat(self) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut conn = self.conn.clone();
+            let msg = format!("h {} {}", self.origin, now_us());
+            let sent = conn.publish::<_, _, i64>(&self.channel, msg);
+            // A lost heartbeat shows up as silence on the subscription.
+            let _ = tokio::time::timeout(self.timeout.max(HEARTBEAT), sent).await;
+        }
+    }
+
+    /// Keeps a subscription up, applying what arrives; see the module docs.
+    async fn subscribe(self, client: redis::Client, evict: Arc<dyn Evict>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut first = true;
+        loop {
+            let connect = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(SILENCE, connect).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    debug!(cause = %e, "invalidation bus: cannot subscribe");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                Err(_) => {
+                    debug!("invalidation bus: subscribe timed out");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            // Subscribed: whatever is published from now on arrives. What
+            // was missed before is covered by a new epoch.
+            evict.evict_all();
+            if !first {
+                self.metrics.cache_epoch_reset();
+                info!("invalidation bus back: cache emptied (new epoch), serving hits again");
+            } else {
+                info!(channel = %self.channel, "invalidation bus connected");
+            }
+            first = false;
+            evict.set_serving(true);
+            self.metrics.bus_connected(true);
+
+            let mut stream = pubsub.into_on_message();
+            loop {
+                match tokio::time::timeout(SILENCE, stream.next()).await {
+                    Ok(Some(msg)) => {
+                        let Ok(text) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        self.apply(&text, &*evict).await;
+                    }
+                    Ok(None) => {
+                        warn!("invalidation bus: subscription closed; serving no hits until it is back");
+                        break;
+                    }
+                    Err(_) => {
+                        warn!("invalidation bus: nothing heard for a second; serving no hits until it is back");
+                        break;
+                    }
+                }
+            }
+            evict.set_serving(false);
+            self.metrics.bus_connected(false);
+        }
+    }
+
+    async fn apply(&self, text: &str, evict: &dyn Evict) {
+        match Message::parse(text) {
+            Some(Message::User {
+                origin,
+                sent_us,
+                id,
+            }) if *origin != *self.origin => {
+                evict.evict(&id).await;
+                self.received(sent_us);
+            }
+            Some(Message::All { origin, sent_us }) if *origin != *self.origin => {
+                evict.evict_all();
+                self.received(sent_us);
+            }
+            Some(_) => {}
+            None => debug!("invalidation bus: unreadable message ignored"),
+        }
+    }
+
+    fn received(&self, sent_us: u64) {
+        let delay_us = now_us().saturating_sub(sent_us);
+        self.metrics
+            .invalidation_received(Duration::from_micros(delay_us));
+        debug!(delay_us, "remote invalidation applied");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_ids_may_hold_spaces() {
+        assert_eq!(
+            Message::parse("u abc 17 user a b"),
+            Some(Message::User {
+                origin: "abc".into(),
+                sent_us: 17,
+                id: "user a b".into()
+            })
+        );
+        assert_eq!(
+            Message::parse("a abc 9"),
+            Some(Message::All {
+                origin: "abc".into(),
+                sent_us: 9
+            })
+        );
+        assert_eq!(Message::parse("h abc 1"), Some(Message::Heartbeat));
+        for bad in ["", "u", "u abc", "u abc x id", "z abc 1", "u abc 1"] {
+            assert_eq!(Message::parse(bad), None, "{bad:?}");
+        }
+    }
+}
