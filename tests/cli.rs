@@ -170,6 +170,47 @@ fn check_config_rejects_unknown_keys() {
 }
 
 #[test]
+fn check_config_prints_unknown_keys_in_every_section_with_the_other_problems() {
+    let dir = TempDir::new("check-unknown-many");
+    let toml = config_toml("http://127.0.0.1:9/v1", "")
+        .replacen("[server]\n", "[server]\nlisen = \"127.0.0.1:1\"\n", 1)
+        .replacen(
+            "name = \"other-client\"\n",
+            "name = \"other-client\"\nalow = [\"GET /organization/users\"]\n",
+            1,
+        )
+        .replace(&sha256_hex(OTHER_CLIENT_KEY), "not-a-hex-digest");
+    let path = config_file(&dir, &toml);
+    let out = run_cli(
+        &["check-config", "--config", &path],
+        &[(ADMIN_KEY_ENV, ADMIN_KEY)],
+        "",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // One problem a line, each naming its key's path.
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- "))
+        .collect();
+    for want in ["server.lisen: unknown key", "clients[1].alow: unknown key"] {
+        assert!(
+            problems.contains(&want),
+            "no line {want:?}:\n{}",
+            text(&out)
+        );
+    }
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("clients[1].key_sha256: ") && p.contains("not-a-hex-digest")),
+        "the bad hash is not on a line of its own:\n{}",
+        text(&out)
+    );
+    assert_eq!(problems.len(), 3, "{}", text(&out));
+}
+
+#[test]
 fn serving_with_an_invalid_config_fails_fast() {
     let dir = TempDir::new("serve-bad");
     let toml = config_toml("http://127.0.0.1:9/v1", "").replace("ttl_secs", "ttl_sec");

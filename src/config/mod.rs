@@ -2,9 +2,10 @@
 //! validation into a typed [`Config`].
 //!
 //! Parsing and validation are separate steps: [`Config::parse`] first
-//! deserialises the raw file, then checks every key and collects *all*
-//! problems (each naming its key) instead of stopping at the first one, so
-//! `check-config` can print them together.
+//! deserialises the raw file, noting every unknown key, then checks every key
+//! and collects *all* problems (each naming its key, unknown keys included)
+//! instead of stopping at the first one, so `check-config` can print them
+//! together.
 
 mod raw;
 mod scope;
@@ -238,10 +239,18 @@ impl Config {
     /// Parses and validates a TOML document. Relative file paths in it are
     /// resolved against `base_dir`; `env` looks up environment variables.
     pub fn parse(text: &str, base_dir: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
-        let raw: raw::RawFile =
-            toml::from_str(text).map_err(|e| ConfigError::one(format!("config: {e}")))?;
+        let (raw, unknown) = raw::from_toml(text);
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                let mut problems = unknown;
+                problems.push(format!("config: {e}"));
+                return Err(ConfigError { problems });
+            }
+        };
+        // Unknown keys are problems like any other: the file is refused.
         let mut v = Validator {
-            problems: Vec::new(),
+            problems: unknown,
             base_dir,
         };
         let raw::RawFile {

@@ -112,3 +112,95 @@ fn rotation_accepts_two_hashes() {
     .unwrap();
     assert_eq!(c.clients[0].key_sha256.len(), 2);
 }
+
+#[test]
+fn unknown_keys_in_every_table_are_reported_with_their_paths() {
+    let text = r#"
+lisen = "top level"
+[server]
+lisen = "127.0.0.1:8080"
+[upstream]
+base_ur = "https://api.openai.com/v1"
+[cache]
+ttl_secs = 0
+tll_secs = 5
+[redis]
+url = "redis://127.0.0.1:6379/0"
+timeout = 5
+[[clients]]
+name = "a"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+[[clients]]
+name = "b"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000002"
+alow = ["GET /organization/users"]
+rate_limit = { requests_per_minute = 60, brust = 5 }
+"#;
+    let e = parse(text).unwrap_err();
+    let mut got: Vec<&str> = e.problems().iter().map(String::as_str).collect();
+    got.sort_unstable();
+    let mut want = vec![
+        "lisen: unknown key",
+        "server.lisen: unknown key",
+        "upstream.base_ur: unknown key",
+        "cache.tll_secs: unknown key",
+        "redis.timeout: unknown key",
+        "clients[1].alow: unknown key",
+        "clients[1].rate_limit.brust: unknown key",
+        // The validator's problems come with them.
+        "cache.ttl_secs: must be greater than 0",
+    ];
+    want.sort_unstable();
+    assert_eq!(got, want, "{e}");
+}
+
+#[test]
+fn an_unknown_table_is_one_problem() {
+    let e = parse("[srever]\nlisten = \"127.0.0.1:1\"\nport = 2\n").unwrap_err();
+    assert_eq!(e.problems(), ["srever: unknown key"], "{e}");
+}
+
+#[test]
+fn odd_unknown_keys_are_quoted_on_one_line() {
+    let e = parse("[server]\n\"a.b\" = 1\n\"x\\ny\" = 2\n\"\" = 3\n").unwrap_err();
+    let mut got = e.problems().to_vec();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [
+            r#"server."": unknown key"#,
+            r#"server."a.b": unknown key"#,
+            r#"server."x\ny": unknown key"#,
+        ],
+        "{e}"
+    );
+    assert!(got.iter().all(|p| !p.contains('\n')), "{e}");
+}
+
+#[test]
+fn unknown_keys_before_a_type_error_are_reported_with_it() {
+    let e = parse("[cache]\nttl = 5\n[server]\nlisten = 8080\n").unwrap_err();
+    let all = e.to_string();
+    assert!(
+        e.problems().iter().any(|p| p == "cache.ttl: unknown key"),
+        "{all}"
+    );
+    assert!(all.contains("listen"), "{all}");
+}
+
+#[test]
+fn a_valid_file_has_no_unknown_keys() {
+    let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+[[clients]]
+name = "a"
+key_sha256 = ["0000000000000000000000000000000000000000000000000000000000000001"]
+rate_limit = { requests_per_minute = 60, burst = 5 }
+allow = ["GET /organization/users"]
+"#;
+    let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.clients.len(), 1);
+}
