@@ -129,15 +129,17 @@ pub enum Directive {
 
 /// Reads the request's `Cache-Control`: `no-store` wins over `no-cache`;
 /// other directives are ignored.
+///
+/// Works on the bytes: a value with a non-ASCII byte elsewhere in it
+/// (`to_str` fails on those) still has its `no-store` honoured.
 pub fn directive(headers: &HeaderMap) -> Directive {
     let mut d = Directive::Normal;
     for v in headers.get_all(CACHE_CONTROL) {
-        let Ok(v) = v.to_str() else { continue };
-        for token in v.split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("no-store") {
+        for token in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"no-store") {
                 return Directive::NoStore;
             }
-            if token.eq_ignore_ascii_case("no-cache") {
+            if token.eq_ignore_ascii_case(b"no-cache") {
                 d = Directive::Refresh;
             }
         }
@@ -717,6 +719,23 @@ mod tests {
         assert_eq!(directive(&h), Directive::Refresh);
         h.append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         assert_eq!(directive(&h), Directive::NoStore);
+    }
+
+    /// Found by `fuzz/` (cache_control): a non-ASCII byte elsewhere in the
+    /// value made the whole value unreadable as text, and its `no-store` was
+    /// ignored, so the response was stored.
+    #[test]
+    fn no_store_beside_a_non_ascii_byte_is_honoured() {
+        for (raw, want) in [
+            (&b"\x9e,No-Store"[..], Directive::NoStore),
+            (b"ncache\xf6\x92=0, No-Store", Directive::NoStore),
+            (b"no-cache, x=\xff", Directive::Refresh),
+            (b"\xff", Directive::Normal),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(CACHE_CONTROL, HeaderValue::from_bytes(raw).unwrap());
+            assert_eq!(directive(&h), want, "{raw:?}");
+        }
     }
 
     #[test]
