@@ -98,13 +98,31 @@ step_services() {
 }
 
 step_fmt() {
-    section "cargo fmt --check"
+    section "cargo fmt --check (the crate and fuzz/)"
     cargo fmt --all -- --check
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 }
 
 step_clippy() {
     section "cargo clippy --all-targets -- -D warnings"
     cargo clippy --quiet --all-targets -- -D warnings
+}
+
+# fuzz/ (cargo-fuzz targets, a workspace of its own): still compiles against
+# the library. Plain `cargo check` on stable, so neither nightly nor
+# cargo-fuzz is needed; libfuzzer-sys' build script compiles libFuzzer's C++
+# with the machine's compiler. Shares the main target dir so the dependencies
+# clippy already built are reused.
+step_fuzz_build() {
+    section "cargo check --manifest-path fuzz/Cargo.toml --bins"
+    if ! command -v c++ >/dev/null; then
+        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "c++ missing: install g++ (libfuzzer-sys builds libFuzzer with it)"
+        note "installing g++ with apt"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
+    fi
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" \
+        cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 }
 
 step_tests() {
@@ -144,6 +162,7 @@ STEPS=(
     services
     fmt
     clippy
+    fuzz_build
     tests
     deploy
 )
