@@ -5,7 +5,8 @@
 //! - a scope allows a request exactly when one of its patterns alone does;
 //! - adding `* /**` allows every request;
 //! - `* PATH` allows whatever `METHOD PATH` allows;
-//! - the request written as a pattern, when it compiles, allows the request.
+//! - the request written as a pattern, when it compiles, allows the request
+//!   (for paths without surrounding whitespace, which patterns trim).
 #![no_main]
 
 use http::Method;
@@ -72,8 +73,12 @@ fuzz_target!(|text: &str| {
         );
     }
 
+    // Patterns are trimmed; request paths never hold whitespace (HTTP has
+    // none in a request-target), so only such paths are compared.
     let exact = format!("{method} {path}");
-    if let Ok(s) = scope(&[&exact]) {
-        assert!(s.allows(&method, path), "{exact:?} refused its own request");
+    if path == path.trim() {
+        if let Ok(s) = scope(&[&exact]) {
+            assert!(s.allows(&method, path), "{exact:?} refused its own request");
+        }
     }
 });
