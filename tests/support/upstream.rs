@@ -72,6 +72,13 @@ pub struct Fault {
     pub reset_before_headers: bool,
     /// Send headers (with the full `content-length`) and half the body, then break off.
     pub drop_mid_body: bool,
+    /// Send headers (with the full `content-length`) and half the body, then send nothing
+    /// more until this named gate opens (a body that stalls).
+    pub stall_mid_body: Option<String>,
+    /// Apply only in every other `period` since the fault was built (the first period
+    /// fails, the next answers normally, ...): an upstream that flaps. While it does not
+    /// apply the rule is skipped (a later rule may match) and its `times` is not used up.
+    pub flap: Option<Flap>,
     /// Replace the body with truncated JSON (status stays).
     pub malformed_json: bool,
     /// Rewrite the JSON body's `id` to another user's.
@@ -116,6 +123,18 @@ impl Fault {
         self.drop_mid_body = true;
         self
     }
+    pub fn stall_mid_body(mut self, gate: &str) -> Self {
+        self.stall_mid_body = Some(gate.to_string());
+        self
+    }
+    /// Flaps from now on: applies for `period`, then not for `period`, and so on.
+    pub fn flapping(mut self, period: Duration) -> Self {
+        self.flap = Some(Flap {
+            since: std::time::Instant::now(),
+            period,
+        });
+        self
+    }
     pub fn malformed_json(mut self) -> Self {
         self.malformed_json = true;
         self
@@ -143,6 +162,23 @@ impl Fault {
     pub fn times(mut self, n: usize) -> Self {
         self.times = Some(n);
         self
+    }
+}
+
+/// When a [`Fault::flapping`] fault applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Flap {
+    /// When the first (failing) period began.
+    pub since: std::time::Instant,
+    /// Length of each failing and each healthy period.
+    pub period: Duration,
+}
+
+impl Flap {
+    /// True during the failing periods (the 1st, 3rd, ...).
+    pub fn failing_now(&self) -> bool {
+        let n = self.since.elapsed().as_nanos() / self.period.as_nanos().max(1);
+        n.is_multiple_of(2)
     }
 }
 
@@ -358,6 +394,7 @@ impl State {
         let pos = faults.iter().position(|r| {
             r.method.as_ref().is_none_or(|m| m == method)
                 && r.path.as_deref().is_none_or(|p| p == path)
+                && r.fault.flap.is_none_or(|f| f.failing_now())
         })?;
         let fault = faults[pos].fault.clone();
         if let Some(n) = &mut faults[pos].fault.times {
@@ -595,7 +632,7 @@ async fn respond(
     if fault.reset_before_headers {
         return Err(io::Error::other("injected: reset before headers"));
     }
-    apply_fault(resp, &fault).await
+    apply_fault(state, resp, &fault).await
 }
 
 async fn route(state: &Arc<State>, index: usize, req: Request<Incoming>) -> io::Result<Resp> {
@@ -821,14 +858,15 @@ fn user_roles(state: &State, id: &str) -> Resp {
 
 // === fault transforms ===
 
-async fn apply_fault(resp: Resp, fault: &Fault) -> io::Result<Resp> {
+async fn apply_fault(state: &State, resp: Resp, fault: &Fault) -> io::Result<Resp> {
     let rewrites = fault.malformed_json
         || fault.wrong_id
         || fault.wrong_object
         || fault.pad_to.is_some()
         || fault.gzip
         || fault.content_type.is_some()
-        || fault.drop_mid_body;
+        || fault.drop_mid_body
+        || fault.stall_mid_body.is_some();
     if !rewrites {
         return Ok(resp);
     }
@@ -850,10 +888,10 @@ async fn apply_fault(resp: Resp, fault: &Fault) -> io::Result<Resp> {
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    let body = if fault.drop_mid_body {
-        broken_body(bytes)
-    } else {
-        full(bytes)
+    let body = match (&fault.stall_mid_body, fault.drop_mid_body) {
+        (_, true) => broken_body(bytes),
+        (Some(gate), false) => stalled_body(bytes, state.gate(gate)),
+        (None, false) => full(bytes),
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -894,6 +932,21 @@ fn broken_body(bytes: Bytes) -> TestBody {
         tx.send(half).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         tx.fail("injected: connection dropped mid-body").await;
+    });
+    body
+}
+
+/// Half of `bytes`, then nothing until `gate` opens, then the rest: a body that stalls with
+/// its `content-length` unmet. Gone with the client: a dropped receiver ends the task.
+fn stalled_body(bytes: Bytes, gate: Arc<Gate>) -> TestBody {
+    let (tx, body) = channel_body(2);
+    tokio::spawn(async move {
+        let half = bytes.len() / 2;
+        if !tx.send(bytes.slice(..half)).await {
+            return;
+        }
+        gate.wait().await;
+        tx.send(bytes.slice(half..)).await;
     });
     body
 }
