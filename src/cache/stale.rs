@@ -62,16 +62,16 @@ impl UserRoute {
         let within = past <= settings.stale_if_error.as_secs();
         match self.refetch(headers, rest, id, key).await {
             Refetched::User(u, leader, upstream_id) => {
-                self.metrics.cache_miss();
-                self.metrics.refresh("ok");
                 if leader {
+                    self.metrics.cache_miss();
                     Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
                 } else {
+                    // The user another request's refetch just stored.
+                    self.metrics.cache_hit();
                     Ok((hit_response(&u), CacheStatus::Hit))
                 }
             }
             Refetched::Failed(status) if within => {
-                self.metrics.refresh("error");
                 self.metrics.stale_served("error");
                 let code = status.map(|s| s.as_u16());
                 Ok((
@@ -82,17 +82,13 @@ impl UserRoute {
             Refetched::Answer(answer) => {
                 self.metrics.cache_miss();
                 if is_gone(answer.status()) {
-                    self.metrics.refresh("gone");
                     self.cache.remove(&key).await;
-                } else {
-                    self.metrics.refresh("unstorable");
                 }
                 Ok((answer, CacheStatus::Miss))
             }
             Refetched::Failed(_) | Refetched::Unshared => {
                 // Outside the window, or another request's answer: this
                 // request asks the upstream for itself.
-                self.metrics.refresh("error");
                 Box::pin(self.fetch_alone(headers, rest, id, super::route::Alone::Waiter)).await
             }
         }
@@ -100,7 +96,8 @@ impl UserRoute {
 
     /// One refetch per id: concurrent requests for an expired entry share
     /// it (a single flight under the entry's refresh key, which does not
-    /// find the stale entry itself).
+    /// find the stale entry itself). The request that ran it counts it in
+    /// `gateway_cache_refreshes_total`, once however many shared it.
     async fn refetch(&self, headers: &HeaderMap, rest: &str, id: &str, key: CacheKey) -> Refetched {
         let rkey = UserCache::refresh_key(key);
         let (mut upstream_id, mut mine, mut leader) = (None, None, false);
@@ -110,7 +107,7 @@ impl UserRoute {
                 .await
         };
         let outcome = self.cache.fetch_once(rkey, fill).await;
-        match outcome {
+        let refetched = match outcome {
             Lookup::Filled(u) | Lookup::Hit(u) => {
                 self.cache.insert(key, u.clone()).await;
                 self.cache.remove(&rkey).await;
@@ -122,7 +119,16 @@ impl UserRoute {
                 (FillFailed::Answer(_), Some(answer)) => Refetched::Answer(answer),
                 (FillFailed::Answer(_), None) => Refetched::Unshared,
             },
+        };
+        if leader {
+            self.metrics.refresh(match &refetched {
+                Refetched::User(..) => "ok",
+                Refetched::Failed(_) => "error",
+                Refetched::Answer(a) if is_gone(a.status()) => "gone",
+                Refetched::Answer(_) | Refetched::Unshared => "unstorable",
+            });
         }
+        refetched
     }
 
     /// Starts the one background refresh of `key` unless it runs already.
@@ -139,16 +145,14 @@ impl UserRoute {
         let (rest, id) = (rest.to_owned(), id.to_owned());
         tokio::spawn(async move {
             let _running = Running { route: &route, key };
-            let result = match route.refetch(&HeaderMap::new(), &rest, &id, key).await {
-                Refetched::User(..) => "ok",
-                Refetched::Answer(answer) if is_gone(answer.status()) => {
+            // refetch counts the refresh; a 404/4xx drops the entry.
+            if let Refetched::Answer(answer) =
+                route.refetch(&HeaderMap::new(), &rest, &id, key).await
+            {
+                if is_gone(answer.status()) {
                     route.cache.remove(&key).await;
-                    "gone"
                 }
-                Refetched::Answer(_) | Refetched::Unshared => "unstorable",
-                Refetched::Failed(_) => "error",
-            };
-            route.metrics.refresh(result);
+            }
         });
     }
 }
