@@ -312,10 +312,12 @@ impl UserRoute {
 
     /// One upstream retrieve, as the gateway's own request, done within
     /// `upstream.timeout_ms` from start to the last byte read (504 for a
-    /// fill that stalls). The body is read up to `cache.max_body_bytes`; a
-    /// 200 that is the user asked for comes back as a [`CachedUser`],
-    /// anything else as this request's answer. Records the upstream's
-    /// request id for the caller.
+    /// fill that stalls). One deadline bounds the whole fill: the exchange
+    /// waits for its slot and headers until it (a headers timeout, counted
+    /// by the exchange), the body is read until it (a body timeout). The
+    /// body is read up to `cache.max_body_bytes`; a 200 that is the user
+    /// asked for comes back as a [`CachedUser`], anything else as this
+    /// request's answer. Records the upstream's request id for the caller.
     pub(super) async fn fetch(
         &self,
         headers: &HeaderMap,
@@ -323,13 +325,13 @@ impl UserRoute {
         id: &str,
         upstream_id: &mut Option<HeaderValue>,
     ) -> std::result::Result<CachedUser, Unstored> {
-        let deadline = self.upstream.timeout();
-        match tokio::time::timeout(
-            deadline,
-            self.fetch_unbounded(headers, rest, id, upstream_id),
-        )
-        .await
-        {
+        let deadline = tokio::time::Instant::now() + self.upstream.timeout();
+        let resp = self
+            .upstream
+            .send_by(deadline, Method::GET, rest, fill_headers(headers), empty())
+            .await
+            .map_err(Err)?;
+        match tokio::time::timeout_at(deadline, self.read_fill(resp, id, upstream_id)).await {
             Ok(r) => r,
             Err(_) => {
                 self.metrics.upstream_timeout("body");
@@ -338,18 +340,13 @@ impl UserRoute {
         }
     }
 
-    async fn fetch_unbounded(
+    /// Reads a fill's response: the user to store, or this request's answer.
+    async fn read_fill(
         &self,
-        headers: &HeaderMap,
-        rest: &str,
+        resp: Response<BoxBody>,
         id: &str,
         upstream_id: &mut Option<HeaderValue>,
     ) -> std::result::Result<CachedUser, Unstored> {
-        let resp = self
-            .upstream
-            .send(Method::GET, rest, None, fill_headers(headers), empty())
-            .await
-            .map_err(Err)?;
         // Copy what is needed instead of holding the reload guard across awaits.
         let Settings {
             max_body_bytes: max,

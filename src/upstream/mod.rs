@@ -143,6 +143,35 @@ impl Upstream {
         method: Method,
         rest: &str,
         query: Option<&str>,
+        headers: HeaderMap,
+        body: BoxBody,
+    ) -> Result<Response<BoxBody>> {
+        self.exchange(None, method, rest, query, headers, body)
+            .await
+    }
+
+    /// [`send`](Self::send) with every wait (for a slot, for the headers,
+    /// for a 403's body) ending at `deadline` instead of `timeout_ms` from
+    /// its own start: a cache fill is bounded as a whole, and a fill that
+    /// gets no headers in time is still a headers timeout of this exchange.
+    pub async fn send_by(
+        &self,
+        deadline: tokio::time::Instant,
+        method: Method,
+        rest: &str,
+        headers: HeaderMap,
+        body: BoxBody,
+    ) -> Result<Response<BoxBody>> {
+        self.exchange(Some(deadline), method, rest, None, headers, body)
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        method: Method,
+        rest: &str,
+        query: Option<&str>,
         mut headers: HeaderMap,
         body: BoxBody,
     ) -> Result<Response<BoxBody>> {
@@ -159,9 +188,10 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let slot = self.acquire_slot().await?;
+        let slot = self.acquire_slot(deadline).await?;
         let start = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let headers_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
+        let result = tokio::time::timeout_at(headers_by, self.client.request(req)).await;
         let outcome = match &result {
             Ok(Ok(r)) => UpstreamOutcome::Status(r.status().as_u16()),
             // The client's body broke: not the upstream's failure.
@@ -190,7 +220,10 @@ impl Upstream {
             StatusCode::UNAUTHORIZED => return Err(self.key_refused(401, "401 from the upstream")),
             StatusCode::FORBIDDEN => {
                 let key = admin.expose();
-                match auth::check_forbidden(&parts.headers, body, key, self.timeout).await {
+                let window = deadline.map_or(self.timeout, |d| {
+                    d.saturating_duration_since(tokio::time::Instant::now())
+                });
+                match auth::check_forbidden(&parts.headers, body, key, window).await {
                     Forbidden::Relay(body) => body,
                     Forbidden::KeyRefused(reason) => return Err(self.key_refused(403, reason)),
                     Forbidden::Failed(e) => return Err(e),
@@ -232,20 +265,24 @@ impl Upstream {
         s.parse().map_err(|_| GatewayError::InvalidPath)
     }
 
-    async fn acquire_slot(&self) -> Result<Slot> {
+    async fn acquire_slot(&self, deadline: Option<tokio::time::Instant>) -> Result<Slot> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => self.wait_for_slot().await?,
+            Err(_) => self.wait_for_slot(deadline).await?,
         };
         Ok(Slot::new(permit, self.metrics.clone()))
     }
 
-    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit> {
+    async fn wait_for_slot(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<OwnedSemaphorePermit> {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(GatewayError::UpstreamOverloaded);
         }
-        let waited = tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await;
+        let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
+        let waited = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(p)) => Ok(p),
