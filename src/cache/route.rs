@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 
 use super::status::{hit_status, CacheStatus, CACHE_STATUS};
 use super::store::{CacheKey, CachedUser, Lookup, UserCache};
-use crate::body::{empty, full, prefixed, truncated, BoxBody};
+use crate::body::{empty, full, prefixed, BoxBody};
 use crate::config::CacheConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::{int_value, X_REQUEST_ID};
@@ -366,7 +366,11 @@ impl UserRoute {
         let mut buf = BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
-                return Err(Ok(Response::from_parts(parts, truncated(buf.freeze()))));
+                // Nothing has been sent yet: a broken answer is no answer.
+                // Relayed as a 200, hyper would cut the connection before its
+                // head and the client would get nothing at all.
+                let broke = "upstream body broke off before its end";
+                return Err(Err(GatewayError::UpstreamUnavailable(broke.into())));
             };
             let Ok(data) = frame.into_data() else {
                 continue;

@@ -161,7 +161,7 @@ impl Gateway {
             .send(parts.method, target.raw, target.query, parts.headers, body)
             .await?;
         access.upstream_status = Some(resp.status());
-        let resp = buffer::response(resp).await;
+        let resp = buffer::response(resp).await?;
         access.cache = Some(CacheStatus::Bypass);
         Ok(with_cache_status(resp, CacheStatus::Bypass))
     }
@@ -283,8 +283,12 @@ impl Write {
             }
             shared.metrics.invalidation("write");
         }
+        let result = match result {
+            Ok(resp) => buffer::response(resp).await,
+            Err(e) => Err(e),
+        };
         let (mut response, failure) = match result {
-            Ok(resp) => (buffer::response(resp).await, None),
+            Ok(resp) => (resp, None),
             Err(e) => {
                 let failure = e.status().is_server_error().then(|| e.to_string());
                 (e.into_response(), failure)

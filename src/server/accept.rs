@@ -175,7 +175,7 @@ async fn drive<C>(
     tokio::pin!(conn);
     let first = tokio::time::sleep_until(first_request_deadline);
     tokio::pin!(first);
-    let idle_check = tokio::time::sleep_until(first_request_deadline + idle);
+    let idle_check = tokio::time::sleep_until(Instant::now() + idle);
     tokio::pin!(idle_check);
     let (mut waiting_first, mut closing) = (true, false);
     loop {

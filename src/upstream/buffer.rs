@@ -43,8 +43,8 @@ enum Read<B> {
     Whole(Bytes, Option<HeaderMap>),
     /// `window` passed first: what was read, and the rest still to come.
     Partial(Bytes, B),
-    /// The body failed after `Bytes`.
-    Broken(Bytes, BoxError),
+    /// The body failed before its end.
+    Broken(BoxError),
 }
 
 async fn read<B>(mut body: B, capacity: usize, window: Option<Duration>) -> Read<B>
@@ -64,7 +64,7 @@ where
         };
         match frame {
             None => return Read::Whole(buf.freeze(), None),
-            Some(Err(e)) => return Read::Broken(buf.freeze(), e.into()),
+            Some(Err(e)) => return Read::Broken(e.into()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     // A body longer than it declared: stop collecting and
@@ -109,18 +109,21 @@ where
 }
 
 /// An upstream response, ready to send: a small declared body is read
-/// whole first. One that breaks off reaches the client broken off.
-pub async fn response(resp: Response<BoxBody>) -> Response<BoxBody> {
+/// whole first. One that breaks off before its end is 502
+/// `upstream_unavailable`: nothing has reached the client yet, and a 200
+/// whose body fails would reach it as a cut connection with no answer at
+/// all. A streamed body that breaks off later reaches the client broken off.
+pub async fn response(resp: Response<BoxBody>) -> Result<Response<BoxBody>> {
     let Some(len) = small(resp.headers()) else {
-        return resp;
+        return Ok(resp);
     };
     let (parts, body) = resp.into_parts();
     let body = match read(body, len, None).await {
         Read::Whole(data, trailers) => whole(data, trailers),
         Read::Partial(data, rest) => prefixed(data, rest),
-        Read::Broken(data, e) => prefixed(data, Failed(Some(e))),
+        Read::Broken(e) => return Err(GatewayError::UpstreamUnavailable(e)),
     };
-    Response::from_parts(parts, body)
+    Ok(Response::from_parts(parts, body))
 }
 
 /// A body already in memory (used for small bodies and checked 403s).
@@ -157,21 +160,6 @@ impl Body for Whole {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
-    }
-}
-
-/// Ends a body with the error its source ended with.
-struct Failed(Option<BoxError>);
-
-impl Body for Failed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.take().map(Err))
     }
 }
 
@@ -271,19 +259,19 @@ mod tests {
         drop(tx);
         let mut resp = Response::new(BoxBody::new(body));
         *resp.headers_mut() = declared(4);
-        let resp = response(resp).await;
+        let resp = response(resp).await.expect("whole");
         assert_eq!(resp.headers()[CONTENT_LENGTH], "4");
         assert_eq!(resp.body().size_hint().exact(), Some(4));
     }
 
     #[tokio::test]
-    async fn broken_small_response_stays_broken() {
+    async fn broken_small_response_is_upstream_unavailable() {
         let (body, _tx) = chunks(&[Ok("ab"), Err("reset")]);
         let mut resp = Response::new(BoxBody::new(body));
         *resp.headers_mut() = declared(4);
-        let mut b = response(resp).await.into_body();
-        let first = b.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(first, "ab");
-        assert!(b.frame().await.unwrap().is_err());
+        let e = response(resp)
+            .await
+            .expect_err("a broken body is no answer");
+        assert_eq!(e.kind().1, "upstream_unavailable");
     }
 }
