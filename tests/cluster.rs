@@ -272,6 +272,43 @@ async fn a_replica_without_redis_serves_no_hits_and_resyncs_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_is_noticed_within_about_a_second() {
+    let upstream = start_upstream().await;
+    let redis = Redis::start();
+    let [a, b, _c] = three(&upstream, &redis).await;
+    b.get_user().await;
+    b.get_user().await.hit_ttl();
+
+    // A partition, not a closed socket: Redis stops answering.
+    redis.pause();
+    let paused = Instant::now();
+    b.wait_metric_at_most("gateway_invalidation_bus_connected", 0.0)
+        .await;
+    let noticed = paused.elapsed();
+    println!("a silent Redis was noticed after {noticed:?}");
+    assert!(noticed < Duration::from_secs(3), "{noticed:?}");
+    let during = b.get_user().await;
+    assert!(
+        !during.cache_status().contains("hit"),
+        "{}",
+        during.cache_status()
+    );
+    // A write still answers within redis.timeout_ms of waiting on Redis.
+    let started = Instant::now();
+    a.set_role("owner").await.assert_status(200);
+    let took = started.elapsed();
+    println!("a write with Redis silent took {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    redis.resume();
+    b.wait_metric("gateway_invalidation_bus_connected", 1.0)
+        .await;
+    b.wait_metric("gateway_cache_epoch_resets_total", 1.0).await;
+    let after = b.get_user().await;
+    assert_eq!(role(&after), "owner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_racing_a_remote_invalidation_never_stores_the_old_user() {
     let upstream = start_upstream().await;
     let redis = Redis::start();
