@@ -215,16 +215,24 @@ else
 fi
 
 # kubernetes-validate knows built-in kinds only: the one "Couldn't find schema" allowed is
-# ServiceMonitor (checked against its CRD schema in the next step); any other is a failure.
+# ServiceMonitor (checked against its CRD schema in the next step); any other is a failure,
+# and every other rendered resource (both Deployments, every Service and NetworkPolicy, ...)
+# must be reported as passed.
 k8s_validate() {
-  local v out rc=0
+  local v out res rc=0 resources
+  resources="$("$PY" -c 'import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] != "ServiceMonitor":
+        print(d["kind"].lower() + "/" + d["metadata"]["name"])' "$RENDERED")" || return 1
   for v in "${K8S_VERSIONS[@]}"; do
     out="$(kubernetes-validate --strict -k "$v" "$RENDERED" "$K8S/secret.example.yaml" 2>&1)" || rc=1
     printf '%s\n' "$out"
     if printf '%s\n' "$out" | grep -i "couldn't find schema" | grep -v 'kind ServiceMonitor with api version monitoring.coreos.com/v1' | grep -q .; then
       echo "a resource other than the ServiceMonitor had no schema"; rc=1
     fi
-    if ! printf '%s\n' "$out" | grep -q 'passed for resource deployment/'; then echo "Deployment was not validated"; rc=1; fi
+    while read -r res; do
+      printf '%s\n' "$out" | grep -qF "passed for resource $res against" || { echo "$res was not validated against $v"; rc=1; }
+    done <<<"$resources"
   done
   return "$rc"
 }
