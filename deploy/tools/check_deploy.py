@@ -6,6 +6,12 @@
   check_deploy.py --repo REPO render-k8s       print the kustomization's resources as one YAML
                                                stream (fallback when kubectl is not installed)
 
+`consistency` on Kubernetes checks the gateway Deployment and, when there is one, the
+Redis the replicas share (gateway.toml [redis]): every pod meets the "restricted" Pod
+Security Standard, every Service and NetworkPolicy selects the pods it is meant for
+(and only those), redis.url names the Redis Service and port, the gateway may reach
+Redis and DNS, and Redis admits only the gateway pods.
+
 `configs` reads the key list from docs/internal-api.md ("## Configuration keys"): every
 key an example uses must be documented (the gateway rejects unknown keys), with a value
 of the documented type; plus the rules the doc states (exactly one of admin_key_env /
@@ -24,6 +30,7 @@ import shlex
 import sys
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -193,6 +200,61 @@ def selector_matches(selector: dict, labels: dict) -> bool:
     return bool(ml) and all(labels.get(k) == v for k, v in ml.items())
 
 
+# Volume types the "restricted" Pod Security Standard allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
+
+
+def check_pod_security(w: str, pod: dict) -> None:
+    """The "restricted" Pod Security Standard (namespace.yaml enforces it), checked on
+    every container, plus what we add: a read-only root file system, a numeric uid and
+    memory requests and limits."""
+    psc = pod.get("securityContext", {})
+    for k in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(k):
+            err(w, f"{k} is set")
+    if psc.get("sysctls"):
+        err(w, "securityContext.sysctls is set")
+    for v in pod.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            err(w, f"volume {v.get('name')} is {sorted(kinds - RESTRICTED_VOLUMES)}, not allowed by the restricted profile")
+    for c in pod.get("initContainers", []) + pod.get("containers", []):
+        cw = f"{w} container {c.get('name')}"
+        csc = c.get("securityContext", {})
+        if csc.get("privileged"):
+            err(cw, "privileged")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            err(cw, "allowPrivilegeEscalation is not false")
+        caps = csc.get("capabilities", {})
+        if caps.get("drop") != ["ALL"]:
+            err(cw, "capabilities.drop is not [ALL]")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            err(cw, f"capabilities.add {caps.get('add')} beyond NET_BIND_SERVICE")
+        if csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            err(cw, "runAsNonRoot is not set")
+        uid = csc.get("runAsUser", psc.get("runAsUser"))
+        if not isinstance(uid, int) or isinstance(uid, bool) or uid == 0:
+            err(cw, f"runAsUser {uid!r}: want a numeric non-root uid (runAsNonRoot can't check a named USER)")
+        if (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            err(cw, "seccompProfile RuntimeDefault is not set")
+        if csc.get("procMount", "Default") != "Default":
+            err(cw, "procMount is not Default")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            err(cw, "hostPort is set")
+        if csc.get("readOnlyRootFilesystem") is not True:
+            err(cw, "readOnlyRootFilesystem is not true")
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            if "memory" not in res.get(kind, {}):
+                err(cw, f"resources.{kind}.memory missing")
+
+
+def container_ports(dep: dict) -> dict:
+    return {p["name"]: p["containerPort"]
+            for c in dep["spec"]["template"]["spec"].get("containers", []) for p in c.get("ports", [])}
+
+
 def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> None:
     kdir = repo / "deploy/kubernetes"
     w = "deploy/kubernetes"
@@ -200,16 +262,30 @@ def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> Non
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
+    # The gateway Deployment and, optionally, the Redis the replicas share; nothing else.
     deps = by_kind.get("Deployment", [])
-    if len(deps) != 1:
-        err(w, f"want exactly one Deployment, found {len(deps)}")
+    role = {id(d): d["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/component") for d in deps}
+    gws = [d for d in deps if role[id(d)] == "gateway"]
+    redises = [d for d in deps if role[id(d)] == "redis"]
+    for d in deps:
+        if role[id(d)] not in ("gateway", "redis"):
+            err(w, f"Deployment {d['metadata']['name']}: pod label app.kubernetes.io/component is neither gateway nor redis")
+    if len(gws) != 1 or len(redises) > 1:
+        err(w, f"want one gateway Deployment and at most one Redis, found {len(gws)} and {len(redises)}")
         return
-    dep = deps[0]
+    dep = gws[0]
+    redis_dep = redises[0] if redises else None
+    for d in deps:
+        dw = f"{w} Deployment {d['metadata']['name']}"
+        if not selector_matches(d["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"]):
+            err(dw, "selector does not match its pod labels")
+        check_pod_security(dw, d["spec"]["template"]["spec"])
     spec = dep["spec"]
     pod = spec["template"]["spec"]
     pod_labels = spec["template"]["metadata"]["labels"]
-    if not selector_matches(spec["selector"], pod_labels):
-        err(w, "Deployment selector does not match its pod labels")
+    redis_labels = redis_dep["spec"]["template"]["metadata"]["labels"] if redis_dep else {}
+    if redis_dep and selector_matches(spec["selector"], redis_labels):
+        err(w, "the gateway Deployment's selector also matches the Redis pods")
     if spec.get("replicas", 1) < 2:
         err(w, "Deployment replicas < 2")
     c = pod["containers"][0]
@@ -242,24 +318,10 @@ def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> Non
     drain = cfg.get("server", {}).get("shutdown_grace_secs", 30) if cfg else 30
     if grace <= sleep + drain:
         err(w, f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + shutdown_grace_secs {drain}")
-    # Hardening.
-    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
-    if not (psc.get("runAsNonRoot") or csc.get("runAsNonRoot")):
-        err(w, "runAsNonRoot is not set")
+    # The restricted profile is checked above; the uid must also be the image's USER.
+    psc = pod.get("securityContext", {})
     if image_uid is not None and psc.get("runAsUser", image_uid) != image_uid:
         err(w, f"runAsUser {psc.get('runAsUser')} != the image's USER {image_uid}")
-    if (psc.get("seccompProfile") or csc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
-        err(w, "seccompProfile RuntimeDefault is not set")
-    if csc.get("readOnlyRootFilesystem") is not True:
-        err(w, "readOnlyRootFilesystem is not true")
-    if csc.get("allowPrivilegeEscalation") is not False:
-        err(w, "allowPrivilegeEscalation is not false")
-    if csc.get("capabilities", {}).get("drop") != ["ALL"]:
-        err(w, "capabilities.drop is not [ALL]")
-    res = c.get("resources", {})
-    for kind in ("requests", "limits"):
-        if "memory" not in res.get(kind, {}):
-            err(w, f"resources.{kind}.memory missing")
     # Config and admin key mounts line up with --config and admin_key_file.
     args = c.get("args", [])
     conf_path = args[args.index("--config") + 1] if "--config" in args else None
@@ -294,18 +356,28 @@ def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> Non
     ann = spec["template"]["metadata"].get("annotations", {})
     if ann.get("prometheus.io/port") and int(ann["prometheus.io/port"]) != ports.get("admin"):
         err(w, "prometheus.io/port annotation is not the admin port")
-    # Services: public one without the admin port; an admin one for the ServiceMonitor.
+    # Services: each selects the pods of exactly one Deployment and targets its ports.
+    # Public one without the admin port; an admin one for the ServiceMonitor.
     svcs = by_kind.get("Service", [])
+    svc_dep: dict[str, tuple[dict, dict]] = {}  # name -> (Service, the Deployment it selects)
     for s in svcs:
-        if not selector_matches(s["spec"].get("selector", {}), pod_labels):
-            err(w, f"Service {s['metadata']['name']} selects no gateway pod")
+        sname = s["metadata"]["name"]
+        sel = s["spec"].get("selector", {})
+        hits = [d for d in deps if selector_matches(sel, d["spec"]["template"]["metadata"]["labels"])]
+        if len(hits) != 1:
+            err(w, f"Service {sname} selects the pods of {len(hits)} Deployments, want exactly one")
+            continue
+        svc_dep[sname] = (s, hits[0])
+        dports = container_ports(hits[0])
         for p in s["spec"]["ports"]:
-            if p.get("targetPort") not in ports and p.get("targetPort") not in ports.values():
-                err(w, f"Service {s['metadata']['name']} targets unknown port {p.get('targetPort')}")
+            if p.get("targetPort") not in dports and p.get("targetPort") not in dports.values():
+                err(w, f"Service {sname} targets unknown port {p.get('targetPort')}")
     public = [s for s in svcs if s["metadata"]["name"] == dep["metadata"]["name"]]
     if not public:
         err(w, "no public Service named like the Deployment")
     for s in public:
+        if svc_dep.get(s["metadata"]["name"], (None, None))[1] is not dep:
+            err(w, "the public Service does not select the gateway pods")
         for p in s["spec"]["ports"]:
             if p.get("targetPort") in ("admin", ports.get("admin")) or p.get("port") == ports.get("admin"):
                 err(w, "the public Service exposes the admin port")
@@ -313,8 +385,8 @@ def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> Non
             err(w, f"public Service is {s['spec']['type']}; expose it through your ingress instead")
     for sm in by_kind.get("ServiceMonitor", []):
         targets = [s for s in svcs if selector_matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
-        if len(targets) != 1:
-            err(w, f"ServiceMonitor selects {len(targets)} Services, want exactly the admin one")
+        if len(targets) != 1 or svc_dep.get(targets[0]["metadata"]["name"], (None, None))[1] is not dep:
+            err(w, f"ServiceMonitor selects {len(targets)} Services, want exactly the gateway's admin one")
             continue
         names = {p.get("name") for p in targets[0]["spec"]["ports"]}
         for ep in sm["spec"]["endpoints"]:
@@ -326,6 +398,8 @@ def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> Non
     for pdb in by_kind.get("PodDisruptionBudget", []):
         if not selector_matches(pdb["spec"]["selector"], pod_labels):
             err(w, "PodDisruptionBudget selects no gateway pod")
+        if redis_dep and selector_matches(pdb["spec"]["selector"], redis_labels):
+            err(w, "PodDisruptionBudget also selects the single Redis pod: it would block every drain")
         if pdb["spec"].get("minAvailable", 0) >= spec.get("replicas", 1):
             err(w, "PodDisruptionBudget minAvailable >= replicas blocks every drain")
     if not by_kind.get("PodDisruptionBudget"):
@@ -333,15 +407,135 @@ def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> Non
     nps = by_kind.get("NetworkPolicy", [])
     if not nps:
         err(w, "no NetworkPolicy: the admin port is open to every pod")
+    gw_nps, redis_nps = [], []
     for np in nps:
-        if not selector_matches(np["spec"]["podSelector"], pod_labels):
-            err(w, "NetworkPolicy selects no gateway pod")
+        name = np["metadata"]["name"]
+        on_gw = selector_matches(np["spec"]["podSelector"], pod_labels)
+        on_redis = bool(redis_dep) and selector_matches(np["spec"]["podSelector"], redis_labels)
+        if on_gw and on_redis:
+            err(w, f"NetworkPolicy {name} selects both the gateway and the Redis pods")
+        elif on_gw:
+            gw_nps.append(np)
+        elif on_redis:
+            redis_nps.append(np)
+        else:
+            err(w, f"NetworkPolicy {name} selects no gateway{' or Redis' if redis_dep else ''} pod")
+    if nps and not gw_nps:
+        err(w, "no NetworkPolicy selects the gateway pods: the admin port is open to every pod")
+    for np in gw_nps:
         for rule in np["spec"].get("ingress", []):
             rule_ports = {p.get("port") for p in rule.get("ports", [])}
             if rule_ports & {"admin", ports.get("admin")} and not rule.get("from"):
                 err(w, "NetworkPolicy admits the admin port from everywhere")
             if not rule.get("ports"):
                 err(w, "NetworkPolicy ingress rule without ports also opens the admin port")
+    check_redis(w, cfg, dep, redis_dep, svc_dep, gw_nps, redis_nps)
+
+
+def egress_allows(nps: list[dict], labels: dict | None, port: int, names: tuple = ()) -> bool:
+    """Whether the pods these policies select may connect to `port` (a pod with `labels`
+    in the same namespace, or anywhere when labels is None). Egress is open when no policy
+    restricts it."""
+    restricting = [np for np in nps if "Egress" in np["spec"].get("policyTypes", [])]
+    if not restricting:
+        return True
+    for np in restricting:
+        for rule in np["spec"].get("egress", []) or []:
+            ports = rule.get("ports") or []
+            if ports and not any(p.get("port") in (port, *names) for p in ports):
+                continue
+            peers = rule.get("to") or []
+            if not peers:
+                return True
+            for peer in peers:
+                if labels is None:
+                    return True
+                if set(peer) == {"podSelector"} and selector_matches(peer["podSelector"], labels):
+                    return True
+    return False
+
+
+def check_redis(w: str, cfg: dict | None, dep: dict, redis_dep: dict | None, svc_dep: dict[str, tuple[dict, dict]],
+                gw_nps: list[dict], redis_nps: list[dict]) -> None:
+    """Several replicas need [redis] (shared budgets, invalidations seen by every replica),
+    pointing at the Redis Service; that Redis keeps nothing (all of it is safe to lose),
+    never runs twice behind its Service, and only the gateway pods may reach it."""
+    url = (cfg or {}).get("redis", {}).get("url")
+    if cfg is not None and dep["spec"].get("replicas", 1) >= 2 and not url:
+        err(w, "replicas >= 2 without [redis] in gateway.toml: each replica would enforce every "
+               "limit on its own and keep serving a user another replica just wrote")
+    if not redis_dep:
+        return
+    rw = f"{w} Deployment {redis_dep['metadata']['name']}"
+    if not url:
+        err(w, "a Redis Deployment but no redis.url in gateway.toml")
+        return
+    u = urlsplit(url)
+    if u.scheme not in ("redis", "rediss") or not u.hostname:
+        err(w, f"redis.url {url!r} is not redis://HOST[:PORT][/DB]")
+        return
+    host, port = u.hostname, u.port or 6379
+    # "NAME", or "NAME.NAMESPACE[.svc[.cluster.local]]" of a Service in this kustomization.
+    svc = host.split(".")[0]
+    if svc not in svc_dep or svc_dep[svc][1] is not redis_dep:
+        err(w, f"redis.url host {host} is not a Service selecting the Redis pods")
+    else:
+        sp = [p for p in svc_dep[svc][0]["spec"]["ports"] if p.get("port") == port]
+        rports = container_ports(redis_dep)
+        if not sp:
+            err(w, f"Service {svc} has no port {port} (redis.url)")
+        elif rports.get(sp[0].get("targetPort"), sp[0].get("targetPort")) not in rports.values():
+            err(w, f"Service {svc} port {port} targets no Redis container port")
+    rspec = redis_dep["spec"]
+    rpod = rspec["template"]["spec"]
+    rc = rpod["containers"][0]
+    if rspec.get("replicas", 1) != 1:
+        err(rw, "replicas != 1: pub/sub reaches only the subscribers of one server")
+    if rspec.get("strategy", {}).get("type") != "Recreate":
+        err(rw, "strategy is not Recreate: a rolling update runs two Redis servers behind one Service")
+    image = rc.get("image", "")
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]
+    if "@sha256:" not in image and (not tag or tag == "latest"):
+        err(rw, f"image {image} is not pinned to a tag or digest")
+    argv = [str(a) for a in rc.get("command", []) + rc.get("args", [])]
+
+    def opt(name: str) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
+    if opt("--save") != "" or opt("--appendonly") != "no":
+        err(rw, 'persistence is on: want --save "" and --appendonly no (rate-limit state and pub/sub are safe to lose)')
+    rport = int(opt("--port") or 6379)
+    if rport not in container_ports(redis_dep).values():
+        err(rw, f"redis-server --port {rport} is not a containerPort")
+    data = opt("--dir") or "/data"
+    vols = {v["name"]: v for v in rpod.get("volumes", [])}
+    if not any(m["mountPath"].rstrip("/") == data.rstrip("/") and "emptyDir" in vols.get(m["name"], {})
+               for m in rc.get("volumeMounts", [])):
+        err(rw, f"its working directory {data} is not an emptyDir (the root file system is read-only)")
+    for probe in ("readinessProbe", "livenessProbe"):
+        cmd = " ".join(rc.get(probe, {}).get("exec", {}).get("command", []))
+        if "redis-cli" not in cmd or "ping" not in cmd:
+            err(rw, f"{probe} is not an exec of redis-cli ping")
+    # Network: the gateway may reach Redis (and DNS, for the Service name); Redis admits
+    # only the gateway pods.
+    gw_labels = dep["spec"]["template"]["metadata"]["labels"]
+    redis_labels = rspec["template"]["metadata"]["labels"]
+    rnames = tuple(n for n, v in container_ports(redis_dep).items() if v == rport)
+    if not egress_allows(gw_nps, redis_labels, rport, rnames):
+        err(w, f"the gateway's NetworkPolicy egress does not allow the Redis pods on port {rport}")
+    if not egress_allows(gw_nps, None, 53):
+        err(w, "the gateway's NetworkPolicy egress does not allow DNS (port 53)")
+    ingress_nps = [np for np in redis_nps if "Ingress" in np["spec"].get("policyTypes", [])]
+    if not ingress_nps:
+        err(w, "no NetworkPolicy restricts ingress to Redis: every pod in the cluster can reach it")
+    for np in ingress_nps:
+        for rule in np["spec"].get("ingress", []) or []:
+            peers = rule.get("from") or []
+            if not peers:
+                err(w, f"NetworkPolicy {np['metadata']['name']} admits Redis from everywhere")
+            for peer in peers:
+                if set(peer) != {"podSelector"} or not selector_matches(peer["podSelector"], gw_labels) \
+                        or selector_matches(peer["podSelector"], redis_labels):
+                    err(w, f"NetworkPolicy {np['metadata']['name']} admits Redis from {peer}, not only the gateway pods")
 
 
 # ============================================================================ docker
