@@ -115,8 +115,8 @@ export PATH="$VENV/bin:$PATH"
 
 # ------------------------------------------------------------------ shell scripts
 say "== shell scripts"
-step "shellcheck deploy/validate.sh deploy/docker/healthcheck.sh" \
-  shellcheck -x "$HERE/validate.sh" "$HERE/docker/healthcheck.sh"
+step "shellcheck deploy/validate.sh deploy/docker/healthcheck.sh scripts/local-cluster.sh" \
+  shellcheck -x "$HERE/validate.sh" "$HERE/docker/healthcheck.sh" "$REPO/scripts/local-cluster.sh"
 
 # ------------------------------------------------------------------ Dockerfile
 say "== Dockerfile"
