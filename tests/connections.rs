@@ -58,28 +58,6 @@ async fn start_limited() -> (Upstream, TestGateway) {
     .await
 }
 
-/// Polls the admin listener at `admin` (for up to 2 s) until `gateway_requests_in_flight`
-/// and `gateway_upstream_in_flight` both read 0: every request's account was settled.
-async fn assert_settled(admin: SocketAddr) {
-    let url = format!("http://{admin}/metrics");
-    let start = Instant::now();
-    loop {
-        let resp = req(Method::GET, &url).send().await;
-        resp.assert_status(200);
-        let text = resp.text();
-        let requests = metric(&text, "gateway_requests_in_flight", &[]);
-        let upstream = metric(&text, "gateway_upstream_in_flight", &[]);
-        if requests == 0.0 && upstream == 0.0 {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "in-flight gauges still at requests={requests} upstream={upstream} 2s later"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// A real client's `GET /v1/organization/users/user_abc` on a fresh connection, which must
 /// be answered 200 within `bound` of `since`. Returns how long after `since` it was.
 async fn served_within(gw: &TestGateway, since: Instant, bound: Duration) -> Duration {
@@ -199,7 +177,7 @@ async fn silent_sockets_do_not_lock_real_clients_out() {
         times[0],
         times[times.len() - 1]
     );
-    assert_settled(gw.admin_addr).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 // === 2. slow HTTP/2 prefaces ===
@@ -230,7 +208,7 @@ async fn slow_http2_prefaces_are_cut_at_the_deadline() {
         times[0],
         times[times.len() - 1]
     );
-    assert_settled(gw.admin_addr).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 // === 3. HTTP/2 stream reset flood ===
@@ -376,7 +354,7 @@ async fn http2_stream_reset_flood_is_sent_goaway() {
         abandoned as usize > max,
         "gateway_requests_total{{status=\"499\"}} is {abandoned} after {resets} resets"
     );
-    assert_settled(gw.admin_addr).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 // === 4. CONNECT and odd methods ===
@@ -432,7 +410,7 @@ async fn connect_and_methods_the_admin_api_does_not_use_get_405() {
         before,
         "a refused method reached the upstream"
     );
-    assert_settled(gw.admin_addr).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 // === 5. a client's malformed chunked body ===
@@ -523,7 +501,7 @@ async fn a_malformed_chunked_body_is_the_clients_fault() {
     let invalid = count(&after, "gateway_requests_total", &[("status", "400")])
         - count(&before, "gateway_requests_total", &[("status", "400")]);
     assert_eq!(invalid, 1.0, "the refused request is counted as a 400");
-    assert_settled(gw.admin_addr).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 // === 6. response bodies that break off, in the access log ===
@@ -621,7 +599,7 @@ async fn a_response_body_that_breaks_off_is_logged_incomplete() {
         assert_eq!(line.get("bytes"), Some(&Value::from(len)), "{line:?}");
     }
 
-    assert_settled(admin).await;
+    assert_settled(admin, "after the test").await;
     let status = gw.terminate(30);
     assert!(
         status.success(),

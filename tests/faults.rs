@@ -417,21 +417,6 @@ fn delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 
     metric(after, name, labels) - metric(before, name, labels)
 }
 
-/// The request and upstream in-flight gauges settle to 0 (bounded).
-async fn in_flight_is_zero(gw: &TestGateway, what: &str) {
-    let mut text = String::new();
-    for _ in 0..250 {
-        text = scrape(gw).await;
-        let req = metric(&text, "gateway_requests_in_flight", &[]);
-        let up = metric(&text, "gateway_upstream_in_flight", &[]);
-        if req == 0.0 && up == 0.0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: in-flight gauges did not come back to 0:\n{text}");
-}
-
 /// Counts of each label, as `N× label` joined.
 fn summary(labels: impl IntoIterator<Item = String>) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -517,7 +502,7 @@ async fn run_case(kind: Kind, mode: Mode) -> String {
         &upstream.user_body("user_def"),
         &what,
     );
-    in_flight_is_zero(&gw, &what).await;
+    assert_settled(gw.admin_addr, &what).await;
 
     // Metrics over the fault.
     let d = |name: &str, labels: &[(&str, &str)]| delta(&before, &during, name, labels);
@@ -710,7 +695,7 @@ async fn flap(mode: Mode) -> String {
         assert_eq!(s.status, 200, "{what}: {id} after the flapping stopped");
         assert_truth(s.body.as_ref().expect("body"), id, &truths[id], &what);
     }
-    in_flight_is_zero(&gw, &what).await;
+    assert_settled(gw.admin_addr, &what).await;
     let after = scrape(&gw).await;
     let served = delta(
         &before,

@@ -45,20 +45,6 @@ const HOSTILE: &[&str] = &[
     "/v1/organization/users/..",
 ];
 
-async fn in_flight_is_zero(gw: &TestGateway) {
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = gw.metrics_text().await;
-        let req = metric(&text, "gateway_requests_in_flight", &[]);
-        let up = metric(&text, "gateway_upstream_in_flight", &[]);
-        if req == 0.0 && up == 0.0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("in-flight gauges did not come back to 0:\n{text}");
-}
-
 #[tokio::test]
 async fn hostile_spellings_are_invalid_path_for_scoped_and_full_clients() {
     const READER_KEY: &str = "gwk_scoped_reader_key_0123456789abcdefghijklmnopqr";
@@ -113,7 +99,7 @@ async fn hostile_spellings_are_invalid_path_for_scoped_and_full_clients() {
         .await;
     assert_openai_error(&other, 403, "invalid_request_error", "insufficient_scope");
     assert_eq!(upstream.total(), 1, "{:?}", upstream.requests());
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 #[tokio::test]
@@ -144,7 +130,7 @@ async fn writes_through_other_spellings_evict_the_user() {
         // The first round fills twice; each later one starts from a hit and refills once.
         assert_eq!(upstream.count("GET", USER_PATH), i + 2, "{path}");
     }
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 #[tokio::test]
@@ -299,7 +285,7 @@ async fn a_range_request_bypasses_and_plain_waiters_get_the_whole_user() {
     assert_eq!(with("range"), 1, "only the Range request itself carried it");
     assert_eq!(with("if-none-match"), 1);
     assert!(fills.len() <= 4, "{}", fills.len());
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 #[tokio::test]
@@ -346,7 +332,7 @@ async fn another_organizations_answer_is_never_served_from_the_cache() {
         .unwrap_or("")
         .contains("as seen by"));
     assert_eq!(upstream.count("GET", USER_PATH), 3);
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 #[tokio::test]

@@ -186,21 +186,6 @@ async fn wait_metric(gw: &TestGateway, name: &str, labels: &[(&str, &str)], at_l
     }
 }
 
-/// The request and upstream in-flight gauges settle to 0 (bounded).
-async fn in_flight_is_zero(gw: &TestGateway) {
-    let mut text = String::new();
-    for _ in 0..250 {
-        text = within(10, "/metrics", gw.metrics_text()).await;
-        let req = metric(&text, "gateway_requests_in_flight", &[]);
-        let up = metric(&text, "gateway_upstream_in_flight", &[]);
-        if req == 0.0 && up == 0.0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("in-flight gauges did not come back to 0:\n{text}");
-}
-
 /// `n` concurrent GETs of `id`, released together; each is bounded and timed.
 async fn concurrent_gets(
     gw: &Arc<TestGateway>,
@@ -299,7 +284,7 @@ async fn stale_if_error_serves_the_expired_entry_on_a_503_with_its_true_age() {
             ("gateway_cache_hits_total", ("", ""), 1.0),
         ],
     );
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,7 +438,7 @@ async fn stale_if_error_without_a_response_has_no_fwd_status() {
             ("gateway_upstream_timeouts_total", ("phase", "headers"), 1.0),
         ],
     );
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 #[tokio::test]
@@ -564,7 +549,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
             ("gateway_cache_hits_total", ("", ""), 1.0),
         ],
     );
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 #[tokio::test]
@@ -705,7 +690,7 @@ async fn a_fill_that_stalls_mid_body_is_504_for_every_waiter_within_timeout_ms()
             ("gateway_cache_misses_total", ("", ""), (CLIENTS + 1) as f64),
         ],
     );
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 
     // The stalled fill is over: the next request fills afresh.
     upstream.clear_faults();
@@ -756,7 +741,7 @@ async fn a_fill_without_headers_within_timeout_ms_is_504_counted_as_headers() {
         );
         assert_eq!(upstream.count("GET", USER_PATH), round);
     }
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 // === idle bodies and connections ===
@@ -809,7 +794,7 @@ async fn a_streamed_body_that_goes_idle_is_cut_after_body_idle_timeout_ms() {
         &[("gateway_upstream_timeouts_total", ("phase", "body"), 1.0)],
     );
     drop(body);
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 
     // A body that keeps flowing is never cut, though it outlasts timeout_ms.
     let sse = within(
@@ -869,7 +854,7 @@ async fn an_idle_http2_connection_is_closed_after_idle_timeout_secs() {
         (Duration::from_millis(900)..Duration::from_millis(2_500)).contains(&took),
         "closed {took:?} after the last response (idle_timeout_secs = 1)"
     );
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }
 
 /// What holds today: with a short `header_read_timeout_ms` the idle close comes within a
@@ -891,5 +876,5 @@ async fn an_idle_http2_connection_is_closed_gracefully() {
         "closed {took:?} after the last response (idle_timeout_secs = 1, \
          header_read_timeout_ms = 500)"
     );
-    in_flight_is_zero(&gw).await;
+    assert_settled(gw.admin_addr, "after the test").await;
 }

@@ -54,3 +54,27 @@ pub async fn config_reloads(admin: SocketAddr, result: &str) -> f64 {
         &[("result", result)],
     )
 }
+
+/// Polls `/metrics` on the admin listener at `admin` (for up to 5 s) until
+/// `gateway_requests_in_flight` and `gateway_upstream_in_flight` both read 0: every request's
+/// account was settled (accounts settle when response bodies drop, a moment after the client
+/// has read them). `what` names the situation in the failure message.
+pub async fn assert_settled(admin: SocketAddr, what: &str) {
+    let url = format!("http://{admin}/metrics");
+    let start = std::time::Instant::now();
+    loop {
+        let resp = req(Method::GET, &url).send().await;
+        resp.assert_status(200);
+        let text = resp.text();
+        let requests = metric(&text, "gateway_requests_in_flight", &[]);
+        let upstream = metric(&text, "gateway_upstream_in_flight", &[]);
+        if requests == 0.0 && upstream == 0.0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{what}: in-flight gauges still at requests={requests} upstream={upstream}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

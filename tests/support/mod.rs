@@ -47,6 +47,7 @@ pub use gateway::{
     start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
 };
 pub use logs::{log_field, strip_ansi};
+pub use metrics::assert_settled;
 pub use metrics::{config_reloads, metric};
 pub use upstream::{pattern_chunk, start_upstream, Fault, Upstream};
 
