@@ -3,9 +3,13 @@
 //! - [`store`]: [`UserCache`], moka with a TTL per entry, a size bound,
 //!   single flight, and write generations so a fetch that began before a
 //!   write can never store the old user.
-//! - [`route`]: [`UserRoute`], `GET {prefix}/organization/users/{id}`
+//! - `route`: [`UserRoute`], `GET {prefix}/organization/users/{id}`
 //!   served from the cache, filled from the upstream; it needs only the
 //!   cache, the upstream, metrics and its live [`Settings`].
+//! - `fill`: one upstream retrieve as the gateway's own request, and the
+//!   check of what may be stored ([`is_user`]).
+//! - `request`: what the request's headers ask of the cache
+//!   ([`directive`], [`bypasses`]).
 //! - `stale`: expired entries served while the upstream fails
 //!   (`stale_if_error_secs`) or while one background refresh runs
 //!   (`stale_while_revalidate_secs`).
@@ -13,12 +17,16 @@
 //!
 //! Public surface: the re-exports below.
 
+mod fill;
+mod request;
 mod route;
 mod stale;
 mod status;
 mod store;
 
-pub use route::{bypasses, directive, fill_headers, is_user, Directive, Settings, UserRoute};
+pub use fill::{fill_headers, is_user};
+pub use request::{bypasses, directive, Directive};
+pub use route::{Settings, UserRoute};
 pub use status::{stale_status, CacheStatus, CACHE_STATUS};
 pub use store::{CacheKey, CachedUser, KeyBits, Lookup, UserCache};
 

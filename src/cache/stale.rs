@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use super::route::{fetched_response, hit_response, stored_response, FillFailed, UserRoute};
+use super::fill::FillFailed;
+use super::route::{fetched_response, hit_response, stored_response, UserRoute};
 use super::status::{stale_status, CacheStatus, CACHE_STATUS};
 use super::store::{CacheKey, CachedUser, Lookup, UserCache};
 use crate::body::BoxBody;

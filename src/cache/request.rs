@@ -1,0 +1,48 @@
+//! What a request's headers ask of the cache: its `Cache-Control`, and
+//! whether it carries a header that changes the answer (and so bypasses
+//! the cache).
+
+use http::header::CACHE_CONTROL;
+use http::HeaderMap;
+
+/// What `Cache-Control` on the request asks of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Directive {
+    /// No directive that changes what the cache does.
+    Normal,
+    /// `no-cache`: fetch, then store.
+    Refresh,
+    /// `no-store`: fetch, don't store.
+    NoStore,
+}
+
+/// Reads the request's `Cache-Control`: `no-store` wins over `no-cache`;
+/// other directives are ignored.
+///
+/// Works on the bytes: a value with a non-ASCII byte elsewhere in it
+/// (`to_str` fails on those) still has its `no-store` honoured.
+pub fn directive(headers: &HeaderMap) -> Directive {
+    let mut d = Directive::Normal;
+    for v in headers.get_all(CACHE_CONTROL) {
+        for token in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"no-store") {
+                return Directive::NoStore;
+            }
+            if token.eq_ignore_ascii_case(b"no-cache") {
+                d = Directive::Refresh;
+            }
+        }
+    }
+    d
+}
+
+/// True when the request carries a header that changes the answer: a
+/// `Range`, any `If-*` precondition, or an `OpenAI-Organization` /
+/// `OpenAI-Project` that picks another tenant. Such a request bypasses the
+/// cache and is forwarded as sent.
+pub fn bypasses(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::RANGE)
+        || headers.contains_key("openai-organization")
+        || headers.contains_key("openai-project")
+        || headers.keys().any(|k| k.as_str().starts_with("if-"))
+}
