@@ -82,9 +82,15 @@ fn model(s: &str) -> Option<String> {
     }
     let body = out.strip_prefix('/')?;
     let body = body.strip_suffix('/').unwrap_or(body);
-    body.split('/')
-        .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        .then_some(out)
+    let segments_ok = body
+        .split('/')
+        .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    // Unicode controls (C1) and line/paragraph separators, raw or encoded.
+    let decoded = String::from_utf8_lossy(&full_decode(&out)).into_owned();
+    let no_controls = !decoded
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}');
+    (segments_ok && no_controls).then_some(out)
 }
 
 fuzz_target!(|data: &[u8]| {

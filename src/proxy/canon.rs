@@ -54,8 +54,8 @@ pub fn canonicalize(rest: &str) -> Result<Cow<'_, str>> {
             _ => {}
         }
         if let Some(buf) = out.as_mut() {
-            // Everything else is copied as it is (ASCII: the URI parser
-            // admits nothing else; a multi-byte char is copied whole).
+            // Everything else is copied as it is (a multi-byte char, which
+            // the URI parser admits, is copied whole).
             let len = utf8_len(b);
             buf.push_str(&rest[i..i + len]);
             i += len;
@@ -68,7 +68,39 @@ pub fn canonicalize(rest: &str) -> Result<Cow<'_, str>> {
         None => Cow::Borrowed(rest),
     };
     check_segments(&path)?;
+    if has_unicode_control(&path) {
+        return Err(GatewayError::InvalidPath);
+    }
     Ok(path)
+}
+
+/// True when `path`, escapes decoded, holds a control character beyond
+/// ASCII's (C1 controls such as U+0085, which some stacks read as a line
+/// break) or a line or paragraph separator. ASCII controls are refused
+/// earlier, raw or encoded. A plain ASCII path without escapes costs one
+/// scan.
+fn has_unicode_control(path: &str) -> bool {
+    if path.is_ascii() && !path.contains('%') {
+        return false;
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match escape_at(bytes, i).filter(|_| bytes[i] == b'%') {
+            Some(v) => {
+                decoded.push(v);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded)
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
 }
 
 /// Refuses empty segments (but a single trailing `/`) and dot segments.
@@ -229,6 +261,11 @@ mod tests {
             "/a/%",
             "/a/%4",
             "/a/%zz",
+            "/a/\u{85}b",
+            "/a/%C2%85b",
+            "/a/%c2%9Fb",
+            "/a/\u{2028}",
+            "/a/%E2%80%A9",
             "x",
         ] {
             if p == "/a/" {
@@ -238,6 +275,18 @@ mod tests {
             }
             assert!(canonicalize(p).is_err(), "{p:?} was accepted");
         }
+    }
+
+    #[test]
+    fn other_non_ascii_characters_are_fine() {
+        assert_eq!(
+            ok("/organization/users/%C3%A9"),
+            "/organization/users/%C3%A9"
+        );
+        assert_eq!(
+            ok("/organization/users/\u{e9}t\u{e9}"),
+            "/organization/users/\u{e9}t\u{e9}"
+        );
     }
 
     #[test]
