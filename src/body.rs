@@ -28,15 +28,6 @@ pub fn empty() -> BoxBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// Wraps any body whose error converts into [`BoxError`].
-pub fn boxed<B>(body: B) -> BoxBody
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
-}
-
 /// The error a client's request body ended with (a malformed chunk, a
 /// reset): the client's fault, not the upstream's. [`client_body`] marks
 /// a body's errors with it, and the upstream client looks for it in the
@@ -67,20 +58,6 @@ pub fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The error a body ends with when the upstream broke off mid-body.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream body ended early")]
-pub struct Truncated;
-
-/// Sends what was read before the upstream broke off, then fails, so the
-/// client sees a broken-off response and never a complete one.
-pub fn truncated(prefix: Bytes) -> BoxBody {
-    BoxBody::new(Prefixed {
-        prefix: (!prefix.is_empty()).then_some(prefix),
-        rest: Failing,
-    })
-}
-
 /// Bytes already read, then the rest of a body.
 pub fn prefixed<B>(prefix: Bytes, rest: B) -> BoxBody
 where
@@ -91,20 +68,6 @@ where
         prefix: (!prefix.is_empty()).then_some(prefix),
         rest: rest.map_err(Into::into),
     })
-}
-
-struct Failing;
-
-impl Body for Failing {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(Some(Err(Box::new(Truncated))))
-    }
 }
 
 struct Prefixed<B> {
@@ -148,14 +111,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn truncated_body_yields_prefix_then_error() {
-        let mut b = truncated(Bytes::from_static(b"abc"));
-        let first = b.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), "abc");
-        assert!(b.frame().await.unwrap().is_err());
-    }
 
     #[tokio::test]
     async fn prefixed_body_chains() {
