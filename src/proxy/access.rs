@@ -261,7 +261,16 @@ impl Access {
 impl Drop for Access {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        let client = self.client_label();
+        // Borrowed: cloning the label would write its shared refcount on
+        // every request.
+        let anonymous;
+        let client = match &self.client {
+            Some(c) => &c.name,
+            None => {
+                anonymous = ClientLabel::anonymous();
+                &anonymous
+            }
+        };
         let (status, request_id) = match &self.answered {
             Some((s, id)) => (s.as_u16(), id.as_ref().map_or("-", header_str)),
             None => (CLIENT_CLOSED, "-"),
@@ -275,7 +284,7 @@ impl Drop for Access {
         let counted = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         let route = self.route.as_str();
         self.metrics
-            .request(route, &self.method, counted, &client, elapsed);
+            .request(route, &self.method, counted, client, elapsed);
         self.metrics.in_flight().dec();
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);

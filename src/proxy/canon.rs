@@ -83,22 +83,7 @@ fn has_unicode_control(path: &str) -> bool {
     if path.is_ascii() && !path.contains('%') {
         return false;
     }
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match escape_at(bytes, i).filter(|_| bytes[i] == b'%') {
-            Some(v) => {
-                decoded.push(v);
-                i += 3;
-            }
-            None => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded)
+    String::from_utf8_lossy(&percent_decode(path))
         .chars()
         .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
 }
@@ -169,7 +154,12 @@ pub fn decode_segment(seg: &str) -> Option<Cow<'_, str>> {
     if !seg.contains('%') {
         return Some(Cow::Borrowed(seg));
     }
-    let bytes = seg.as_bytes();
+    String::from_utf8(percent_decode(seg)).ok().map(Cow::Owned)
+}
+
+/// Every `%XY` escape in `s` decoded; anything else kept as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -184,7 +174,7 @@ pub fn decode_segment(seg: &str) -> Option<Cow<'_, str>> {
             }
         }
     }
-    String::from_utf8(out).ok().map(Cow::Owned)
+    out
 }
 
 /// The id a single path segment names, as the cache keys it (canonical,

@@ -226,9 +226,10 @@ fn cacheable_id<'a>(user_id: &'a str, headers: &HeaderMap) -> Option<Cow<'a, str
 
 /// A user write, owned by its own task.
 struct Write {
-    /// Whose generation to bump (`None`: an id that can not be cached).
+    /// The gateway (cache, upstream, bus, metrics).
     gateway: Gateway,
-    /// The decoded id.
+    /// The decoded id whose generation to bump (`None`: an id that can not
+    /// be cached, so there is nothing to evict).
     id: Option<String>,
     /// The path after the prefix as sent.
     raw: String,
