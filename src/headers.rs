@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use crate::shard::{self, PerThread};
+
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
@@ -46,8 +48,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct RequestIds {
     /// Random per process.
     prefix: u64,
-    /// Next sequence number.
-    next: AtomicU64,
+    /// Next sequence number, per thread (see [`crate::shard`]): a shared
+    /// counter would be a line every core writes on every request.
+    next: PerThread<AtomicU64>,
 }
 
 impl RequestIds {
@@ -62,14 +65,20 @@ impl RequestIds {
         };
         Self {
             prefix,
-            next: AtomicU64::new(0),
+            next: PerThread::default(),
         }
     }
 
     /// A fresh id header value: `req_` + 16 hex digits of prefix + 12 of
-    /// counter, written without the formatting machinery.
+    /// counter, written without the formatting machinery. The counter is
+    /// the slot's sequence number times the number of slots plus the slot,
+    /// so no two threads hand out the same one.
     pub fn next(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = shard::slot();
+        let seq = self.next.local().fetch_add(1, Ordering::Relaxed);
+        let n = seq
+            .wrapping_mul(shard::slots() as u64)
+            .wrapping_add(slot as u64);
         let mut buf = *b"req_0000000000000000000000000000";
         hex_into(&mut buf[4..20], self.prefix);
         hex_into(&mut buf[20..32], n);
@@ -95,8 +104,20 @@ pub fn int_value(n: u64) -> HeaderValue {
     static TABLE: OnceLock<Box<[OnceLock<HeaderValue>]>> = OnceLock::new();
     let table = TABLE.get_or_init(|| (0..SMALL_INTS).map(|_| OnceLock::new()).collect());
     match table.get(n as usize) {
-        Some(slot) => slot.get_or_init(|| HeaderValue::from(n)).clone(),
+        Some(slot) => slot.get_or_init(|| static_value(n.to_string())).clone(),
         None => HeaderValue::from(n),
+    }
+}
+
+/// A header value kept for the life of the process, for the bounded
+/// tables of shared values ([`int_value`], the `Cache-Status` of hits).
+/// Cloning a value built from a `String` writes a reference count that
+/// every core shares; cloning a static one writes nothing.
+pub fn static_value(s: String) -> HeaderValue {
+    let s: &'static str = Box::leak(s.into_boxed_str());
+    match HeaderValue::from_str(s) {
+        Ok(_) => HeaderValue::from_static(s),
+        Err(_) => HeaderValue::from_static("-"),
     }
 }
 
@@ -118,7 +139,32 @@ mod tests {
         let a = a.to_str().unwrap();
         assert!(a.starts_with("req_") && a.len() == 32, "{a}");
         assert!(a[4..].bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
-        assert_eq!(&b.to_str().unwrap()[20..], "000000000001");
+        assert_ne!(&a[20..], &b.to_str().unwrap()[20..]);
+    }
+
+    #[test]
+    fn request_ids_from_many_threads_never_repeat() {
+        let ids = RequestIds::new();
+        let all: Vec<HeaderValue> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| (0..1000).map(|_| ids.next()).collect::<Vec<_>>()))
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let mut uniq: Vec<&[u8]> = all.iter().map(HeaderValue::as_bytes).collect();
+        uniq.sort_unstable();
+        uniq.dedup();
+        assert_eq!(uniq.len(), 8000);
+    }
+
+    #[test]
+    fn shared_values_are_static() {
+        // A static value's clone points at the same bytes and writes no
+        // count; both copies must be the process-wide one.
+        let (a, b) = (int_value(7), int_value(7));
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        assert_eq!(static_value("a b".into()), "a b");
+        assert_eq!(static_value("bad\n".into()), "-");
     }
 
     #[test]

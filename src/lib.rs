@@ -29,7 +29,10 @@
 //!   OpenAI's error JSON.
 //! - [`body`]: the body type used on both sides.
 //! - [`headers`]: hop-by-hop header rules, request ids, shared values.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics (those every request writes are kept
+//!   per thread and summed at scrape).
+//! - [`shard`]: per-thread slots and handles, so that the hit path writes
+//!   no cache line another core writes.
 //! - [`secret`]: the admin key that never prints, and key digests.
 
 pub mod body;
@@ -43,6 +46,7 @@ pub mod policy;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod shard;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

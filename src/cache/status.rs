@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::HeaderValue;
 
+use crate::headers::static_value;
+
 /// `Cache-Status` outcomes (RFC 9211), also the `cache` log field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -66,15 +68,13 @@ pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-
 pub fn hit_status(ttl: u64) -> HeaderValue {
     const PREBUILT: usize = 3600;
     static TABLE: OnceLock<Box<[OnceLock<HeaderValue>]>> = OnceLock::new();
-    let build = || {
-        let s = format!("openai-admin-gateway; hit; ttl={ttl}");
-        HeaderValue::from_maybe_shared(Bytes::from(s))
-            .unwrap_or_else(|_| HeaderValue::from_static("openai-admin-gateway; hit"))
-    };
+    let text = || format!("openai-admin-gateway; hit; ttl={ttl}");
     let table = TABLE.get_or_init(|| (0..=PREBUILT).map(|_| OnceLock::new()).collect());
     match table.get(ttl as usize) {
-        Some(slot) => slot.get_or_init(build).clone(),
-        None => build(),
+        // Static: a clone writes no count shared by every core.
+        Some(slot) => slot.get_or_init(|| static_value(text())).clone(),
+        None => HeaderValue::from_maybe_shared(Bytes::from(text()))
+            .unwrap_or_else(|_| HeaderValue::from_static("openai-admin-gateway; hit")),
     }
 }
 
