@@ -2,6 +2,13 @@
 //!
 //! Labels are bounded: route class, method (known methods, else `OTHER`),
 //! status code, client name (from config). Never user ids, paths or keys.
+//!
+//! What every request writes (requests, their latency, the in-flight
+//! gauges, cache hits and misses, upstream exchanges) is counted per thread
+//! and summed at scrape (`local`); the rest are plain `prometheus-client`
+//! metrics, written rarely.
+
+mod local;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -13,6 +20,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+use local::Local;
 use prometheus_client::registry::Registry;
 
 /// A client's name as a metric label (cheap to clone).
@@ -116,8 +125,6 @@ struct PhaseLabels {
     phase: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~26 s
     Histogram::new(exponential_buckets(0.00005, 2.0, 20))
@@ -128,16 +135,10 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     /// Owns every metric below, for encoding.
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: HistogramFamily<RouteLabels>,
-    in_flight: Gauge,
-    cache_hits: Counter,
-    cache_misses: Counter,
+    /// Written on every request: per thread, summed at scrape.
+    local: Local,
     cache_entries: Gauge,
     cache_invalidations: Family<ReasonLabels, Counter>,
-    upstream_requests: Family<UpstreamLabels, Counter>,
-    upstream_duration: Histogram,
-    upstream_in_flight: Gauge,
     upstream_auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<ClientLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -162,16 +163,8 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut m = Metrics {
-            requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
-            in_flight: Gauge::default(),
-            cache_hits: Counter::default(),
-            cache_misses: Counter::default(),
             cache_entries: Gauge::default(),
             cache_invalidations: Family::default(),
-            upstream_requests: Family::default(),
-            upstream_duration: latency_histogram(),
-            upstream_in_flight: Gauge::default(),
             upstream_auth_failures: Family::default(),
             rate_limited: Family::default(),
             reloads: Family::default(),
@@ -185,33 +178,10 @@ impl Metrics {
             bus_connected: Gauge::default(),
             cache_epoch_resets: Counter::default(),
             registry: Registry::default(),
+            local: Local::default(),
         };
         let r = &mut m.registry;
-        r.register(
-            "gateway_requests",
-            "Requests answered, by route class, method, status and client",
-            m.requests.clone(),
-        );
-        r.register(
-            "gateway_request_duration_seconds",
-            "Time from request to response headers",
-            m.request_duration.clone(),
-        );
-        r.register(
-            "gateway_requests_in_flight",
-            "Requests being handled now",
-            m.in_flight.clone(),
-        );
-        r.register(
-            "gateway_cache_hits",
-            "Retrieve-user requests answered from the cache",
-            m.cache_hits.clone(),
-        );
-        r.register(
-            "gateway_cache_misses",
-            "Retrieve-user requests that fetched from the upstream",
-            m.cache_misses.clone(),
-        );
+        r.register_collector(Box::new(m.local.clone()));
         r.register(
             "gateway_cache_entries",
             "Users held in the cache (approximate)",
@@ -221,21 +191,6 @@ impl Metrics {
             "gateway_cache_invalidations",
             "Cache evictions caused by writes and purges",
             m.cache_invalidations.clone(),
-        );
-        r.register(
-            "gateway_upstream_requests",
-            "Requests sent upstream, by upstream status (or error/timeout)",
-            m.upstream_requests.clone(),
-        );
-        r.register(
-            "gateway_upstream_duration_seconds",
-            "Upstream time to response headers",
-            m.upstream_duration.clone(),
-        );
-        r.register(
-            "gateway_upstream_in_flight",
-            "Upstream requests holding a concurrency slot",
-            m.upstream_in_flight.clone(),
         );
         r.register(
             "gateway_upstream_auth_failures",
@@ -353,7 +308,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request, and lowers the in-flight gauge
+    /// [`Metrics::request_opened`] raised.
     pub fn request(
         &self,
         route: &'static str,
@@ -362,32 +318,26 @@ impl Metrics {
         client: &ClientLabel,
         elapsed: Duration,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                method: method_label(method),
-                status: status.as_u16(),
-                client: client.clone(),
-            })
-            .inc();
-        self.request_duration
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+        self.local.request(
+            (route, method_label(method), status.as_u16()),
+            client,
+            elapsed,
+        );
     }
 
-    /// The in-flight request gauge.
-    pub fn in_flight(&self) -> &Gauge {
-        &self.in_flight
+    /// Raises the in-flight gauge for a request that arrived.
+    pub fn request_opened(&self) {
+        self.local.request_opened();
     }
 
     /// Counts a cache hit.
     pub fn cache_hit(&self) {
-        self.cache_hits.inc();
+        self.local.cache_hit();
     }
 
     /// Counts a cache miss.
     pub fn cache_miss(&self) {
-        self.cache_misses.inc();
+        self.local.cache_miss();
     }
 
     /// Counts an invalidation (`write`, `purge`, `purge_all`).
@@ -399,15 +349,12 @@ impl Metrics {
 
     /// Counts one upstream exchange.
     pub fn upstream(&self, outcome: UpstreamOutcome, elapsed: Duration) {
-        self.upstream_requests
-            .get_or_create(&UpstreamLabels { status: outcome })
-            .inc();
-        self.upstream_duration.observe(elapsed.as_secs_f64());
+        self.local.upstream(outcome, elapsed);
     }
 
-    /// The upstream in-flight gauge.
-    pub fn upstream_in_flight(&self) -> &Gauge {
-        &self.upstream_in_flight
+    /// Moves the upstream in-flight gauge by `delta` (+1 or -1).
+    pub fn upstream_in_flight(&self, delta: i64) {
+        self.local.upstream_in_flight(delta);
     }
 
     /// Counts an upstream refusal of the admin key; `status` is 401 or 403

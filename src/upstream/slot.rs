@@ -26,7 +26,7 @@ pub(super) struct Slot {
 impl Slot {
     /// Takes `permit` and counts it in flight.
     pub(super) fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
-        metrics.upstream_in_flight().inc();
+        metrics.upstream_in_flight(1);
         Self {
             _permit: permit,
             metrics,
@@ -36,7 +36,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.metrics.upstream_in_flight().dec();
+        self.metrics.upstream_in_flight(-1);
     }
 }
 
