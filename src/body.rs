@@ -36,6 +36,13 @@ pub fn empty() -> BoxBody {
 #[error("client request body: {0}")]
 pub struct ClientBodyError(#[source] pub BoxError);
 
+/// What the gateway accepts as a request body: hyper's `Incoming` from the
+/// server, or any other body (the in-process benches build their own).
+pub trait RequestBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{}
+
 /// A client's request body whose errors are [`ClientBodyError`]s.
 pub fn client_body<B>(body: B) -> BoxBody
 where

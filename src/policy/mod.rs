@@ -19,6 +19,7 @@ use crate::cluster::SharedLimits;
 use crate::config::{ClientConfig, Scope};
 use crate::error::Result;
 use crate::metrics::ClientLabel;
+use crate::shard::{Handle, Handles};
 
 pub use auth::bearer;
 pub use limit::{format_reset, Decision, Limiter};
@@ -38,7 +39,7 @@ pub struct Client {
 #[derive(Debug, Default)]
 pub struct ClientTable {
     /// Each key's digest and the client holding it.
-    keys: auth::Keys<Arc<Client>>,
+    keys: auth::Keys<Handles<Client>>,
 }
 
 impl ClientTable {
@@ -64,11 +65,11 @@ impl ClientTable {
                         })
                     })
             });
-            let client = Arc::new(Client {
+            let client = Handles::new(Arc::new(Client {
                 name: ClientLabel::new(&c.name),
                 limiter,
                 scope: c.allow.clone(),
-            });
+            }));
             for k in &c.key_sha256 {
                 keys.push(*k, client.clone());
             }
@@ -83,9 +84,11 @@ impl ClientTable {
             .and_then(|c| c.limiter.clone())
     }
 
-    /// The client holding the request's bearer key, or 401.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Client>> {
-        self.keys.find(headers).cloned()
+    /// The client holding the request's bearer key, or 401. The handle is
+    /// the calling thread's, so keeping it writes no count another core
+    /// writes.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Handle<Client>> {
+        self.keys.find(headers).map(Handles::local)
     }
 }
 

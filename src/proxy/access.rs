@@ -34,6 +34,7 @@ use crate::cache::CacheStatus;
 use crate::headers::{RequestIds, X_REQUEST_ID};
 use crate::metrics::{ClientLabel, Metrics};
 use crate::policy::{Client, Decision};
+use crate::shard::{Handle, Handles};
 
 use super::route::RouteClass;
 
@@ -154,8 +155,9 @@ enum BodyEnd {
 
 /// One request's account; see the module docs.
 pub(super) struct Access {
-    /// Where the request is counted.
-    metrics: Arc<Metrics>,
+    /// Where the request is counted (this thread's handle: no shared
+    /// count is written).
+    metrics: Handle<Metrics>,
     /// The connection it came on, when served by the server.
     conn: Option<Arc<Connection>>,
     /// When it arrived.
@@ -168,7 +170,7 @@ pub(super) struct Access {
     /// The route class (`rejected` until routed).
     pub route: RouteClass,
     /// The authenticated client.
-    pub client: Option<Arc<Client>>,
+    pub client: Option<Handle<Client>>,
     /// The rate-limit decision, for the `x-ratelimit-*` headers.
     pub limit: Option<Decision>,
     /// What the cache did.
@@ -188,17 +190,17 @@ pub(super) struct Access {
 impl Access {
     /// Opens the account of a request with `method` on `path`.
     pub(super) fn open(
-        metrics: &Arc<Metrics>,
+        metrics: &Handles<Metrics>,
         conn: Option<Arc<Connection>>,
         method: &Method,
         path: &str,
     ) -> Self {
-        metrics.in_flight().inc();
+        metrics.request_opened();
         if let Some(c) = &conn {
             c.opened();
         }
         Self {
-            metrics: metrics.clone(),
+            metrics: metrics.local(),
             conn,
             start: Instant::now(),
             method: method.clone(),
@@ -285,7 +287,6 @@ impl Drop for Access {
         let route = self.route.as_str();
         self.metrics
             .request(route, &self.method, counted, client, elapsed);
-        self.metrics.in_flight().dec();
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);
         let latency_us = elapsed.as_micros() as u64;

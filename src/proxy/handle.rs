@@ -6,14 +6,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tracing::debug;
 
 use super::access::{audit, Access, Connection};
 use super::canon::{canonicalize, decode_segment};
 use super::route::{allowed_method, classify, strip_prefix, Route};
 use super::Gateway;
-use crate::body::BoxBody;
+use crate::body::{BoxBody, RequestBody};
 use crate::cache::{bypasses, CacheStatus, CACHE_STATUS};
 use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;
@@ -33,18 +32,23 @@ impl Gateway {
     /// Answers one request. Never fails: an error becomes an OpenAI-shaped
     /// response. The request's account is written when it ends: after the
     /// response body, or wherever hyper drops this future.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+    pub async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<BoxBody> {
         self.handle_on(req, None).await
     }
 
     /// [`Gateway::handle`] for a request that came on `conn`.
-    pub async fn handle_on(
+    pub async fn handle_on<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: Option<Arc<Connection>>,
     ) -> Response<BoxBody> {
         let shared = &*self.shared;
-        let mut access = Access::open(&shared.metrics, conn, req.method(), req.uri().path());
+        let mut access = Access::open(
+            &shared.metrics_handles,
+            conn,
+            req.method(),
+            req.uri().path(),
+        );
         let resp = match self.handle_inner(req, &mut access).await {
             Ok(r) => r,
             Err(e) => self.refused(e, &mut access),
@@ -52,9 +56,9 @@ impl Gateway {
         access.respond(resp, &shared.ids)
     }
 
-    async fn handle_inner(
+    async fn handle_inner<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         access: &mut Access,
     ) -> Result<Response<BoxBody>> {
         // 1. Route. The URI is cloned (reference counts, no copy) so that
@@ -80,14 +84,14 @@ impl Gateway {
     /// Authenticates the client, then takes one request from its budget
     /// (every request counts) and checks its scope against the canonical
     /// path.
-    async fn admit(
+    async fn admit<B: RequestBody>(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         canonical: &str,
         access: &mut Access,
     ) -> Result<()> {
         let client = self.shared.clients.load().authenticate(req.headers())?;
-        access.client = Some(client.clone());
+        let client = &**access.client.insert(client);
         if let Some(limiter) = &client.limiter {
             let d = limiter.decide().await;
             access.limit = Some(d);
@@ -101,10 +105,10 @@ impl Gateway {
         }
     }
 
-    async fn serve(
+    async fn serve<B: RequestBody>(
         &self,
         route: Route<'_>,
-        req: Request<Incoming>,
+        req: Request<B>,
         target: &Target<'_>,
         access: &mut Access,
     ) -> Result<Response<BoxBody>> {
@@ -129,9 +133,9 @@ impl Gateway {
         }
     }
 
-    async fn get_user(
+    async fn get_user<B: RequestBody>(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         target: &Target<'_>,
         id: &str,
         access: &mut Access,
@@ -147,9 +151,9 @@ impl Gateway {
     }
 
     /// Forwards unchanged (bar hop-by-hop headers and credentials), streaming.
-    async fn forward(
+    async fn forward<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         target: &Target<'_>,
         access: &mut Access,
     ) -> Result<Response<BoxBody>> {
@@ -172,9 +176,9 @@ impl Gateway {
     /// awaits the result. The id's generation is bumped before the write is
     /// sent and again once it answers 2xx, so no fill racing the write can
     /// store the old user.
-    async fn write_user(
+    async fn write_user<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         target: &Target<'_>,
         id: Option<String>,
         access: &mut Access,
@@ -252,7 +256,7 @@ struct Written {
 }
 
 impl Write {
-    async fn run(self, req: Request<Incoming>) -> Written {
+    async fn run<B: RequestBody>(self, req: Request<B>) -> Written {
         let shared = &*self.gateway.shared;
         let cache = shared.users.cache();
         if let Some(id) = &self.id {

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
 use crate::policy::ClientTable;
+use crate::shard::Handles;
 use crate::upstream::Upstream;
 
 pub use access::{Connection, CANCEL_WINDOW, CLIENT_CLOSED, MAX_CANCELLED_FORWARDS};
@@ -56,6 +57,8 @@ struct Shared {
     upstream: Arc<Upstream>,
     /// Metrics registry.
     metrics: Arc<Metrics>,
+    /// Per-thread handles to `metrics`, for each request's account.
+    metrics_handles: Handles<Metrics>,
     /// Request id source for gateway-made responses.
     ids: RequestIds,
     /// Shared rate-limit budgets (`[redis]`), fixed for the process lifetime.
@@ -103,6 +106,7 @@ impl Gateway {
                 clients: ArcSwap::from_pointee(clients),
                 users,
                 upstream,
+                metrics_handles: Handles::new(metrics.clone()),
                 metrics,
                 ids: RequestIds::new(),
                 shared_limits,
