@@ -7,6 +7,12 @@
 //! that began before it. Generations live in a fixed array of striped
 //! counters (ids hash onto stripes), so memory stays bounded; two ids
 //! sharing a stripe only cost each other an extra miss.
+//!
+//! The entries are split over several moka caches by key (shards). Every
+//! moka lookup records the read in its cache's bounded read log (for
+//! eviction order), a line all readers write; with shards, two cores only
+//! write the same log when their keys land in the same shard (1 in 16 on
+//! two cores). A small cache keeps one shard, so its bound stays exact.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
@@ -21,6 +27,24 @@ use moka::Expiry;
 
 /// Number of generation stripes.
 const STRIPES: usize = 4096;
+
+/// Each shard holds at least this many entries, so small caches (tests,
+/// tiny deployments) keep one shard and an exact bound.
+const MIN_SHARD_ENTRIES: u64 = 4096;
+
+/// How many moka caches a cache of `max_entries` is split into: eight per
+/// CPU, a power of two, at most 64, and no shard under
+/// [`MIN_SHARD_ENTRIES`].
+fn shard_count(max_entries: u64) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let by_cpu = (cpus * 8).next_power_of_two().min(64);
+    let by_size = (max_entries / MIN_SHARD_ENTRIES).max(1) as usize;
+    // The largest power of two within both bounds.
+    let n = by_cpu.min(by_size);
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
+type Shard = Cache<CacheKey, CachedUser, KeyBits>;
 
 /// A stored `OrganizationUser` response: the upstream's bytes and what a
 /// hit needs to answer, kept small because a million of them may be held
@@ -238,8 +262,8 @@ impl Expiry<CacheKey, CachedUser> for PerEntryTtl {
 
 /// The user cache.
 pub struct UserCache {
-    /// The entries.
-    entries: Cache<CacheKey, CachedUser, KeyBits>,
+    /// The entries, split by key (see the module docs); a power of two.
+    shards: Box<[Shard]>,
     /// Per-stripe write generations.
     gens: Box<[AtomicU64]>,
     /// Bumped by a full purge.
@@ -257,7 +281,8 @@ pub struct UserCache {
 impl std::fmt::Debug for UserCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserCache")
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entry_count())
+            .field("shards", &self.shards.len())
             .finish()
     }
 }
@@ -266,13 +291,19 @@ impl UserCache {
     /// A cache holding at most `max_entries` users.
     pub fn new(max_entries: u64) -> Self {
         let grace_secs = Arc::new(AtomicU64::new(0));
+        let n = shard_count(max_entries);
+        let per_shard = max_entries.div_ceil(n as u64);
         Self {
-            entries: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(PerEntryTtl {
-                    grace_secs: grace_secs.clone(),
+            shards: (0..n)
+                .map(|_| {
+                    Cache::builder()
+                        .max_capacity(per_shard)
+                        .expire_after(PerEntryTtl {
+                            grace_secs: grace_secs.clone(),
+                        })
+                        .build_with_hasher(KeyBits)
                 })
-                .build_with_hasher(KeyBits),
+                .collect(),
             grace_secs,
             serving: AtomicBool::new(true),
             gens: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
@@ -280,6 +311,14 @@ impl UserCache {
             id_hasher: RandomState::new(),
             gen_hasher: RandomState::new(),
         }
+    }
+
+    /// The shard holding `key`: picked by the id's hash (the key's high
+    /// half; moka hashes the two halves together), so every generation of
+    /// an id, and its refresh key, live in one shard.
+    fn shard(&self, key: &CacheKey) -> &Shard {
+        let id_hash = (key.0 >> 64) as u64;
+        &self.shards[(id_hash >> 40) as usize & (self.shards.len() - 1)]
     }
 
     fn stripe(&self, id_hash: u64) -> &AtomicU64 {
@@ -301,7 +340,7 @@ impl UserCache {
     /// The stored user under `key`, if any (a plain lookup: allocates
     /// nothing, and its future is small enough to sit in the request's).
     pub async fn get(&self, key: &CacheKey) -> Option<CachedUser> {
-        self.entries.get(key).await
+        self.shard(key).get(key).await
     }
 
     /// Looks `key` up; on a miss runs `fetch`, shared by every concurrent
@@ -313,7 +352,7 @@ impl UserCache {
     {
         // Fast path: a plain lookup allocates nothing; the entry API (which
         // boxes the key for single flight) only runs on a miss.
-        if let Some(hit) = self.entries.get(&key).await {
+        if let Some(hit) = self.shard(&key).get(&key).await {
             return Lookup::Hit(hit);
         }
         self.fetch_once(key, fetch).await
@@ -327,7 +366,7 @@ impl UserCache {
         F: Future<Output = Result<CachedUser, E>>,
         E: Send + Sync + 'static,
     {
-        match self.entries.entry(key).or_try_insert_with(fetch).await {
+        match self.shard(&key).entry(key).or_try_insert_with(fetch).await {
             Ok(entry) if entry.is_fresh() => Lookup::Filled(entry.into_value()),
             Ok(entry) => Lookup::Hit(entry.into_value()),
             Err(e) => Lookup::Failed(e),
@@ -336,12 +375,12 @@ impl UserCache {
 
     /// Stores `user` under `key` (a forced refresh).
     pub async fn insert(&self, key: CacheKey, user: CachedUser) {
-        self.entries.insert(key, user).await;
+        self.shard(&key).insert(key, user).await;
     }
 
     /// Drops the entry under `key` (the upstream said the user is gone).
     pub async fn remove(&self, key: &CacheKey) {
-        self.entries.invalidate(key).await;
+        self.shard(key).invalidate(key).await;
     }
 
     /// False while entries can not be trusted (the invalidation bus is
@@ -372,30 +411,68 @@ impl UserCache {
         let h = self.id_hasher.hash_one(id);
         let old = self.stripe(h).fetch_add(1, Ordering::AcqRel);
         let key = self.key_at(id, h, old, self.epoch.load(Ordering::Acquire));
-        self.entries.invalidate(&key).await;
+        self.shard(&key).invalidate(&key).await;
     }
 
     /// Evicts everything; fetches under way can not store afterwards.
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
+        for s in self.shards.iter() {
+            s.invalidate_all();
+        }
     }
 
     /// Approximate number of stored users.
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        self.shards.iter().map(Shard::entry_count).sum()
     }
 
     /// Applies pending maintenance (tests and the metrics scrape use it for
     /// an exact count).
     pub async fn sync(&self) {
-        self.entries.run_pending_tasks().await;
+        for s in self.shards.iter() {
+            s.run_pending_tasks().await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_caches_keep_one_shard_and_large_ones_split() {
+        assert_eq!(shard_count(10), 1);
+        assert_eq!(shard_count(MIN_SHARD_ENTRIES * 2 - 1), 1);
+        let big = shard_count(10_000_000);
+        assert!(big.is_power_of_two() && (8..=64).contains(&big), "{big}");
+        let mid = shard_count(MIN_SHARD_ENTRIES * 3);
+        assert_eq!(mid, 2.min(big));
+    }
+
+    #[tokio::test]
+    async fn a_sharded_cache_finds_what_it_stored_and_counts_it_all() {
+        let cache = UserCache::new(1_000_000);
+        assert!(cache.shards.len() > 1);
+        let ids: Vec<String> = (0..2000).map(|i| format!("user_{i}")).collect();
+        for id in &ids {
+            cache
+                .insert(cache.key(id), user(Duration::from_secs(60)))
+                .await;
+        }
+        cache.sync().await;
+        assert_eq!(cache.entry_count(), 2000);
+        let used = cache.shards.iter().filter(|s| s.entry_count() > 0).count();
+        assert_eq!(used, cache.shards.len(), "keys spread over every shard");
+        for id in &ids {
+            assert!(cache.get(&cache.key(id)).await.is_some(), "{id}");
+        }
+        cache.invalidate(&ids[0]).await;
+        assert!(cache.get(&cache.key(&ids[0])).await.is_none());
+        cache.invalidate_all();
+        cache.sync().await;
+        assert_eq!(cache.entry_count(), 0);
+    }
     use std::sync::atomic::AtomicUsize;
 
     fn user(ttl: Duration) -> CachedUser {
