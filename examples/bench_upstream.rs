@@ -4,10 +4,12 @@
 //!
 //! - `GET  {/v1}/organization/users/{id}` → 200, a ~500-byte pretty-printed
 //!   `OrganizationUser` JSON carrying that id (`x-request-id` like the real API).
+//! - `GET  {/v1}/organization/users` (any query) → 200, a one-user `list`
+//!   page (`has_more: true`), as the real list endpoint answers `?limit=1`.
 //! - `POST {anything}` → 200, the request body echoed back (pass-through).
 //! - every other request → 404 in the OpenAI error shape.
 //! - `Authorization: Bearer <admin key>` is required on all of the above (401).
-//! - `GET /__stats` (no auth) → `users N\nposts N\nunauthorized N\nconnections N\n`,
+//! - `GET /__stats` (no auth) → `users N\nlists N\nposts N\nunauthorized N\nconnections N\n`,
 //!   the counts so far, so the benchmark can prove that hits never reach the
 //!   upstream, that wrong keys were stopped by the proxy, and how many
 //!   upstream connections each proxy opened.
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 struct State {
     admin_header: Vec<u8>,
     users: AtomicU64,
+    lists: AtomicU64,
     posts: AtomicU64,
     unauthorized: AtomicU64,
     connections: AtomicU64,
@@ -73,6 +76,19 @@ pub fn user_body(id: &str) -> String {
     )
 }
 
+/// A one-user page of `GET /organization/users` (the spec's
+/// `UserListResponse`), built once.
+fn list_body() -> Bytes {
+    static BODY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| {
+        let user = user_body("user-abc123def456ghi789jkl012");
+        Bytes::from(format!(
+            "{{\n  \"object\": \"list\",\n  \"data\": [{user}],\n  \"first_id\": \"user-abc123def456ghi789jkl012\",\n  \"last_id\": \"user-abc123def456ghi789jkl012\",\n  \"has_more\": true\n}}"
+        ))
+    })
+    .clone()
+}
+
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -97,8 +113,9 @@ async fn handle(
     let path = req.uri().path();
     if path == "/__stats" {
         let s = format!(
-            "users {}\nposts {}\nunauthorized {}\nconnections {}\n",
+            "users {}\nlists {}\nposts {}\nunauthorized {}\nconnections {}\n",
             state.users.load(Ordering::Relaxed),
+            state.lists.load(Ordering::Relaxed),
             state.posts.load(Ordering::Relaxed),
             state.unauthorized.load(Ordering::Relaxed),
             state.connections.load(Ordering::Relaxed)
@@ -120,6 +137,10 @@ async fn handle(
             Some(id) if !id.is_empty() && !id.contains('/') => {
                 state.users.fetch_add(1, Ordering::Relaxed);
                 json(StatusCode::OK, user_body(id))
+            }
+            _ if rest == "/organization/users" => {
+                state.lists.fetch_add(1, Ordering::Relaxed);
+                json(StatusCode::OK, list_body())
             }
             _ => error(StatusCode::NOT_FOUND, "not_found"),
         }
@@ -169,6 +190,7 @@ fn main() -> std::io::Result<()> {
     let state = Arc::new(State {
         admin_header: format!("Bearer {key}").into_bytes(),
         users: AtomicU64::new(0),
+        lists: AtomicU64::new(0),
         posts: AtomicU64::new(0),
         unauthorized: AtomicU64::new(0),
         connections: AtomicU64::new(0),
