@@ -2,14 +2,37 @@
 """Side-by-side load benchmark driver (run by benches/load/run.sh).
 
 Starts, on 127.0.0.1 only:
-  upstream   examples/bench_upstream  (fake Admin API; one instance for the proxies,
-                                       one on the server core for the "direct" rows)
-  gateway    target/release/openai-admin-gateway (RUST_LOG=warn)
+  upstream   bench_upstream  (fake Admin API; one instance for the proxies,
+                              one on the server core for the "direct" rows)
+  gateway    openai-admin-gateway (RUST_LOG=warn)
   nginx      proxy_cache doing the same job
-  ceiling    examples/bench_ceiling   (same stored bytes for every request)
+  ceiling    bench_ceiling   (same stored bytes for every request)
 then runs every scenario with wrk, interleaved, REPEATS times, measures the
 server's CPU and RSS from /proc, runs the memory test, and writes one JSON file
 that report.py turns into benches/README.md. Any wrk error or non-2xx aborts.
+
+Scenarios (--only picks some):
+  hit_one, hit_10k    hits, pinned: the server on one core, wrk + upstream on the other
+  hit_10k_unpinned    hits, nothing pinned: a second set of servers using both
+                      cores (gateway with its default worker count, or
+                      --workers N; nginx `worker_processes auto` + `reuseport`),
+                      its own upstream, wrk with --unpinned-threads threads
+  miss                every request a new id, pinned
+  pass_get, pass_post pass-through, pinned: GET /v1/organization/users?limit=1
+                      and a 1 KiB (1,024-byte) JSON POST /v1/organization/invites
+
+Options worth knowing:
+  --bin-dir DIR       where the binaries are (default <repo>/target/release);
+                      bench_upstream / bench_ceiling / cache_floor are looked
+                      up in DIR/examples, then DIR
+  --before-bin PATH   an older gateway binary: adds the target gateway_before,
+                      same config and scenarios, interleaved with the others in
+                      every repeat (before/after from one machine and run)
+  --before-label TXT  what PATH was built from (e.g. a commit), for the report
+  --workers N         writes `server.workers = N` into the unpinned gateway's
+                      config (not into gateway_before's, nor the pinned one's)
+Every binary is copied into the work directory first, so a rebuild during the
+run changes nothing. The expected total time is printed at the start.
 """
 
 import argparse
@@ -38,6 +61,7 @@ LUA = HERE / "lua"
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOT_IDS = 10_000
+LIST_PATH = "/v1/organization/users?limit=1"
 # Warm-up passes over the hot set before a hit run (see warm()).
 WARM_PASSES = {"gateway": 2, "nginx": 2}
 
@@ -164,20 +188,22 @@ class Procs:
 
     def stop_all(self):
         for name, p in reversed(self.items):
-            self.stop(p, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+            self.stop(p, signal.SIGQUIT if name.startswith("nginx") else signal.SIGTERM)
 
 
 # ---------------------------------------------------------------- configs
 
 
-def gateway_config(path, port, admin_port, upstream_port, key_sha, ttl, max_entries):
+def gateway_config(path, port, admin_port, upstream_port, key_sha, ttl, max_entries, workers=None):
+    # `workers` only when asked for: a binary that predates the key refuses it.
+    workers_line = f"workers = {workers}\n" if workers else ""
     path.write_text(
         f"""# Written by benches/load/bench.py: one client, TTL {ttl}s.
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 path_prefix = "/v1"
-
+{workers_line}
 [upstream]
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 admin_key_env = "OPENAI_ADMIN_KEY"
@@ -189,12 +215,15 @@ max_entries = {max_entries}
 [[clients]]
 name = "bench-dashboard"
 key_sha256 = "{key_sha}"
-allow = ["GET /organization/users/*", "POST /organization/invites"]
+allow = ["GET /organization/users/*", "GET /organization/users", "POST /organization/invites"]
 """
     )
 
 
-def nginx_config(work, cache_dir, port, upstream_port, client_key, admin_key, workers):
+def nginx_config(work, name, cache_dir, port, upstream_port, client_key, admin_key, workers, reuseport=False):
+    """nginx.conf for one instance; its pid, logs and temp files go to work/name."""
+    work = work / name
+    work.mkdir(exist_ok=True)
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if nofile == resource.RLIM_INFINITY:
         nofile = 65536
@@ -220,6 +249,7 @@ def nginx_config(work, cache_dir, port, upstream_port, client_key, admin_key, wo
             proxy_set_header Host 127.0.0.1:{upstream_port};
             proxy_set_header Authorization "Bearer {admin_key}";"""
     conf = work / "nginx.conf"
+    listen_opts = "backlog=4096" + (" reuseport" if reuseport else "")
     conf.write_text(
         f"""# Written by benches/load/bench.py: nginx doing the gateway's job as well as it can.
 user root;
@@ -228,7 +258,7 @@ master_process on;
 worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
+error_log {work}/error.log warn;
 
 events {{
     worker_connections 16384;
@@ -271,7 +301,7 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} {listen_opts};
 
         if ($client_ok = 0) {{
             return 401 '{err}';
@@ -399,6 +429,28 @@ def source_revision(binary):
     }
 
 
+# Scenario name -> (wrk script, URL path or None, targets, pinned, tag code).
+# The tag code keeps the ids of every run distinct (see Bench.tag).
+SCENARIOS = {
+    "hit_one": ("static", None, ["gateway", "nginx", "ceiling"], True, "h1"),
+    "hit_10k": ("spread", "/", ["gateway", "nginx", "ceiling"], True, "hk"),
+    "hit_10k_unpinned": ("spread", "/", ["gateway", "nginx"], False, "hu"),
+    "miss": ("seq", "/", ["gateway", "nginx", "direct"], True, "ms"),
+    "pass_get": ("static", LIST_PATH, ["gateway", "nginx"], True, "pg"),
+    "pass_post": ("post", "/v1/organization/invites", ["gateway", "nginx", "direct"], True, "pp"),
+}
+TARGET_CODES = {"gateway": "gw", "gateway_before": "gb", "nginx": "ng", "ceiling": "ce", "direct": "di"}
+# Instances of the unpinned scenarios carry this suffix.
+FREE = "@free"
+
+
+def find_bin(bin_dir, name):
+    for p in (bin_dir / name, bin_dir / "examples" / name):
+        if p.is_file():
+            return p
+    return None
+
+
 class Bench:
     def __init__(self, args, work):
         self.a = args
@@ -406,21 +458,36 @@ class Bench:
         self.procs = Procs(work)
         self.runs = []
         self.notes = []
+        self.skipped = {}
         # Snapshots of the binaries: a rebuild during the run must not change
         # what is measured.
         bins = work / "bin"
         bins.mkdir()
-        self.gw_bin = bins / "openai-admin-gateway"
-        self.up_bin = bins / "bench_upstream"
-        self.ceil_bin = bins / "bench_ceiling"
-        self.floor_bin = bins / "cache_floor"
-        for src, dst in ((ROOT / "target/release/examples/cache_floor", self.floor_bin),
-                         (ROOT / "target/release/openai-admin-gateway", self.gw_bin),
-                         (ROOT / "target/release/examples/bench_upstream", self.up_bin),
-                         (ROOT / "target/release/examples/bench_ceiling", self.ceil_bin)):
-            shutil.copy2(src, dst)
+        bin_dir = Path(args.bin_dir)
+        want = {"openai-admin-gateway": True, "bench_upstream": True, "bench_ceiling": True,
+                "cache_floor": args.memory}
+        self.bin = {}
+        for name, required in want.items():
+            src = find_bin(bin_dir, name)
+            if src is None:
+                if required:
+                    raise BenchError(f"{name} not found in {bin_dir} or {bin_dir / 'examples'}")
+                continue
+            self.bin[name] = bins / name
+            shutil.copy2(src, self.bin[name])
+        self.gw_bin = self.bin["openai-admin-gateway"]
+        self.up_bin = self.bin["bench_upstream"]
+        self.ceil_bin = self.bin["bench_ceiling"]
+        self.floor_bin = self.bin.get("cache_floor")
         self.source = source_revision(self.gw_bin)
+        self.before = None
+        if args.before_bin:
+            self.before_bin = bins / "openai-admin-gateway-before"
+            shutil.copy2(args.before_bin, self.before_bin)
+            self.before = {"label": args.before_label,
+                           "binary_sha256": hashlib.sha256(self.before_bin.read_bytes()).hexdigest()[:16]}
         ncpu = os.cpu_count() or 1
+        self.ncpu = ncpu
         if args.pin and ncpu >= 2:
             cpus = list(range(ncpu))
             half = len(cpus) // 2
@@ -432,50 +499,110 @@ class Bench:
             self.server_ncpu = ncpu
         self.client_key = "oag_bench_" + secrets.token_hex(24)
         self.admin_key = "sk-admin-bench-" + secrets.token_hex(24)
+        self.inst = {}  # instance name -> {"proc", "port", "admin", "upstream"}
+
+    # -- the plan
+
+    def targets(self, scen):
+        ts = list(SCENARIOS[scen][2])
+        if self.before:
+            ts.insert(ts.index("gateway") + 1, "gateway_before")
+        return ts
+
+    def plan(self):
+        """Scenario names to run, in order."""
+        names = list(SCENARIOS)
+        if self.a.only:
+            keep = set(self.a.only.split(","))
+            unknown = keep - set(names)
+            if unknown:
+                raise BenchError(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}; "
+                                 f"known: {', '.join(names)}")
+            names = [n for n in names if n in keep]
+        return [n for n in names if n not in self.skipped]
+
+    def expected_seconds(self):
+        """A bound on the time the run takes, from the plan (warm-ups and
+        settling included, the memory test estimated)."""
+        d, s = self.a.duration, self.a.settle
+        total = 15.0  # start-up and sanity checks
+        for scen in self.plan():
+            for t in self.targets(scen):
+                n = self.a.repeats * len(self.a.conns)
+                warm = 3.0 if scen.startswith("hit") and t != "ceiling" else 0.0
+                total += n * (d + s + warm + 0.5)
+        if self.a.memory:
+            total += 60 + max(self.a.memory_points) / 8000 + 60  # fill at ≥ ~8k/s, then cache_floor
+        if self.a.profile:
+            total += 5 * 8
+        return total
 
     # -- servers
 
+    def start_upstream(self, name, cpus):
+        port = free_port()
+        p = self.procs.start(
+            name, [str(self.up_bin), "--listen", f"127.0.0.1:{port}", "--admin-key", self.admin_key], cpus)
+        wait_port(port, p, name)
+        self.inst[name] = {"proc": p, "port": port, "admin": None, "upstream": None}
+
+    def start_gateway(self, name, binary, upstream, cpus, workers=None):
+        port, admin = free_port(), free_port()
+        key_sha = hashlib.sha256(self.client_key.encode()).hexdigest()
+        conf = self.work / f"{name.replace('@', '-')}.toml"
+        gateway_config(conf, port, admin, self.inst[upstream]["port"], key_sha, ttl=300,
+                       max_entries=100_000, workers=workers)
+        env = dict(os.environ, OPENAI_ADMIN_KEY=self.admin_key, RUST_LOG="warn")
+        p = self.procs.start(name, [str(binary), "--config", str(conf)], cpus, env)
+        wait_port(port, p, name)
+        self.inst[name] = {"proc": p, "port": port, "admin": admin, "upstream": upstream}
+
+    def start_nginx(self, name, upstream, cpus, workers, reuseport):
+        port = free_port()
+        cache_dir = Path(tempfile.mkdtemp(prefix="oag-bench-nginx-", dir="/dev/shm"))
+        self.cache_dirs.append(cache_dir)
+        dirname = name.replace("@", "-")
+        conf = nginx_config(self.work, dirname, cache_dir, port, self.inst[upstream]["port"],
+                            self.client_key, self.admin_key, workers, reuseport)
+        prefix = str(self.work / dirname)
+        t = subprocess.run(["nginx", "-t", "-p", prefix, "-c", str(conf)], capture_output=True, text=True)
+        if t.returncode != 0:
+            raise BenchError(f"{name}: nginx -t failed:\n" + t.stderr)
+        p = self.procs.start(name, ["nginx", "-p", prefix, "-c", str(conf)], cpus)
+        wait_port(port, p, name)
+        self.inst[name] = {"proc": p, "port": port, "admin": None, "upstream": upstream}
+
     def start_all(self):
         w = self.work
-        self.ports = {k: free_port() for k in ("up", "up_direct", "gw", "gw_admin", "nginx", "ceil")}
-        env = dict(os.environ, OPENAI_ADMIN_KEY=self.admin_key, RUST_LOG="warn")
+        self.cache_dirs = []
+        plan = self.plan()
+        pinned = [s for s in plan if SCENARIOS[s][3]]
+        free = [s for s in plan if not SCENARIOS[s][3]]
         # The upstream the proxies use sits with wrk on the client CPUs: it
         # stands for a remote API and must not steal the server's core.
-        self.up = self.procs.start(
-            "upstream",
-            [str(self.up_bin), "--listen", f"127.0.0.1:{self.ports['up']}", "--admin-key", self.admin_key],
-            self.client_cpus,
-        )
+        self.start_upstream("upstream", self.client_cpus)
         # The "direct" rows measure the upstream itself, so it gets the
         # server core like every other server under test.
-        self.up_direct = self.procs.start(
-            "upstream-direct",
-            [str(self.up_bin), "--listen", f"127.0.0.1:{self.ports['up_direct']}", "--admin-key", self.admin_key],
-            self.server_cpus,
-        )
-        wait_port(self.ports["up"], self.up, "upstream")
-        wait_port(self.ports["up_direct"], self.up_direct, "upstream-direct")
+        self.start_upstream("direct", self.server_cpus)
+        self.up = self.inst["upstream"]["proc"]
+        self.ports = {"up": self.inst["upstream"]["port"], "up_direct": self.inst["direct"]["port"]}
 
-        key_sha = hashlib.sha256(self.client_key.encode()).hexdigest()
-        gateway_config(
-            w / "gateway.toml", self.ports["gw"], self.ports["gw_admin"], self.ports["up"],
-            key_sha, ttl=300, max_entries=100_000,
-        )
-        self.gw = self.procs.start(
-            "gateway", [str(self.gw_bin), "--config", str(w / "gateway.toml")], self.server_cpus, env
-        )
-        wait_port(self.ports["gw"], self.gw, "gateway")
+        # Pinned servers: one core each (the memory test and the profile use them too).
+        if pinned or self.a.memory or self.a.profile:
+            self.start_gateway("gateway", self.gw_bin, "upstream", self.server_cpus)
+            if self.before:
+                self.start_gateway("gateway_before", self.before_bin, "upstream", self.server_cpus)
+            self.start_nginx("nginx", "upstream", self.server_cpus, self.server_ncpu, reuseport=False)
+            self.ports.update(gw=self.inst["gateway"]["port"], gw_admin=self.inst["gateway"]["admin"],
+                              nginx=self.inst["nginx"]["port"])
 
-        self.cache_dir = Path(tempfile.mkdtemp(prefix="oag-bench-nginx-", dir="/dev/shm"))
-        conf = nginx_config(
-            w, self.cache_dir, self.ports["nginx"], self.ports["up"], self.client_key,
-            self.admin_key, self.server_ncpu,
-        )
-        t = subprocess.run(["nginx", "-t", "-p", str(w), "-c", str(conf)], capture_output=True, text=True)
-        if t.returncode != 0:
-            raise BenchError("nginx -t failed:\n" + t.stderr)
-        self.nginx = self.procs.start("nginx", ["nginx", "-p", str(w), "-c", str(conf)], self.server_cpus)
-        wait_port(self.ports["nginx"], self.nginx, "nginx")
+        # Unpinned servers: their own upstream, everything floats over all CPUs.
+        if free:
+            self.start_upstream("upstream" + FREE, None)
+            self.start_gateway("gateway" + FREE, self.gw_bin, "upstream" + FREE, None, workers=self.a.workers)
+            if self.before:
+                self.start_gateway("gateway_before" + FREE, self.before_bin, "upstream" + FREE, None)
+            self.start_nginx("nginx" + FREE, "upstream" + FREE, None, "auto", reuseport=True)
 
         # The ceiling serves exactly the bytes the gateway stores for a user.
         st, _, body = request(
@@ -486,34 +613,52 @@ class Bench:
             raise BenchError(f"upstream direct answered {st}")
         self.body_len = len(body)
         (w / "ceiling-body.json").write_bytes(body)
-        self.ceil = self.procs.start(
+        port = free_port()
+        p = self.procs.start(
             "ceiling",
-            [str(self.ceil_bin), "--listen", f"127.0.0.1:{self.ports['ceil']}", "--body-file", str(w / "ceiling-body.json")],
+            [str(self.ceil_bin), "--listen", f"127.0.0.1:{port}", "--body-file", str(w / "ceiling-body.json")],
             self.server_cpus,
         )
-        wait_port(self.ports["ceil"], self.ceil, "ceiling")
+        wait_port(port, p, "ceiling")
+        self.inst["ceiling"] = {"proc": p, "port": port, "admin": None, "upstream": None}
 
-    def server_pids(self, target):
-        if target == "gateway":
-            return [self.gw.pid]
-        if target == "nginx":
-            return [self.nginx.pid] + children(self.nginx.pid)
-        if target == "ceiling":
-            return [self.ceil.pid]
-        if target == "direct":
-            return [self.up_direct.pid]
-        raise KeyError(target)
+    def check_list_upstream(self):
+        """pass_get needs the fake upstream to answer GET /organization/users;
+        an older bench_upstream answers 404, which would abort the run: the
+        scenario is then skipped, and the report says why."""
+        if "pass_get" not in self.plan():
+            return
+        s, _, _ = request(self.ports["up"], "GET", LIST_PATH, {"Authorization": f"Bearer {self.admin_key}"})
+        if s != 200:
+            why = (f"the fake upstream (bench_upstream) answers {s} to GET {LIST_PATH}; "
+                   "it needs a build that serves the user list")
+            self.skipped["pass_get"] = why
+            log(f"skipping pass_get: {why}")
 
-    def port(self, target):
-        return {"gateway": self.ports["gw"], "nginx": self.ports["nginx"],
-                "ceiling": self.ports["ceil"], "direct": self.ports["up_direct"]}[target]
+    def instance(self, target, pinned=True):
+        return target if pinned else target + FREE
 
-    def auth(self, target):
-        return self.admin_key if target == "direct" else self.client_key
+    def server_pids(self, inst):
+        p = self.inst[inst]["proc"]
+        if inst.startswith("nginx"):
+            return [p.pid] + children(p.pid)
+        return [p.pid]
+
+    def port(self, inst):
+        return self.inst[inst]["port"]
+
+    def auth(self, inst):
+        return self.admin_key if inst == "direct" else self.client_key
 
     def upstream_stats(self, port=None):
         _, _, body = request(port or self.ports["up"], "GET", "/__stats")
         return {k: int(v) for k, v in (l.split() for l in body.decode().splitlines())}
+
+    @staticmethod
+    def forwarded(stats):
+        """Requests the upstream served: every counter but these two (so a
+        counter a newer bench_upstream adds is counted too)."""
+        return sum(v for k, v in stats.items() if k not in ("unauthorized", "connections"))
 
     def metrics(self, admin_port=None):
         _, _, body = request(admin_port or self.ports["gw_admin"], "GET", "/metrics")
@@ -530,59 +675,78 @@ class Bench:
         """Every server answers as the benchmark assumes; failures abort."""
         ck = {"Authorization": f"Bearer {self.client_key}"}
         ak = {"Authorization": f"Bearer {self.admin_key}"}
-        uid = "user-" + "sanity".ljust(12, "x") + f"{1:012d}"
-        path = f"/v1/organization/users/{uid}"
-        _, _, want = request(self.ports["up"], "GET", path, ak)
-        before = self.upstream_stats()
-        for target in ("gateway", "nginx"):
-            p = self.port(target)
+        body = (LUA / "post.lua").read_text().encode()  # any JSON-ish payload
+        n = 0
+        for inst, info in self.inst.items():
+            if info["upstream"] is None:
+                continue
+            n += 1
+            up = self.inst[info["upstream"]]["port"]
+            uid = "user-" + f"sanity{n}".ljust(12, "x") + f"{1:012d}"
+            path = f"/v1/organization/users/{uid}"
+            _, _, want = request(up, "GET", path, ak)
+            before = self.upstream_stats(up)
+            p = info["port"]
             s1, h1, b1 = request(p, "GET", path, ck)
             s2, h2, b2 = request(p, "GET", path, ck)
             if (s1, s2) != (200, 200) or b1 != want or b2 != want:
-                raise BenchError(f"{target}: GET user gave {s1}/{s2} or wrong bytes")
+                raise BenchError(f"{inst}: GET user gave {s1}/{s2} or wrong bytes")
             cs = h2.get("cache-status", "")
             if "hit" not in cs.lower():
-                raise BenchError(f"{target}: second GET was not a hit (Cache-Status: {cs!r})")
+                raise BenchError(f"{inst}: second GET was not a hit (Cache-Status: {cs!r})")
             s, _, _ = request(p, "GET", path, {"Authorization": "Bearer wrong"})
             s0, _, _ = request(p, "GET", path)
             if (s, s0) != (401, 401):
-                raise BenchError(f"{target}: wrong/missing key gave {s}/{s0}, want 401")
-            body = (LUA / "post.lua").read_text()  # any 1 KiB-ish payload
+                raise BenchError(f"{inst}: wrong/missing key gave {s}/{s0}, want 401")
             s, _, echo = request(p, "POST", "/v1/organization/invites",
-                                 dict(ck, **{"Content-Type": "application/json"}), body.encode())
-            if s != 200 or echo != body.encode():
-                raise BenchError(f"{target}: POST pass-through gave {s} or a different body")
-        after = self.upstream_stats()
-        if after["users"] - before["users"] != 2 or after["posts"] - before["posts"] != 2:
-            raise BenchError(f"upstream saw {after} after {before}: want one fetch and one POST per proxy")
-        if after["unauthorized"] != before["unauthorized"]:
-            raise BenchError("a proxy forwarded a request with a wrong admin key")
-        s, _, b = request(self.ports["ceil"], "GET", path, ck)
+                                 dict(ck, **{"Content-Type": "application/json"}), body)
+            if s != 200 or echo != body:
+                raise BenchError(f"{inst}: POST pass-through gave {s} or a different body")
+            after = self.upstream_stats(up)
+            if after["users"] - before["users"] != 1 or after["posts"] - before["posts"] != 1:
+                raise BenchError(f"upstream saw {after} after {before}: want one fetch and one POST from {inst}")
+            if after["unauthorized"] != before["unauthorized"]:
+                raise BenchError(f"{inst} forwarded a request with a wrong admin key")
+            if "pass_get" in self.plan():
+                s, _, lb = request(p, "GET", LIST_PATH, ck)
+                if s != 200 or not lb:
+                    raise BenchError(f"{inst}: GET {LIST_PATH} gave {s}")
+                mid = self.forwarded(self.upstream_stats(up))
+                request(p, "GET", LIST_PATH, ck)
+                if self.forwarded(self.upstream_stats(up)) == mid:
+                    raise BenchError(f"{inst}: a second GET {LIST_PATH} did not reach the upstream (cached?)")
+        uid = "user-" + "sanity".ljust(12, "x") + f"{1:012d}"
+        path = f"/v1/organization/users/{uid}"
+        s, _, b = request(self.port("ceiling"), "GET", path, ck)
         if s != 200 or len(b) != self.body_len:
             raise BenchError("ceiling answered wrongly")
         s, _, _ = request(self.ports["up_direct"], "GET", path)
         if s != 401:
             raise BenchError("upstream accepted a request without the admin key")
-        log("sanity checks passed (bytes identical, hits are hits, wrong keys get 401 and never reach the upstream)")
+        log(f"sanity checks passed for {n} proxies (bytes identical, hits are hits, wrong keys get 401 and "
+            "never reach the upstream, pass-through reaches it)")
 
     # -- wrk
 
-    def wrk(self, target, conns, duration, script, path, env_extra=None, measure=True, port=None):
-        port = port or self.port(target)
-        cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
-               "-H", f"Authorization: Bearer {self.auth(target)}",
+    def wrk(self, inst, conns, duration, script, path, env_extra=None, measure=True, port=None,
+            pinned=True, threads=1):
+        port = port or self.port(inst)
+        cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency",
+               "-H", f"Authorization: Bearer {self.auth(inst)}",
                "-s", str(lua_script(self.work, script)), f"http://127.0.0.1:{port}{path}"]
-        if self.client_cpus:
+        if self.client_cpus and pinned:
             cmd = ["taskset", "-c", self.client_cpus] + cmd
         env = dict(os.environ, **(env_extra or {}))
-        pids = self.server_pids(target) if measure else []
-        up_before = self.upstream_stats() if measure else None
+        pids = self.server_pids(inst) if measure else []
+        upname = self.inst.get(inst, {}).get("upstream") or "upstream"
+        up = self.inst[upname]
+        up_before = self.upstream_stats(up["port"]) if measure else None
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0, sys0, up0 = ticks(pids), system_busy_ticks(), ticks([self.up.pid])
+        t0, sys0, up0 = ticks(pids), system_busy_ticks(), ticks([up["proc"].pid])
         w0 = time.time()
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.time() - w0
-        t1, sys1, up1 = ticks(pids), system_busy_ticks(), ticks([self.up.pid])
+        t1, sys1, up1 = ticks(pids), system_busy_ticks(), ticks([up["proc"].pid])
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         m = re.search(r"^BENCH_JSON (.*)$", p.stdout, re.M)
         if p.returncode != 0 or not m:
@@ -592,107 +756,102 @@ class Bench:
         errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
         if errors or r["status"]:
             raise BenchError(
-                f"{target} {script} c={conns}: {errors} socket errors, {r['status']} non-2xx/3xx "
+                f"{inst} {script} c={conns}: {errors} socket errors, {r['status']} non-2xx/3xx "
                 f"responses; aborting.\n{p.stdout}"
             )
         if r["requests"] == 0:
-            raise BenchError(f"{target} {script} c={conns}: no requests completed\n{p.stdout}")
+            raise BenchError(f"{inst} {script} c={conns}: no requests completed\n{p.stdout}")
         r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
         if measure:
             wrk_ticks = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
             srv = (t1 - t0) / CLK
             upc = (up1 - up0) / CLK
+            r["server_cpu_s"] = srv
             r["server_cpu_pct"] = 100 * srv / wall
             r["server_rss_kb"] = rss_kb(pids)
             r["wrk_cpu_pct"] = 100 * wrk_ticks / wall
+            r["wrk_threads"] = threads
             r["upstream_cpu_pct"] = 100 * upc / wall
             # CPU used by anything but this benchmark's processes (other builds...).
             other = (sys1 - sys0) / CLK - srv - wrk_ticks - upc
             r["other_cpu_pct"] = max(0.0, 100 * other / wall)
-            after = self.upstream_stats()
-            r["upstream_requests"] = (after["users"] + after["posts"]) - (
-                up_before["users"] + up_before["posts"]
-            )
+            after = self.upstream_stats(up["port"])
+            r["upstream_requests"] = self.forwarded(after) - self.forwarded(up_before)
             # Less the connection of the /__stats request itself.
             r["upstream_connections"] = max(0, after.get("connections", 0) - up_before.get("connections", 0) - 1)
             r["upstream_connections_net"] = True
         return r
 
-    def warm(self, target, tag, n, passes=3):
+    def warm(self, inst, tag, n, passes=3, pinned=True):
         """Requests ids 0..n-1 `passes` times (the gateway's cache admits an
         id against a full cache only once it has been asked for more often
         than the entry it would evict; nginx needs one pass)."""
-        if target == "gateway":
-            self.purge_gateway()
+        if inst.startswith("gateway"):
+            self.purge_gateway(inst)
         if n == 1:
             path = f"/v1/organization/users/user-{tag}{0:012d}"
             for _ in range(passes):
-                s, _, _ = request(self.port(target), "GET", path, {"Authorization": f"Bearer {self.client_key}"})
+                s, _, _ = request(self.port(inst), "GET", path, {"Authorization": f"Bearer {self.client_key}"})
                 if s != 200:
-                    raise BenchError(f"warm-up of {target} got {s}")
+                    raise BenchError(f"warm-up of {inst} got {s}")
             return
         done = 0
         while done < n * passes:
-            r = self.wrk(target, 64, 2, "seq", "/", {"BENCH_TAG": tag, "BENCH_IDS": str(n), "BENCH_START": str(done)},
-                         measure=False)
+            r = self.wrk(inst, 64, 2, "seq", "/", {"BENCH_TAG": tag, "BENCH_IDS": str(n), "BENCH_START": str(done)},
+                         measure=False, pinned=pinned)
             done += r["sent"]
 
-    def purge_gateway(self):
+    def purge_gateway(self, inst):
         """Empties the gateway's cache (admin DELETE /cache) before a hit
         warm-up. Without it a full cache whose entries were hot in an earlier
         run can refuse the new hot set (TinyLFU admission), and hits turn into
         upstream fetches."""
-        s, _, _ = request(self.ports["gw_admin"], "DELETE", "/cache")
+        admin = self.inst[inst]["admin"]
+        s, _, _ = request(admin, "DELETE", "/cache")
         if s != 200:
-            raise BenchError(f"gateway DELETE /cache answered {s}")
+            raise BenchError(f"{inst} DELETE /cache answered {s}")
         for _ in range(50):
-            if self.metrics().get("gateway_cache_entries", 0) < 100:
+            if self.metrics(admin).get("gateway_cache_entries", 0) < 100:
                 return
             time.sleep(0.1)
-        log("warning: gateway cache still holds entries after a purge")
+        log(f"warning: {inst} cache still holds entries after a purge")
 
     # -- the matrix
 
-    def tag(self, kind, rep, target, conns):
-        t = f"{kind}{rep}{target[:2]}{conns}"
+    def tag(self, scen, rep, target, conns):
+        t = f"{SCENARIOS[scen][4]}{rep}{TARGET_CODES[target]}{conns}"
         return (t + "z" * 12)[:12]
-
-    def scenarios(self):
-        hot = "/v1/organization/users/"
-        return [
-            ("hit_one", "static", ["gateway", "nginx", "ceiling"]),
-            ("hit_10k", "spread", ["gateway", "nginx", "ceiling"]),
-            ("miss", "seq", ["gateway", "nginx", "direct"]),
-            ("pass_post", "post", ["gateway", "nginx", "direct"]),
-        ]
 
     def run_matrix(self):
         d = self.a.duration
         for rep in range(self.a.repeats):
-            for scen, script, targets in self.scenarios():
+            for scen in self.plan():
+                script, path, _, pinned, _ = SCENARIOS[scen]
+                targets = self.targets(scen)
+                threads = 1 if pinned else self.a.unpinned_threads
                 for conns in self.a.conns:
                     order = targets if rep % 2 == 0 else list(reversed(targets))
                     for target in order:
-                        env, path = {}, "/"
-                        tag = self.tag(scen[0] + scen[-1], rep, target, conns)
+                        inst = self.instance(target, pinned)
+                        env = {}
+                        tag = self.tag(scen, rep, target, conns)
                         if scen == "hit_one":
                             path = f"/v1/organization/users/user-{tag}{0:012d}"
                             if target != "ceiling":
-                                self.warm(target, tag, 1)
-                        elif scen == "hit_10k":
+                                self.warm(inst, tag, 1)
+                        elif scen.startswith("hit_10k"):
                             env = {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS)}
                             if target != "ceiling":
-                                self.warm(target, tag, HOT_IDS, passes=WARM_PASSES[target])
+                                self.warm(inst, tag, HOT_IDS, passes=WARM_PASSES[target.split("_")[0]],
+                                          pinned=pinned)
                         elif scen == "miss":
                             env = {"BENCH_TAG": tag, "BENCH_IDS": "0", "BENCH_START": "0"}
-                        elif scen == "pass_post":
-                            path = "/v1/organization/invites"
                         time.sleep(self.a.settle)
-                        r = self.wrk(target, conns, d, script, path, env)
-                        r.update(rep=rep, scenario=scen, conns=conns, target=target)
+                        r = self.wrk(inst, conns, d, script, path, env, pinned=pinned, threads=threads)
+                        r.update(rep=rep, scenario=scen, conns=conns, target=target, pinned=pinned)
                         self.runs.append(r)
                         log(
-                            f"rep {rep} {scen:9} c={conns:<3} {target:8} {r['rps']:>9.0f} rps  "
+                            f"rep {rep} {scen:16} c={conns:<3} {target:14} {r['rps']:>9.0f} rps  "
                             f"p50 {r['p50_us']/1000:6.2f} ms  p99 {r['p99_us']/1000:6.2f} ms  "
                             f"cpu {r['server_cpu_pct']:5.1f}%  wrk {r['wrk_cpu_pct']:5.1f}%  "
                             f"other {r['other_cpu_pct']:5.1f}%  upstream reqs {r['upstream_requests']} "
@@ -847,10 +1006,16 @@ class Bench:
         if memory is not None:
             self.mem = memory
         doc = {
-            "command": "benches/load/run.sh",
+            "command": self.a.command,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": self.meta_machine,
             "source": self.source,
+            "before": self.before,
+            "workers": self.a.workers,
+            "unpinned_wrk_threads": self.a.unpinned_threads,
+            "scenarios": self.plan(),
+            "skipped": self.skipped,
+            "expected_s": round(self.expected_seconds()),
             "loadavg_start": self.load_start,
             "loadavg_end": open("/proc/loadavg").read().split()[:3],
             "pinning": {"client_cpus": self.client_cpus, "server_cpus": self.server_cpus,
@@ -872,8 +1037,17 @@ class Bench:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--command", default="benches/load/run.sh", help="how the run was started, for the report")
+    ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
+                    help="directory holding openai-admin-gateway and (in it or its examples/) bench_upstream, "
+                         "bench_ceiling, cache_floor (default: <repo>/target/release)")
+    ap.add_argument("--before-bin", default="", help="an older gateway binary: adds the target gateway_before")
+    ap.add_argument("--before-label", default="", help="what --before-bin was built from (e.g. a commit)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="server.workers for the unpinned gateway (default: not set, the gateway's own default)")
+    ap.add_argument("--unpinned-threads", type=int, default=2, help="wrk threads in the unpinned scenarios")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--conns", type=lambda s: [int(x) for x in s.split(",")], default=[64, 256])
@@ -884,14 +1058,27 @@ def main():
     ap.add_argument("--memory-timeout", type=int, default=900)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
-    ap.add_argument("--only", default="", help="comma-separated scenarios (debugging)")
+    ap.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
     a = ap.parse_args()
+    if a.before_bin and not Path(a.before_bin).is_file():
+        ap.error(f"--before-bin {a.before_bin}: no such file")
 
     work = Path(tempfile.mkdtemp(prefix="oag-bench-"))
-    b = Bench(a, work)
+    try:
+        b = Bench(a, work)
+        b.plan()
+    except BenchError as e:
+        shutil.rmtree(work, ignore_errors=True)
+        log("ABORTED: " + str(e))
+        sys.exit(2)
     b.meta_machine = b.machine()
     b.load_start = open("/proc/loadavg").read().split()[:3]
     log(f"work dir {work}; client CPUs {b.client_cpus}, server CPUs {b.server_cpus}")
+    est = b.expected_seconds()
+    log(f"scenarios {', '.join(b.plan())}; targets per scenario include "
+        f"{'gateway_before, ' if b.before else ''}gateway, nginx; {a.repeats} repeats x "
+        f"{len(a.conns)} connection counts x {a.duration} s; expected total about {est / 60:.0f} min "
+        f"(until {time.strftime('%H:%M', time.localtime(time.time() + est))})")
     stop = {"sig": None}
 
     def on_signal(sig, _):
@@ -901,11 +1088,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     try:
         b.start_all()
+        b.check_list_upstream()
         b.sanity()
-        if a.only:
-            keep = set(a.only.split(","))
-            orig = b.scenarios
-            b.scenarios = lambda: [s for s in orig() if s[0] in keep]
         b.run_matrix()
         if a.memory:
             b.memory()
@@ -923,8 +1107,8 @@ def main():
         sys.exit(2)
     finally:
         b.procs.stop_all()
-        if getattr(b, "cache_dir", None):
-            shutil.rmtree(b.cache_dir, ignore_errors=True)
+        for d in getattr(b, "cache_dirs", []):
+            shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
