@@ -459,9 +459,27 @@ class Bench:
         self.runs = []
         self.notes = []
         self.skipped = {}
-        # Snapshots of the binaries: a rebuild during the run must not change
-        # what is measured.
-        bins = work / "bin"
+        self.before = args.before_bin or None
+        ncpu = os.cpu_count() or 1
+        self.ncpu = ncpu
+        if args.pin and ncpu >= 2:
+            cpus = list(range(ncpu))
+            half = len(cpus) // 2
+            self.client_cpus = ",".join(map(str, cpus[:half]))
+            self.server_cpus = ",".join(map(str, cpus[half:]))
+            self.server_ncpu = len(cpus) - half
+        else:
+            self.client_cpus = self.server_cpus = None
+            self.server_ncpu = ncpu
+        self.client_key = "oag_bench_" + secrets.token_hex(24)
+        self.admin_key = "sk-admin-bench-" + secrets.token_hex(24)
+        self.inst = {}  # instance name -> {"proc", "port", "admin", "upstream"}
+
+    def snapshot(self):
+        """Copies the binaries into the work directory: a rebuild during the
+        run must not change what is measured."""
+        args = self.a
+        bins = self.work / "bin"
         bins.mkdir()
         bin_dir = Path(args.bin_dir)
         want = {"openai-admin-gateway": True, "bench_upstream": True, "bench_ceiling": True,
@@ -480,26 +498,11 @@ class Bench:
         self.ceil_bin = self.bin["bench_ceiling"]
         self.floor_bin = self.bin.get("cache_floor")
         self.source = source_revision(self.gw_bin)
-        self.before = None
         if args.before_bin:
             self.before_bin = bins / "openai-admin-gateway-before"
             shutil.copy2(args.before_bin, self.before_bin)
             self.before = {"label": args.before_label,
                            "binary_sha256": hashlib.sha256(self.before_bin.read_bytes()).hexdigest()[:16]}
-        ncpu = os.cpu_count() or 1
-        self.ncpu = ncpu
-        if args.pin and ncpu >= 2:
-            cpus = list(range(ncpu))
-            half = len(cpus) // 2
-            self.client_cpus = ",".join(map(str, cpus[:half]))
-            self.server_cpus = ",".join(map(str, cpus[half:]))
-            self.server_ncpu = len(cpus) - half
-        else:
-            self.client_cpus = self.server_cpus = None
-            self.server_ncpu = ncpu
-        self.client_key = "oag_bench_" + secrets.token_hex(24)
-        self.admin_key = "sk-admin-bench-" + secrets.token_hex(24)
-        self.inst = {}  # instance name -> {"proc", "port", "admin", "upstream"}
 
     # -- the plan
 
@@ -1058,6 +1061,7 @@ def main():
     ap.add_argument("--memory-timeout", type=int, default=900)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
+    ap.add_argument("--plan", action="store_true", help="print the scenarios and the expected time, and exit")
     ap.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
     a = ap.parse_args()
     if a.before_bin and not Path(a.before_bin).is_file():
@@ -1067,6 +1071,13 @@ def main():
     try:
         b = Bench(a, work)
         b.plan()
+        if a.plan:
+            for scen in b.plan():
+                print(f"{scen:17} {', '.join(b.targets(scen))}")
+            print(f"expected total: about {b.expected_seconds() / 60:.0f} min")
+            shutil.rmtree(work, ignore_errors=True)
+            return
+        b.snapshot()
     except BenchError as e:
         shutil.rmtree(work, ignore_errors=True)
         log("ABORTED: " + str(e))
