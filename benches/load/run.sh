@@ -3,13 +3,23 @@
 # proxy_cache doing the same job vs a bare hyper server (the ceiling) vs the
 # fake upstream itself. Writes benches/load/results.json and benches/README.md.
 #
-# Usage: benches/load/run.sh
-# Knobs (environment): DURATION=10 (s per wrk run), REPEATS=3, CONNS=64,256,
-#   MEMORY=1 (100k / 1M users RSS test), MEMORY_POINTS=100000,1000000,
-#   PROFILE=0 (1: perf profile of the gateway on hits), PIN=1 (taskset: server
-#   on the upper half of the CPUs, wrk + upstream on the lower half),
-#   BENCH_NICE=0 (e.g. -5 when other jobs share the machine), ONLY=scenario,...
-#   TIME_LIMIT=2700 (s, hard stop for the measuring part).
+# Usage: benches/load/run.sh            (the run of record: every scenario, 3 repeats)
+#        BEFORE_BIN=old/openai-admin-gateway SCALING=scaling.json benches/load/run.sh
+# Knobs (environment): DURATION=10 (s per wrk run), REPEATS=3 (>= 3 for a run
+#   of record), CONNS=64,256, MEMORY=1 (100k / 1M users RSS test),
+#   MEMORY_POINTS=100000,1000000, PROFILE=0 (1: perf profiles), PIN=1 (taskset
+#   for the pinned scenarios: server on the upper half of the CPUs, wrk +
+#   upstream on the lower half; hit_10k_unpinned is never pinned),
+#   BENCH_NICE=0 (e.g. -5 when other jobs share the machine),
+#   ONLY=scenario,... (hit_one hit_10k hit_10k_unpinned miss pass_get pass_post),
+#   BEFORE_BIN=path (an older gateway binary: adds the target gateway_before,
+#   interleaved with the others; BEFORE_LABEL=text says what it was built from),
+#   SCALING=path (JSON of the in-process thread-scaling bench, for the Goals
+#   table), BIN_DIR=dir (prebuilt binaries: skips the cargo build),
+#   WORKERS=N (server.workers of the unpinned gateway), UNPINNED_THREADS=2
+#   (wrk threads there), TIME_LIMIT=4200 (s, hard stop for the measuring part).
+# The expected total time is printed at the start (a full run: about 25 min,
+#   30 min with BEFORE_BIN).
 # Needs root for apt-get (wrk, nginx, linux-perf when PROFILE=1) when missing.
 set -euo pipefail
 
@@ -25,7 +35,13 @@ PROFILE=${PROFILE:-0}
 PIN=${PIN:-1}
 BENCH_NICE=${BENCH_NICE:-0}
 ONLY=${ONLY:-}
-TIME_LIMIT=${TIME_LIMIT:-2700}
+TIME_LIMIT=${TIME_LIMIT:-4200}
+BEFORE_BIN=${BEFORE_BIN:-}
+BEFORE_LABEL=${BEFORE_LABEL:-}
+SCALING=${SCALING:-}
+BIN_DIR=${BIN_DIR:-}
+WORKERS=${WORKERS:-}
+UNPINNED_THREADS=${UNPINNED_THREADS:-2}
 
 say() { printf '[run.sh] %s\n' "$*" >&2; }
 
@@ -42,23 +58,50 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v cargo >/dev/null || { say "cargo is required"; exit 1; }
-
 # --- build -----------------------------------------------------------------
-say "building (release)"
-cargo build --release --bin openai-admin-gateway --examples
+if [[ -z $BIN_DIR ]]; then
+  command -v cargo >/dev/null || { say "cargo is required (or BIN_DIR=<prebuilt binaries>)"; exit 1; }
+  say "building (release)"
+  cargo build --release --bin openai-admin-gateway --examples
+fi
 
 # --- measure ---------------------------------------------------------------
 # Many connections, and nginx's open_file_cache: use the hard fd limit.
 ulimit -n "$(ulimit -Hn)"
 say "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other jobs on this machine skew absolute numbers; the report says how much)"
 
+# The command line the report shows: the knobs that differ from the
+# defaults, with placeholders for paths (they belong to one machine).
+shown=()
+[[ $DURATION == 10 ]] || shown+=("DURATION=$DURATION")
+[[ $REPEATS == 3 ]] || shown+=("REPEATS=$REPEATS")
+[[ $CONNS == 64,256 ]] || shown+=("CONNS=$CONNS")
+[[ $MEMORY == 1 ]] || shown+=("MEMORY=$MEMORY")
+[[ $MEMORY_POINTS == 100000,1000000 ]] || shown+=("MEMORY_POINTS=$MEMORY_POINTS")
+[[ $PROFILE == 0 ]] || shown+=("PROFILE=$PROFILE")
+[[ $PIN == 1 ]] || shown+=("PIN=$PIN")
+[[ $BENCH_NICE == 0 ]] || shown+=("BENCH_NICE=$BENCH_NICE")
+[[ -z $ONLY ]] || shown+=("ONLY=$ONLY")
+[[ -z $BIN_DIR ]] || shown+=("BIN_DIR=<prebuilt>")
+[[ -z $BEFORE_BIN ]] || shown+=("BEFORE_BIN=<old binary>")
+[[ -z $BEFORE_LABEL ]] || shown+=("BEFORE_LABEL=$(printf %q "$BEFORE_LABEL")")
+[[ -z $SCALING ]] || shown+=("SCALING=<scaling.json>")
+[[ -z $WORKERS ]] || shown+=("WORKERS=$WORKERS")
+[[ $UNPINNED_THREADS == 2 ]] || shown+=("UNPINNED_THREADS=$UNPINNED_THREADS")
+shown+=(benches/load/run.sh)
+
 args=(--out "$root/benches/load/results.json" --duration "$DURATION" --repeats "$REPEATS"
-      --conns "$CONNS" --memory-points "$MEMORY_POINTS")
+      --conns "$CONNS" --memory-points "$MEMORY_POINTS" --unpinned-threads "$UNPINNED_THREADS"
+      --command "${shown[*]}")
 [[ $MEMORY == 1 ]] || args+=(--no-memory)
 [[ $PROFILE == 1 ]] && args+=(--profile)
 [[ $PIN == 1 ]] || args+=(--no-pin)
 [[ -n $ONLY ]] && args+=(--only "$ONLY")
+[[ -n $BIN_DIR ]] && args+=(--bin-dir "$BIN_DIR")
+[[ -n $BEFORE_BIN ]] && args+=(--before-bin "$BEFORE_BIN" --before-label "$BEFORE_LABEL")
+[[ -n $WORKERS ]] && args+=(--workers "$WORKERS")
+((REPEATS >= 3)) || say "REPEATS=$REPEATS: fewer than 3 repeats is not a run of record"
+python3 "$root/benches/load/bench.py" "${args[@]}" --plan >&2
 
 rm -f "$root/benches/load/results.json"
 status=0
@@ -67,7 +110,9 @@ timeout --signal=TERM --kill-after=30 "$TIME_LIMIT" \
 
 # --- report (also for an aborted run: it says so) ----------------------------
 if [[ -f $root/benches/load/results.json ]]; then
-  python3 "$root/benches/load/report.py" "$root/benches/load/results.json" "$root/benches/README.md"
+  report=("$root/benches/load/results.json" "$root/benches/README.md")
+  [[ -n $SCALING ]] && report+=(--scaling "$SCALING")
+  python3 "$root/benches/load/report.py" "${report[@]}"
   say "wrote benches/README.md"
 fi
 if ((status != 0)); then
