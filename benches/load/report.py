@@ -119,6 +119,7 @@ def main(src, dst, scaling=None):
         rs = groups.get((scen, conns, target))
         return med([r[key] for r in rs]) if rs else None
 
+    scenarios = d.get("scenarios") or sorted({r["scenario"] for r in d["runs"]})
     out = []
     w = out.append
     m = d["machine"]
@@ -193,7 +194,7 @@ def main(src, dst, scaling=None):
         )
     else:
         w(f"- No pinning: all processes float over {m['nproc']} CPUs; nginx `worker_processes {pin['server_ncpu']}`.")
-    if "hit_10k_unpinned" in d.get("scenarios", []):
+    if "hit_10k_unpinned" in scenarios:
         wk = d.get("workers")
         w(
             f"- *Unpinned* (hits over 10k ids, both cores): a second set of servers with its own fake upstream, "
@@ -226,8 +227,10 @@ def main(src, dst, scaling=None):
     )
     w(
         "- Pass-through: *POST 1 KiB* sends a 1,024-byte JSON body (asserted in `lua/post.lua`) to "
-        "`/v1/organization/invites`, echoed by the upstream; *GET list* requests "
-        "`/v1/organization/users?limit=1`, which neither proxy caches. Both pinned like the hits."
+        "`/v1/organization/invites`, echoed by the upstream"
+        + ("; *GET list* requests `/v1/organization/users?limit=1`, which neither proxy caches. Both"
+           if "pass_get" in scenarios else ";")
+        + " pinned like the hits."
     )
     wp = d.get("warm_passes", {"gateway": 3, "nginx": 1})
     purge = (
@@ -473,7 +476,8 @@ def main(src, dst, scaling=None):
                     flags.append(f"{scen} c={c} {t}: {up:.0f} requests reached the upstream during hit runs")
                 wt = rs[0].get("wrk_threads", 1)
                 if med([r["wrk_cpu_pct"] for r in rs]) > 90 * wt:
-                    flags.append(f"{scen} c={c} {t}: wrk used > 90% of its {wt} core(s) (client-bound)")
+                    flags.append(f"{scen} c={c} {t}: wrk used > 90% of "
+                                 + ("its core" if wt == 1 else f"its {wt} threads' cores") + " (client-bound)")
         if scen in ("miss", "pass_post"):
             w("")
             for c in conns:
