@@ -13,7 +13,8 @@
 //! cache; the run fails if it sees a request while hits are measured, or if
 //! an answer is not a 200 hit.
 //!
-//! Run: `cargo bench --bench scaling [-- --secs 3 --repeats 5 --json PATH]`.
+//! Run: `cargo bench --bench scaling [-- --secs 3 --repeats 5 --json PATH]`
+//! (`-- --only N --secs S`: one run of N threads, for a profiler).
 //! 1-thread and 2-thread runs alternate; the medians and their ratio are
 //! printed, and written as JSON to PATH (`benches/load/report.py
 //! --scaling PATH` puts them in the README's table).
@@ -204,6 +205,9 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let json = arg(&args, "--json");
+    // `--only N`: run N threads for --secs once and print req/s (for a
+    // profiler attached to one configuration).
+    let only: Option<usize> = arg(&args, "--only").and_then(|s| s.parse().ok());
 
     // The upstream on its own thread and runtime.
     let seen = Arc::new(AtomicU64::new(0));
@@ -251,6 +255,12 @@ fn main() {
     // measured threads never need them.
     drop(rt);
 
+    if let Some(n) = only {
+        run(&gw, n, 0.5);
+        let r = run(&gw, n, secs);
+        println!("{n} threads: {r:.0} req/s");
+        return;
+    }
     // Warm-up: both thread counts once, unrecorded.
     run(&gw, 1, 0.5);
     run(&gw, 2, 0.5);
