@@ -180,7 +180,7 @@ fn response(c: &mut Criterion) {
     let u = user("user_abc");
     let mut g = c.benchmark_group("response");
     g.bench_function("hit_response_from_stored_bytes", |b| {
-        b.iter(|| hit_response(black_box(&u)))
+        b.iter(|| hit_response(black_box(u.clone())))
     });
     // Baseline: re-serialising the JSON on every hit.
     let v: serde_json::Value = serde_json::from_slice(u.body()).unwrap();

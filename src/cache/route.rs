@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response};
 
@@ -148,7 +149,7 @@ impl UserRoute {
                 if let Some(u) = self.cache.get(&key).await {
                     if u.is_fresh(Instant::now()) {
                         self.metrics.cache_hit();
-                        return Ok((hit_response(&u), CacheStatus::Hit));
+                        return Ok((hit_response(u), CacheStatus::Hit));
                     }
                     return Box::pin(self.stale(headers, rest, id, key, u)).await;
                 }
@@ -181,7 +182,7 @@ impl UserRoute {
         match self.cache.fetch_once(key, fill).await {
             Lookup::Hit(u) => {
                 self.metrics.cache_hit();
-                Ok((hit_response(&u), CacheStatus::Hit))
+                Ok((hit_response(u), CacheStatus::Hit))
             }
             Lookup::Filled(u) => {
                 self.metrics.cache_miss();
@@ -259,8 +260,13 @@ impl Alone {
 
 /// A stored user as a response (no cache headers yet).
 pub(super) fn stored_response(u: &CachedUser) -> Response<BoxBody> {
-    let body = u.body();
-    let mut r = Response::new(full(body.clone()));
+    stored_with(u, u.body().clone())
+}
+
+/// [`stored_response`] with `body`, `u`'s body, already in hand.
+fn stored_with(u: &CachedUser, body: Bytes) -> Response<BoxBody> {
+    let len = body.len() as u64;
+    let mut r = Response::new(full(body));
     // Room for everything a hit gets (cache headers, request id, rate
     // limit headers) without growing the map.
     *r.headers_mut() = HeaderMap::with_capacity(8);
@@ -271,7 +277,7 @@ pub(super) fn stored_response(u: &CachedUser) -> Response<BoxBody> {
     if let Some(ce) = u.content_encoding() {
         h.insert(CONTENT_ENCODING, ce);
     }
-    h.insert(CONTENT_LENGTH, int_value(body.len() as u64));
+    h.insert(CONTENT_LENGTH, int_value(len));
     r
 }
 
@@ -289,9 +295,13 @@ pub(super) fn fetched_response(
 }
 
 /// A hit: the stored bytes plus `Cache-Status: ...; hit; ttl=N` and `Age`.
-pub fn hit_response(u: &CachedUser) -> Response<BoxBody> {
+/// Takes the looked-up copy, whose body moves into the response: cloning it
+/// again would write the body's reference count (a line every core reading
+/// this user writes) twice more.
+pub fn hit_response(mut u: CachedUser) -> Response<BoxBody> {
     let now = Instant::now();
-    let mut r = stored_response(u);
+    let body = u.take_body();
+    let mut r = stored_with(&u, body);
     // Age floors to whole seconds; ttl is counted from the same figure so
     // that age + ttl always equals the stored TTL.
     let age = u.age_secs(now);
@@ -505,7 +515,7 @@ mod tests {
             std::time::Duration::from_secs(300),
         )
         .backdated(std::time::Duration::from_secs(10));
-        let r = hit_response(&u);
+        let r = hit_response(u);
         assert_eq!(
             r.headers()[CACHE_STATUS],
             "openai-admin-gateway; hit; ttl=290"

@@ -69,7 +69,7 @@ impl UserRoute {
                 } else {
                     // The user another request's refetch just stored.
                     self.metrics.cache_hit();
-                    Ok((hit_response(&u), CacheStatus::Hit))
+                    Ok((hit_response(u), CacheStatus::Hit))
                 }
             }
             Refetched::Failed(status) if within => {

@@ -106,6 +106,11 @@ impl CachedUser {
         }
     }
 
+    /// Moves the body out (a looked-up copy about to become a response).
+    pub fn take_body(&mut self) -> Bytes {
+        std::mem::take(&mut self.body)
+    }
+
     /// The same entry, as if stored `age` earlier (tests and benches).
     pub fn backdated(mut self, age: Duration) -> Self {
         let now = clock_ms(Instant::now());
