@@ -118,6 +118,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bound on concurrently open client connections.
     pub max_connections: usize,
+    /// Worker threads, each with its own current-thread runtime, public
+    /// listener (`SO_REUSEPORT`) and upstream pool.
+    pub workers: usize,
     /// Time allowed from accept to the first request's headers (TLS and
     /// the HTTP/2 preface included), and for each later request's headers.
     pub header_read_timeout: Duration,
@@ -165,6 +168,9 @@ pub struct UpstreamConfig {
     pub max_queued_requests: usize,
     /// Extra PEM roots trusted for the upstream (a corporate proxy's CA).
     pub ca_file: Option<PathBuf>,
+    /// Connection pools to keep: one per server worker (`server.workers`,
+    /// copied here; not a key of its own).
+    pub pools: usize,
 }
 
 /// `[cache]`.
@@ -261,7 +267,10 @@ impl Config {
             redis,
         } = raw;
         let server = v.server(server);
-        let upstream = v.upstream(upstream, env);
+        let upstream = v.upstream(upstream, env).map(|mut u| {
+            u.pools = server.as_ref().map_or(1, |s| s.workers);
+            u
+        });
         let cache = v.cache(cache);
         let clients = v.clients(clients);
         let redis = redis.and_then(|r| v.redis(r));

@@ -100,6 +100,7 @@ pub(super) struct RawServer {
     pub(super) path_prefix: Option<String>,
     pub(super) shutdown_grace_secs: Option<u64>,
     pub(super) max_connections: Option<usize>,
+    pub(super) workers: Option<usize>,
     pub(super) header_read_timeout_ms: Option<u64>,
     pub(super) idle_timeout_secs: Option<u64>,
     pub(super) watch_files: Option<bool>,

@@ -204,3 +204,27 @@ allow = ["GET /organization/users"]
     let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.clients.len(), 1);
 }
+
+#[test]
+fn workers_default_to_the_usable_cpus_and_take_1_to_1024() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(parse("").unwrap().server.workers, cpus);
+    for n in [1, 2, 1024] {
+        let c = parse(&format!("[server]\nworkers = {n}\n")).unwrap();
+        assert_eq!(c.server.workers, n);
+        assert_eq!(c.upstream.pools, n, "one upstream pool per worker");
+    }
+}
+
+#[test]
+fn zero_or_absurd_workers_are_a_problem_naming_the_key() {
+    for n in [0, 1025, 1_000_000] {
+        let e = parse(&format!("[server]\nworkers = {n}\n")).unwrap_err();
+        assert_eq!(e.problems().len(), 1, "{e}");
+        let p = &e.problems()[0];
+        assert!(p.starts_with("server.workers:"), "{p}");
+        assert!(p.contains(&n.to_string()) && p.contains("1024"), "{p}");
+    }
+    let e = parse("[server]\nworkers = -2\n").unwrap_err();
+    assert!(e.to_string().contains("workers"), "{e}");
+}

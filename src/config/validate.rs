@@ -12,6 +12,10 @@ use super::{
 };
 use crate::secret::AdminKey;
 
+/// Most `server.workers`: each is an OS thread with its own listener and
+/// upstream pool, so more than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
 pub(super) struct Validator<'a> {
     pub(super) problems: Vec<String>,
     pub(super) base_dir: &'a Path,
@@ -62,6 +66,7 @@ impl Validator<'_> {
             path_prefix,
             shutdown_grace_secs,
             max_connections,
+            workers,
             header_read_timeout_ms,
             idle_timeout_secs,
             watch_files,
@@ -77,6 +82,7 @@ impl Validator<'_> {
         if max_connections == 0 {
             self.problem("server.max_connections: must be greater than 0".into());
         }
+        let workers = self.workers(workers);
         let hrt = self.positive(
             "server.header_read_timeout_ms",
             header_read_timeout_ms,
@@ -116,12 +122,27 @@ impl Validator<'_> {
             path_prefix: path_prefix?,
             shutdown_grace: Duration::from_secs(grace),
             max_connections,
+            workers,
             header_read_timeout: Duration::from_millis(hrt),
             idle_timeout: Duration::from_secs(idle),
             watch_files: watch_files.unwrap_or(true),
             log_format,
             tls,
         })
+    }
+
+    /// `server.workers`: default the CPUs this process may use; 1 to
+    /// [`MAX_WORKERS`].
+    fn workers(&mut self, value: Option<usize>) -> usize {
+        let Some(n) = value else {
+            return std::thread::available_parallelism().map_or(1, |n| n.get());
+        };
+        if n == 0 || n > MAX_WORKERS {
+            self.problem(format!(
+                "server.workers: {n} is not between 1 and {MAX_WORKERS}"
+            ));
+        }
+        n.clamp(1, MAX_WORKERS)
     }
 
     fn prefix(&mut self, p: String) -> Option<String> {
@@ -187,6 +208,8 @@ impl Validator<'_> {
             max_concurrent_requests: max_concurrent,
             max_queued_requests: max_queued_requests.unwrap_or(1024),
             ca_file,
+            // Set from server.workers by Config::parse.
+            pools: 1,
         })
     }
 

@@ -152,6 +152,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         path_prefix,
         shutdown_grace,
         max_connections,
+        workers,
         header_read_timeout,
         idle_timeout,
         watch_files,
@@ -169,6 +170,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         max_concurrent_requests,
         max_queued_requests,
         ca_file,
+        pools: _, // server.workers
     } = upstream;
     let CacheConfig {
         ttl: _,                    // reloadable (new entries)
@@ -190,6 +192,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
             "server.max_connections",
             *max_connections != s.max_connections,
         ),
+        ("server.workers", *workers != s.workers),
         (
             "server.header_read_timeout_ms",
             *header_read_timeout != s.header_read_timeout,
@@ -243,9 +246,10 @@ mod tests {
 
     #[test]
     fn restart_only_keys_are_named_and_reloadable_ones_are_not() {
-        let a = config("");
+        let a = config("[server]\nworkers = 1\n");
         let b = config(
             "[server]\nheader_read_timeout_ms = 1234\nshutdown_grace_secs = 3\nlog_format = \"json\"\n\
+             workers = 3\n\
              [upstream]\nmax_queued_requests = 7\npool_idle_timeout_secs = 9\n\
              [cache]\nttl_secs = 5\nmax_body_bytes = 100\n\
              [redis]\nurl = \"redis://127.0.0.1:1\"\n",
@@ -254,6 +258,7 @@ mod tests {
             restart_only_changes(&a, &b),
             [
                 "server.shutdown_grace_secs",
+                "server.workers",
                 "server.header_read_timeout_ms",
                 "server.log_format",
                 "upstream.pool_idle_timeout_secs",
