@@ -5,6 +5,11 @@
 //!   roots plus an optional extra CA), HTTP/2 when the upstream offers it
 //!   over ALPN, the admin key swapped in, a time-to-headers timeout, and a
 //!   global cap on concurrent upstream requests with a bounded wait queue.
+//!   One pool per server worker (picked by the calling thread, see
+//!   [`worker`]) plus a shared one for every other thread; the cap and the
+//!   queue stay global.
+//! - [`worker`]: the calling thread's worker index, and
+//!   [`spawn_lasting`] for work that must outlive a worker.
 //! - `connect`: the rustls client config and a deadline on the whole
 //!   connect (TCP and TLS).
 //! - `slot`: the concurrency slot a response body holds until it ends.
@@ -12,12 +17,14 @@
 //! - `auth`: an upstream 401, or a 403 naming the key, means the upstream
 //!   refused the admin key; such a response never reaches a client.
 //!
-//! Public surface: [`Upstream`], [`tls_client_config`], [`buffer`].
+//! Public surface: [`Upstream`], [`tls_client_config`], [`buffer`],
+//! [`worker`], [`spawn_lasting`].
 
 mod auth;
 pub mod buffer;
 mod connect;
 mod slot;
+pub mod worker;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,11 +51,18 @@ use auth::Forbidden;
 pub use connect::tls_client_config;
 use connect::ConnectTimeout;
 use slot::{Slot, SlotBody};
+pub use worker::spawn_lasting;
+
+/// The pooled HTTP/1.1 + HTTP/2 client.
+type Pool = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, BoxBody>;
 
 /// The upstream API.
 pub struct Upstream {
-    /// Pooled HTTP/1.1 + HTTP/2 client.
-    client: Client<ConnectTimeout<HttpsConnector<HttpConnector>>, BoxBody>,
+    /// One pool per server worker: a pool spawns its connection tasks on
+    /// the runtime that opens them, so each worker keeps its own.
+    workers: Box<[Pool]>,
+    /// The pool of every other thread (the main runtime, tests).
+    shared: Pool,
     /// `scheme://authority` of `base_url`.
     origin: String,
     /// Path of `base_url` without a trailing slash (e.g. `/v1`).
@@ -95,11 +109,13 @@ impl Upstream {
         // TLS handshake too, so a peer that accepts and then stalls costs
         // connect_timeout_ms (502), not timeout_ms (504).
         let https = ConnectTimeout::new(https, cfg.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(cfg.pool_idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(https.clone())
+        };
         let base = &cfg.base_url;
         let origin = format!(
             "{}://{}",
@@ -107,7 +123,8 @@ impl Upstream {
             base.authority().map_or("", |a| a.as_str())
         );
         Ok(Self {
-            client,
+            workers: (0..cfg.pools).map(|_| pool()).collect(),
+            shared: pool(),
             origin,
             base_path: base.path().trim_end_matches('/').to_string(),
             admin: ArcSwap::from_pointee(cfg.admin_key.clone()),
@@ -191,7 +208,7 @@ impl Upstream {
         let slot = self.acquire_slot(deadline).await?;
         let start = Instant::now();
         let headers_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
-        let result = tokio::time::timeout_at(headers_by, self.client.request(req)).await;
+        let result = tokio::time::timeout_at(headers_by, self.pool().request(req)).await;
         let outcome = match &result {
             Ok(Ok(r)) => UpstreamOutcome::Status(r.status().as_u16()),
             // The client's body broke: not the upstream's failure.
@@ -232,6 +249,13 @@ impl Upstream {
             _ => BoxBody::new(SlotBody::new(body, slot, self.body_idle)),
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The calling worker's pool, or the shared one off the workers.
+    fn pool(&self) -> &Pool {
+        worker::index()
+            .and_then(|i| self.workers.get(i))
+            .unwrap_or(&self.shared)
     }
 
     /// Counts and logs an upstream refusal of the admin key. The log line
