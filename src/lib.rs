@@ -8,9 +8,11 @@
 //! config → leaves`). Each folder's `mod.rs` says its job and its public
 //! surface.
 //!
-//! - [`server`]: listeners, the connection bound, TLS termination, HTTP/1.1
-//!   and HTTP/2 serving, the admin listener, live reload ([`Reloader`]),
-//!   signals and the graceful drain.
+//! - [`server`]: listeners, the worker threads (`server.workers`, each with
+//!   its own current-thread runtime and `SO_REUSEPORT` listener), the
+//!   connection bound, TLS termination, HTTP/1.1 and HTTP/2 serving, the
+//!   admin listener, live reload ([`Reloader`]), signals and the graceful
+//!   drain.
 //! - [`proxy`]: [`proxy::Gateway`], the hyper service: route → authenticate
 //!   → limits → serve, then one account per request (metrics, access and
 //!   audit lines) on every exit.
@@ -18,8 +20,9 @@
 //!   per-client rate limits.
 //! - [`cache`]: the moka user cache (write generations, single flight) and
 //!   the cached retrieve-user route.
-//! - [`upstream`]: the pooled rustls client, timeouts, the concurrency cap,
-//!   small-body buffering.
+//! - [`upstream`]: the pooled rustls client (one pool per worker),
+//!   timeouts, the concurrency cap, small-body buffering, and
+//!   [`upstream::spawn_lasting`] for work a worker's shutdown must not cut.
 //! - [`cluster`]: everything that talks to Redis (shared rate limits).
 //! - [`config`]: the TOML file, parsed then validated into a [`Config`]
 //!   (every problem reported with its key).

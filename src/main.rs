@@ -1,4 +1,5 @@
-//! The `openai-admin-gateway` binary: CLI, logging, signals.
+//! The `openai-admin-gateway` binary: CLI, logging, signals, and the main
+//! runtime (the workers start their own: see `server`).
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -132,7 +133,12 @@ fn serve(path: &Path) -> ExitCode {
     let _log_guard = init_logging(config.server.log_format);
     let watch_files = config.server.watch_files;
     let files = watch::watched_files(&config);
+    // The workers serve clients on runtimes of their own (`server.workers`);
+    // this one runs the admin listener, reloads, signals, the file watch,
+    // the Redis bus and the writes whose clients left, so one thread is enough.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gateway-main")
         .enable_all()
         .build()
     {

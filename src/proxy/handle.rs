@@ -192,9 +192,11 @@ impl Gateway {
             client: access.client_label(),
         };
         access.forwarded = true;
-        let done = tokio::spawn(write.run(req)).await.map_err(|e| {
-            GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
-        })?;
+        let done = crate::upstream::spawn_lasting(write.run(req))
+            .await
+            .map_err(|e| {
+                GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
+            })?;
         access.upstream_status = done.upstream_status;
         access.cache = Some(CacheStatus::Bypass);
         if let Some(f) = done.failure {

@@ -73,10 +73,13 @@ impl Acceptor {
         }
     }
 
-    /// Accepts until `shutdown` resolves; each connection's task goes into
-    /// `conns` and starts its graceful close when `drain` turns true.
+    /// Accepts on worker `worker`'s `listener` until `shutdown` resolves;
+    /// each connection's task goes into `conns` and starts its graceful
+    /// close when `drain` turns true. The connection bound is shared by
+    /// every worker.
     pub(super) async fn accept_until(
         &self,
+        worker: usize,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
         conns: &mut JoinSet<()>,
@@ -99,13 +102,14 @@ impl Acceptor {
                     Ok(c) => c,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        error!(cause = %e, "failed to accept");
+                        error!(worker, cause = %e, "failed to accept");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
             };
             let _ = stream.set_nodelay(true);
+            debug!(worker, %peer, "connection accepted");
             // Finished connections are reaped as new ones come, so the set
             // holds about as many tasks as there are open connections.
             while conns.try_join_next().is_some() {}

@@ -1,14 +1,23 @@
-//! The server: listeners, connections, reloads and shutdown.
+//! The server: listeners, workers, connections, reloads and shutdown.
 //!
-//! [`Server::bind`] binds both listeners and builds the gateway;
-//! [`Server::run`] accepts until the shutdown future resolves, then closes
-//! the listeners at once (new connections are refused), asks every
-//! connection to close gracefully, lets in-flight requests finish for up to
-//! `server.shutdown_grace_secs`, aborts the connections still open then,
-//! and returns once every connection task has ended.
+//! [`Server::bind`] binds the listeners (one public listener per worker,
+//! `SO_REUSEPORT`, and the admin one) and builds the gateway;
+//! [`Server::run`] starts `server.workers` worker threads, each with its own
+//! current-thread runtime accepting on its own listener, and keeps the admin
+//! listener, and whatever the caller runs beside it (reloads, signals, the
+//! file watch, the Redis bus), on the runtime it is called on. When the
+//! shutdown future resolves every worker closes its listener at once (new
+//! connections are refused), asks its connections to close gracefully, lets
+//! in-flight requests finish for up to `server.shutdown_grace_secs` and
+//! aborts the connections still open then; `run` returns once every worker
+//! has ended and the writes whose clients left have finished. A worker that
+//! fails or panics stops the server with an error.
 //!
-//! - `accept`: the public accept loop, the connection bound, TLS and HTTP/1
-//!   and HTTP/2 serving of each connection.
+//! - `accept`: the public accept loop, the connection bound (one for all
+//!   workers), TLS and HTTP/1 and HTTP/2 serving of each connection.
+//! - `listen`: binding the public listeners (`SO_REUSEPORT`) and the admin
+//!   listener.
+//! - `workers`: the worker threads, their runtimes and their drain.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`,
 //!   cache purges).
 //! - [`tls`]: the certificate store, swapped on reload.
@@ -21,10 +30,12 @@
 
 mod accept;
 pub mod admin;
+mod listen;
 mod reload;
 pub mod shutdown;
 pub mod tls;
 pub mod watch;
+mod workers;
 
 use std::future::Future;
 use std::io;
@@ -33,23 +44,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::config::{Config, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::upstream::worker::Lasting;
 
 use accept::Acceptor;
 use admin::Admin;
 pub use reload::{ReloadError, Reloader, Trigger};
 use tls::CertStore;
+use workers::Workers;
 
 /// A bound, ready-to-run gateway.
 pub struct Server {
-    /// Public listener.
-    public: TcpListener,
+    /// Public listeners, one per worker, all on `public_addr`.
+    public: Vec<std::net::TcpListener>,
+    /// The address they are bound to (the port picked, for port 0).
+    public_addr: SocketAddr,
     /// Admin listener.
     admin: TcpListener,
     /// The request handler.
@@ -65,16 +79,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `server.listen` and `server.admin_listen` and builds the gateway.
+    /// Binds `server.listen` (once per worker) and `server.admin_listen`
+    /// and builds the gateway.
     pub async fn bind(config: Config) -> io::Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let gateway = Gateway::new(&config, metrics.clone())?;
         let certs = config.server.tls.as_ref().map(CertStore::new).transpose()?;
         let tls = certs.as_ref().map(|c| c.acceptor()).transpose()?;
-        let public = bind(config.server.listen, "server.listen").await?;
-        let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
+        let public = listen::public(config.server.listen, config.server.workers)?;
+        let public_addr = match public.first() {
+            Some(l) => l.local_addr()?,
+            None => config.server.listen,
+        };
+        let admin = listen::admin(config.server.admin_listen).await?;
         Ok(Server {
             public,
+            public_addr,
             admin,
             settings: config.server.clone(),
             tls,
@@ -84,9 +104,9 @@ impl Server {
         })
     }
 
-    /// The public listener's address.
+    /// The public listeners' address.
     pub fn public_addr(&self) -> SocketAddr {
-        self.public.local_addr().unwrap_or(self.settings.listen)
+        self.public_addr
     }
 
     /// The admin listener's address.
@@ -101,10 +121,13 @@ impl Server {
         self.reloader.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains.
+    /// Serves until `shutdown` resolves, then drains. An error when a
+    /// worker could not start, failed or panicked (the others are stopped
+    /// and drained first).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let Server {
             public,
+            public_addr,
             admin,
             gateway,
             settings,
@@ -115,52 +138,66 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let admin_task =
             tokio::spawn(Admin::new(gateway.clone(), draining.clone()).serve(admin, stop_rx));
+        let count = public.len();
+        let tls_on = tls.is_some();
+        let acceptor = Arc::new(Acceptor::new(&settings, gateway, tls));
+        // Writes whose clients left run here, on the runtime that outlives
+        // the workers (see `upstream::spawn_lasting`).
+        let lasting = Lasting::current();
+        let mut workers = match Workers::start(public, acceptor, settings.shutdown_grace, &lasting)
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot start the workers");
+                let _ = stop_tx.send(true);
+                let _ = admin_task.await;
+                return Err(e);
+            }
+        };
         info!(
-            listen = %public.local_addr()?,
-            tls = tls.is_some(),
+            listen = %public_addr,
+            workers = count,
+            tls = tls_on,
             prefix = %settings.path_prefix,
             "gateway listening"
         );
 
-        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-        let mut conns = JoinSet::new();
-        let acceptor = Acceptor::new(&settings, gateway, tls);
-        acceptor
-            .accept_until(public, shutdown, &mut conns, &drain_rx)
-            .await;
-        // The listener is dropped here: new connections are refused from now on.
+        let mut failures = Vec::new();
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => {}
+            Some((index, how)) = workers.next_ended() => {
+                // Before shutdown, any end is a loss of capacity.
+                let what = workers::failure(index, how)
+                    .unwrap_or_else(|| format!("worker {index} stopped on its own"));
+                tracing::error!(worker = index, "{what}; stopping the server");
+                failures.push(what);
+            }
+        }
         draining.store(true, Ordering::Release);
         let _ = stop_tx.send(true);
-        let _ = drain_tx.send(true);
-
-        while conns.try_join_next().is_some() {}
-        info!(
-            open_connections = conns.len(),
-            grace_secs = settings.shutdown_grace.as_secs(),
-            "draining"
-        );
-        let drained = tokio::time::timeout(settings.shutdown_grace, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        match drained {
-            Ok(()) => info!("all connections closed"),
-            Err(_) => {
+        workers.stop();
+        workers.join(&mut failures).await;
+        if lasting.running() > 0 {
+            info!(
+                tasks = lasting.running(),
+                "waiting for writes whose clients left"
+            );
+            if tokio::time::timeout(settings.shutdown_grace, lasting.finished())
+                .await
+                .is_err()
+            {
                 warn!(
-                    aborted = conns.len(),
-                    "grace period over; closing the remaining connections"
+                    tasks = lasting.running(),
+                    "grace period over; leaving the remaining writes"
                 );
-                conns.abort_all();
-                while conns.join_next().await.is_some() {}
             }
         }
         let _ = admin_task.await;
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(failures.join("; ")))
+        }
     }
-}
-
-async fn bind(addr: SocketAddr, key: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
 }
