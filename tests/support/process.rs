@@ -273,10 +273,16 @@ impl GatewayProcess {
     /// stdout and stderr to close.
     pub fn stop_with(&mut self, signal: &str, secs: u64) -> ExitStatus {
         self.signal(signal);
+        self.wait_exit(secs)
+    }
+
+    /// Waits (up to `secs`) for the exit status, and for stdout and stderr to close, after a
+    /// signal sent earlier (e.g. with [`GatewayProcess::signal`]).
+    pub fn wait_exit(&mut self, secs: u64) -> ExitStatus {
         let status =
             wait_timeout(&mut self.child, Duration::from_secs(secs)).unwrap_or_else(|| {
                 panic!(
-                    "the gateway did not exit within {secs}s of SIG{signal}; stderr:\n{}",
+                    "the gateway did not exit within {secs}s; stderr:\n{}",
                     self.stderr_text()
                 )
             });
