@@ -327,3 +327,116 @@ fn describe(e: hyper_util::client::legacy::Error) -> BoxError {
     }
     msg.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    /// An HTTP/1.1 upstream on loopback, on `rt`, answering 200 to everything and counting
+    /// the connections it accepts.
+    fn upstream(rt: &tokio::runtime::Runtime) -> (String, Arc<AtomicUsize>) {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        rt.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(crate::body::full("ok")))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (format!("http://{addr}/v1"), accepted)
+    }
+
+    /// Sends `GET /x` and reads the body to its end (so the connection goes back to its pool).
+    async fn get(up: &Upstream) -> std::result::Result<(), String> {
+        let resp = up
+            .send(
+                Method::GET,
+                "/x",
+                None,
+                HeaderMap::new(),
+                crate::body::empty(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("status {}", resp.status()));
+        }
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    #[test]
+    fn each_worker_thread_keeps_its_own_pool() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (base, accepted) = upstream(&main);
+        let text = format!(
+            "[server]\nworkers = 2\n[upstream]\nbase_url = \"{base}\"\ntimeout_ms = 3000\n"
+        );
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new("."), &|n| {
+            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
+        })
+        .expect("config");
+        let up = Arc::new(Upstream::new(&cfg.upstream, Arc::new(Metrics::new())).expect("client"));
+        let lasting = main.block_on(async { worker::Lasting::current() });
+        // Worker 0 sends twice and then stops polling its runtime (parked on the barrier)
+        // while worker 1 sends: a connection worker 1 borrowed from worker 0 would hang.
+        let (w0_done, all_done) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let workers: Vec<_> = (0..2)
+            .map(|index| {
+                let (up, lasting) = (up.clone(), lasting.clone());
+                let (w0_done, all_done) = (w0_done.clone(), all_done.clone());
+                std::thread::spawn(move || {
+                    worker::enter(index, lasting);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    if index == 1 {
+                        w0_done.wait();
+                    }
+                    // Errors are returned, not raised, so both threads pass the barriers.
+                    let sent = rt.block_on(async {
+                        get(&up).await?;
+                        get(&up).await
+                    });
+                    if index == 0 {
+                        w0_done.wait();
+                    }
+                    all_done.wait();
+                    sent.map_err(|e| format!("worker {index}: {e}"))
+                })
+            })
+            .collect();
+        for w in workers {
+            let sent = w.join().expect("worker thread");
+            sent.expect("both requests answered");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "one upstream connection per worker, each reused by its own worker"
+        );
+    }
+}
