@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, ServerConfig};
 use crate::metrics::Metrics;
@@ -148,7 +148,7 @@ impl Server {
         {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(cause = %e, "cannot start the workers");
+                error!(cause = %e, "cannot start the workers");
                 let _ = stop_tx.send(true);
                 let _ = admin_task.await;
                 return Err(e);
@@ -170,7 +170,7 @@ impl Server {
                 // Before shutdown, any end is a loss of capacity.
                 let what = workers::failure(index, how)
                     .unwrap_or_else(|| format!("worker {index} stopped on its own"));
-                tracing::error!(worker = index, "{what}; stopping the server");
+                error!(worker = index, "{what}; stopping the server");
                 failures.push(what);
             }
         }
