@@ -17,7 +17,7 @@ use crate::cache::{bypasses, CacheStatus, CACHE_STATUS};
 use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;
 use crate::policy::Decision;
-use crate::upstream::buffer;
+use crate::upstream::{buffer, spawn_lasting};
 
 /// What a request's phases need to know about where it is going.
 struct Target<'a> {
@@ -192,11 +192,9 @@ impl Gateway {
             client: access.client_label(),
         };
         access.forwarded = true;
-        let done = crate::upstream::spawn_lasting(write.run(req))
-            .await
-            .map_err(|e| {
-                GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
-            })?;
+        let done = spawn_lasting(write.run(req)).await.map_err(|e| {
+            GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
+        })?;
         access.upstream_status = done.upstream_status;
         access.cache = Some(CacheStatus::Bypass);
         if let Some(f) = done.failure {
