@@ -43,12 +43,20 @@ pub fn slots() -> usize {
     })
 }
 
+thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Gives the calling thread slot `index` (modulo [`slots`]): the server's
+/// worker `i` takes slot `i`, so workers never share one however many
+/// other threads came first.
+pub fn claim(index: usize) {
+    SLOT.with(|s| s.set(index & (slots() - 1)));
+}
+
 /// This thread's slot index, in `0..slots()`.
 pub fn slot() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
     SLOT.with(|s| {
         let mut i = s.get();
         if i == usize::MAX {
@@ -170,6 +178,11 @@ mod tests {
         // not get all n; but a thread keeps its slot.
         assert!(seen.iter().all(|&s| s < n));
         assert_eq!(slot(), slot());
+        let claimed = std::thread::spawn(move || {
+            claim(n + 1);
+            slot()
+        });
+        assert_eq!(claimed.join().unwrap(), 1);
     }
 
     #[test]

@@ -126,10 +126,10 @@ impl Acceptor {
     ) -> impl Future<Output = ()> + Send + 'static {
         let http = self.http.clone();
         let account = Connection::new();
-        let service = ConnService {
+        let service = ConnService(Arc::new(ConnState {
             gateway: self.gateway.clone(),
             conn: account.clone(),
-        };
+        }));
         let tls = self.tls.clone();
         let deadline = Instant::now() + self.first_request_timeout;
         let idle = self.idle_timeout;
@@ -224,8 +224,14 @@ async fn drive<C>(
 
 /// The gateway as one connection's service: tells the connection's account
 /// that a request arrived, and hands it to the request.
+///
+/// Each request's future holds a clone of this connection's own `Arc`, not
+/// of the gateway: a count written only by the thread serving the
+/// connection, where a gateway clone would write one every core shares.
 #[derive(Clone)]
-struct ConnService {
+struct ConnService(Arc<ConnState>);
+
+struct ConnState {
     /// The handler.
     gateway: Gateway,
     /// This connection's account.
@@ -238,9 +244,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.conn.request_arrived();
-        let gateway = self.gateway.clone();
-        let conn = self.conn.clone();
-        Box::pin(async move { Ok(gateway.handle_on(req, Some(conn)).await) })
+        self.0.conn.request_arrived();
+        let state = self.0.clone();
+        Box::pin(async move {
+            let conn = state.conn.clone();
+            Ok(state.gateway.handle_on(req, Some(conn)).await)
+        })
     }
 }

@@ -129,6 +129,7 @@ fn run(
         .enable_all()
         .build()?;
     worker::enter(index, lasting);
+    crate::shard::claim(index);
     runtime.block_on(serve(index, listener, acceptor, stop, grace))
 }
 
