@@ -49,9 +49,9 @@ const WRITES: &[&str] = &[
     "cache hit counter: the thread's own slot",
     "request id: the thread's own sequence counter",
     "client and metrics handles: the thread's own reference count (shard::Handles)",
-    "moka read log: one per cache shard (16 shards on 2 CPUs); two cores meet only on the same shard",
-    "moka entry: last-access time and reference count of the user read (per entry, not shared unless both cores read the same user)",
-    "the stored body: a Bytes reference count per user (same)",
+    "Cache-Status and Age values: static, their clones write nothing",
+    "the user: the thread's own front copy (body, reference count); moka is read only when the front misses",
+    "on a front miss only: moka's read log (one per cache shard), the entry's access time and count, the copy into the front",
     "rate limiter (limited clients only): one CAS on the client's GCRA cell, by design (a global limit)",
 ];
 
@@ -121,10 +121,17 @@ impl Prepared {
         }
     }
 
+    fn halves(half: usize) -> Self {
+        let mut p = Self::new(1, 0);
+        let n = IDS / 2;
+        p.uris = p.uris[half * n..(half + 1) * n].to_vec();
+        p
+    }
+
     fn request(&self, i: usize) -> Request<Empty<Bytes>> {
         let mut req = Request::new(Empty::new());
         *req.method_mut() = Method::GET;
-        *req.uri_mut() = self.uris[i % IDS].clone();
+        *req.uri_mut() = self.uris[i % self.uris.len()].clone();
         req.headers_mut().insert(AUTHORIZATION, self.auth.clone());
         req
     }
@@ -155,7 +162,12 @@ fn run(gw: &Gateway, threads: usize, secs: f64) -> f64 {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                let prepared = Prepared::new(7919, t * 5003);
+                let prepared = if std::env::var_os("SCALING_DISJOINT").is_some() {
+                    // Experiment: each thread reads its own half of the users.
+                    Prepared::halves(t)
+                } else {
+                    Prepared::new(7919, t * 5003)
+                };
                 start.wait();
                 rt.block_on(async {
                     let (mut n, mut misses) = (0usize, 0usize);
@@ -255,6 +267,10 @@ fn main() {
     // measured threads never need them.
     drop(rt);
 
+    if args.iter().any(|a| a == "--moka-alone") {
+        moka_alone(secs, repeats);
+        return;
+    }
     if let Some(n) = only {
         run(&gw, n, 0.5);
         let r = run(&gw, n, secs);
@@ -315,4 +331,62 @@ fn main() {
         std::fs::write(&path, text).expect("write json");
         println!("wrote {path}");
     }
+}
+
+/// `--moka-alone`: the same 1-vs-2-thread runs on the user cache alone
+/// (`UserCache::get` of 10k stored users, keys built beforehand): how much
+/// of the hit path's scaling moka's own book-keeping allows.
+fn moka_alone(secs: f64, repeats: usize) {
+    use openai_admin_gateway::cache::{CachedUser, UserCache};
+    let cache = Arc::new(UserCache::new(100_000));
+    let ids: Vec<String> = (0..IDS).map(|i| format!("user_{i:08}")).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for id in &ids {
+            let body = Bytes::from(format!(r#"{{"object":"organization.user","id":"{id}"}}"#));
+            let u = CachedUser::new(body, None, false, Duration::from_secs(3600));
+            cache.insert(cache.key(id), u).await;
+        }
+    });
+    let keys: Arc<Vec<_>> = Arc::new(ids.iter().map(|id| cache.key(id)).collect());
+    let run = |threads: usize| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (cache, keys, stop) = (cache.clone(), keys.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async {
+                        let (mut n, mut i) = (0usize, t * 5003);
+                        while !stop.load(Ordering::Relaxed) {
+                            for _ in 0..64 {
+                                i = (i + 7919) % IDS;
+                                assert!(cache.get(&keys[i]).await.is_some());
+                                n += 1;
+                            }
+                        }
+                        n
+                    })
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        let n: usize = hs.into_iter().map(|h| h.join().expect("thread")).sum();
+        n as f64 / t0.elapsed().as_secs_f64()
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for r in 0..repeats {
+        let (x, y) = (run(1), run(2));
+        println!("moka alone, repeat {}: 1 thread {x:>10.0} gets/s   2 threads {y:>10.0} gets/s   ratio {:.3}", r + 1, y / x);
+        a.push(x);
+        b.push(y);
+    }
+    let (m1, m2) = (median(&mut a), median(&mut b));
+    println!("moka alone, median: 1 thread {m1:.0} gets/s ({:.0} ns/get), 2 threads {m2:.0} gets/s, ratio {:.3}", 1e9 / m1, m2 / m1);
 }

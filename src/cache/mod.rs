@@ -3,6 +3,8 @@
 //! - [`store`]: [`UserCache`], moka with a TTL per entry, a size bound,
 //!   single flight, and write generations so a fetch that began before a
 //!   write can never store the old user.
+//! - `front`: a per-thread table of copies of fresh users in front of
+//!   moka, so most hits write nothing another core writes.
 //! - `route`: [`UserRoute`], `GET {prefix}/organization/users/{id}`
 //!   served from the cache, filled from the upstream; it needs only the
 //!   cache, the upstream, metrics and its live [`Settings`].
@@ -18,6 +20,7 @@
 //! Public surface: the re-exports below.
 
 mod fill;
+mod front;
 mod request;
 mod route;
 mod stale;

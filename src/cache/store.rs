@@ -25,6 +25,8 @@ use http::HeaderValue;
 use moka::future::Cache;
 use moka::Expiry;
 
+use super::front;
+
 /// Number of generation stripes.
 const STRIPES: usize = 4096;
 
@@ -62,6 +64,25 @@ pub struct CachedUser {
     identity: bool,
     /// The upstream `content-type`.
     content_type: ContentType,
+}
+
+impl CachedUser {
+    /// A copy whose bytes this thread owns (for the per-thread front): its
+    /// clones then write reference counts no other core touches.
+    pub(super) fn thread_copy(&self) -> Self {
+        let content_type = match &self.content_type {
+            ContentType::Other(v) => match HeaderValue::from_bytes(v.as_bytes()) {
+                Ok(v) => ContentType::Other(Arc::new(v)),
+                Err(_) => ContentType::Other(v.clone()),
+            },
+            other => other.clone(),
+        };
+        Self {
+            body: Bytes::copy_from_slice(&self.body),
+            content_type,
+            ..*self
+        }
+    }
 }
 
 /// A stored `content-type`: the usual value costs nothing.
@@ -183,6 +204,17 @@ impl CacheKey {
     pub fn raw(self) -> u128 {
         self.0
     }
+
+    /// The key with these bits (tests).
+    #[cfg(test)]
+    pub(super) fn from_raw(bits: u128) -> Self {
+        Self(bits)
+    }
+
+    /// The id's hash (the high half): its stripe and its shard.
+    fn id_hash(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
 }
 
 /// moka's hasher for [`CacheKey`]: the key's bits are the hash.
@@ -271,6 +303,13 @@ pub struct UserCache {
     shards: Box<[Shard]>,
     /// Per-stripe write generations.
     gens: Box<[AtomicU64]>,
+    /// Per-stripe versions, bumped when an entry is replaced or dropped
+    /// under the same key (the per-thread fronts check them).
+    versions: Box<[AtomicU64]>,
+    /// This cache's number, naming its entries in the per-thread fronts.
+    id: u64,
+    /// Entries per thread front (0: no front, for small caches).
+    front: usize,
     /// Bumped by a full purge.
     epoch: AtomicU64,
     /// Hashes an id (its stripe, and the key's high half).
@@ -296,8 +335,15 @@ impl UserCache {
     /// A cache holding at most `max_entries` users.
     pub fn new(max_entries: u64) -> Self {
         let grace_secs = Arc::new(AtomicU64::new(0));
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let n = shard_count(max_entries);
         let per_shard = max_entries.div_ceil(n as u64);
+        // Small caches keep an exact bound: no copies outside moka.
+        let front = if max_entries < MIN_SHARD_ENTRIES {
+            0
+        } else {
+            (max_entries as usize).next_power_of_two().min(front::SLOTS)
+        };
         Self {
             shards: (0..n)
                 .map(|_| {
@@ -312,6 +358,9 @@ impl UserCache {
             grace_secs,
             serving: AtomicBool::new(true),
             gens: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            versions: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            front,
             epoch: AtomicU64::new(0),
             id_hasher: RandomState::new(),
             gen_hasher: RandomState::new(),
@@ -322,8 +371,11 @@ impl UserCache {
     /// half; moka hashes the two halves together), so every generation of
     /// an id, and its refresh key, live in one shard.
     fn shard(&self, key: &CacheKey) -> &Shard {
-        let id_hash = (key.0 >> 64) as u64;
-        &self.shards[(id_hash >> 40) as usize & (self.shards.len() - 1)]
+        &self.shards[(key.id_hash() >> 40) as usize & (self.shards.len() - 1)]
+    }
+
+    fn version(&self, key: &CacheKey) -> &AtomicU64 {
+        &self.versions[(key.id_hash() as usize) % STRIPES]
     }
 
     fn stripe(&self, id_hash: u64) -> &AtomicU64 {
@@ -344,8 +396,24 @@ impl UserCache {
 
     /// The stored user under `key`, if any (a plain lookup: allocates
     /// nothing, and its future is small enough to sit in the request's).
+    /// A fresh user in this thread's front is answered from there; one read
+    /// from moka is copied into it.
     pub async fn get(&self, key: &CacheKey) -> Option<CachedUser> {
-        self.shard(key).get(key).await
+        if self.front == 0 {
+            return self.shard(key).get(key).await;
+        }
+        // Read before moka: a replacement bumps it after, so a copy taken
+        // across one carries the old version and is dropped at next read.
+        let version = self.version(key).load(Ordering::Acquire);
+        let now = Instant::now();
+        if let Some(u) = front::get(self.id, key, version, now) {
+            return Some(u);
+        }
+        let u = self.shard(key).get(key).await?;
+        if u.is_fresh(now) {
+            front::put(self.id, self.front, *key, version, &u);
+        }
+        Some(u)
     }
 
     /// Looks `key` up; on a miss runs `fetch`, shared by every concurrent
@@ -378,14 +446,18 @@ impl UserCache {
         }
     }
 
-    /// Stores `user` under `key` (a forced refresh).
+    /// Stores `user` under `key` (a forced refresh). Copies of the old
+    /// entry in the per-thread fronts are dropped at their next read.
     pub async fn insert(&self, key: CacheKey, user: CachedUser) {
         self.shard(&key).insert(key, user).await;
+        self.version(&key).fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Drops the entry under `key` (the upstream said the user is gone).
+    /// Drops the entry under `key` (the upstream said the user is gone),
+    /// and its copies in the per-thread fronts.
     pub async fn remove(&self, key: &CacheKey) {
         self.shard(key).invalidate(key).await;
+        self.version(key).fetch_add(1, Ordering::AcqRel);
     }
 
     /// False while entries can not be trusted (the invalidation bus is
@@ -444,6 +516,81 @@ impl UserCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body(b: &'static str) -> CachedUser {
+        CachedUser::new(
+            Bytes::from_static(b.as_bytes()),
+            None,
+            false,
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Reads `key` on a thread of its own (its own front), as a worker would.
+    fn read_on_thread(cache: &Arc<UserCache>, key: CacheKey) -> Option<Bytes> {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async { cache.get(&key).await.map(|u| u.body().clone()) })
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_front_never_outlives_a_replacement_a_removal_or_a_write() {
+        let cache = Arc::new(UserCache::new(100_000));
+        assert!(cache.front > 0);
+        let key = cache.key("u1");
+        cache.insert(key, body("v1")).await;
+        // Read twice here: the second read is a front hit.
+        assert_eq!(cache.get(&key).await.unwrap().body().as_ref(), b"v1");
+        assert_eq!(cache.get(&key).await.unwrap().body().as_ref(), b"v1");
+        // Another thread replaces it under the same key (a forced refresh).
+        let c = cache.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(c.insert(key, body("v2")));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(cache.get(&key).await.unwrap().body().as_ref(), b"v2");
+        assert_eq!(read_on_thread(&cache, key).as_deref(), Some(&b"v2"[..]));
+        // Dropped under the same key (the user is gone upstream).
+        assert!(cache.get(&key).await.is_some());
+        cache.remove(&key).await;
+        assert!(cache.get(&key).await.is_none());
+        // A write: the key changes, and the old copy is never found again.
+        let key = cache.key("u1");
+        cache.insert(key, body("v3")).await;
+        assert!(cache.get(&key).await.is_some());
+        cache.invalidate("u1").await;
+        assert!(cache.get(&cache.key("u1")).await.is_none());
+        // A purge of everything.
+        let key = cache.key("u1");
+        cache.insert(key, body("v4")).await;
+        assert!(cache.get(&key).await.is_some());
+        cache.invalidate_all();
+        assert!(cache.get(&cache.key("u1")).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn small_caches_have_no_front() {
+        let cache = UserCache::new(10);
+        assert_eq!(cache.front, 0);
+        let key = cache.key("u1");
+        cache.insert(key, body("v1")).await;
+        assert!(cache.get(&key).await.is_some());
+        cache.shards[0].invalidate(&key).await;
+        assert!(
+            cache.get(&key).await.is_none(),
+            "moka's answer, with no copy"
+        );
+    }
 
     #[test]
     fn small_caches_keep_one_shard_and_large_ones_split() {
