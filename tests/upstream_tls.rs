@@ -250,8 +250,11 @@ async fn ca_file_makes_a_private_upstream_trusted_and_h2_is_used_when_offered() 
     let upstream = TlsUpstream::start(&leaf, &["h2", "http/1.1"]).await;
     // One worker, so one upstream pool: each worker has its own, and the
     // client's two connections could land on two workers.
-    let toml = gateway_toml(&upstream.base_url(), Some(&pki.ca_path))
-        .replacen("[server]\n", "[server]\nworkers = 1\n", 1);
+    let toml = gateway_toml(&upstream.base_url(), Some(&pki.ca_path)).replacen(
+        "[server]\n",
+        "[server]\nworkers = 1\n",
+        1,
+    );
     assert!(toml.contains("workers = 1"), "{toml}");
     let gw = start_gateway(&toml).await;
 
