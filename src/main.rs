@@ -14,6 +14,12 @@ use openai_admin_gateway::{check_files, Config, Reloader, Server};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: the forwarded path allocates per request (hyper's read
+/// buffers, header maps, bodies), and glibc malloc spent about a fifth of
+/// the pass-through CPU time on it (`benches/README.md`, profiles).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Configuration problems (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
 /// Could not start (bind failed, bad certificate): EX_UNAVAILABLE.

@@ -188,8 +188,8 @@ def main(src, dst, scaling=None):
             f"- Pinning (`taskset`): the server under test runs on CPU {pin['server_cpus']}; wrk and the fake "
             f"upstream that the proxies talk to run on CPU {pin['client_cpus']}. With only {m['nproc']} cores this "
             "gives every server the same single core and keeps the load generator from competing with it. "
-            f"The gateway's tokio runtime and the ceiling size themselves to the CPUs they may use ({pin['server_ncpu']} "
-            f"worker), nginx gets `worker_processes {pin['server_ncpu']}`. For the *upstream direct* rows "
+            f"The gateway (`server.workers`, thread-per-core) and the ceiling size themselves to the CPUs they may "
+            f"use ({pin['server_ncpu']} worker), nginx gets `worker_processes {pin['server_ncpu']}`. For the *upstream direct* rows "
             "a second upstream instance runs on the server core."
         )
     else:
