@@ -957,6 +957,8 @@ class Bench:
         res = {}
         plan = (("hit_10k", "gateway", "spread", "/"), ("hit_10k", "ceiling", "spread", "/"),
                 ("miss", "gateway", "seq", "/"),
+                ("pass_get", "gateway", "static", LIST_PATH),
+                ("pass_get", "nginx", "static", LIST_PATH),
                 ("pass_post", "gateway", "post", "/v1/organization/invites"),
                 ("pass_post", "nginx", "post", "/v1/organization/invites"))
         for scen, target, script, path in plan:
