@@ -37,6 +37,10 @@ use openai_admin_gateway::metrics::Metrics;
 use openai_admin_gateway::proxy::Gateway;
 use openai_admin_gateway::secret::digest;
 
+/// The server's allocator, so the figures are the server's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const IDS: usize = 10_000;
 const CLIENT_KEY: &str = "sk-bench-client";
 const ADMIN_KEY: &str = "sk-admin-bench";
