@@ -125,13 +125,6 @@ impl Prepared {
         }
     }
 
-    fn halves(half: usize) -> Self {
-        let mut p = Self::new(1, 0);
-        let n = IDS / 2;
-        p.uris = p.uris[half * n..(half + 1) * n].to_vec();
-        p
-    }
-
     fn request(&self, i: usize) -> Request<Empty<Bytes>> {
         let mut req = Request::new(Empty::new());
         *req.method_mut() = Method::GET;
@@ -166,12 +159,7 @@ fn run(gw: &Gateway, threads: usize, secs: f64) -> f64 {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                let prepared = if std::env::var_os("SCALING_DISJOINT").is_some() {
-                    // Experiment: each thread reads its own half of the users.
-                    Prepared::halves(t)
-                } else {
-                    Prepared::new(7919, t * 5003)
-                };
+                let prepared = Prepared::new(7919, t * 5003);
                 start.wait();
                 rt.block_on(async {
                     let (mut n, mut misses) = (0usize, 0usize);
