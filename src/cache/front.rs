@@ -4,8 +4,8 @@
 //! Why: every moka lookup writes lines that every core writes (its read
 //! log, its entry's access time and count, and, every few dozen reads, its
 //! book-keeping deques), so a shared cache cannot scale past what its
-//! lookups allow (`cargo bench --bench scaling -- --moka-alone`: about
-//! 1.45× from 1 to 2 threads). The front is a small direct-mapped table per
+//! lookups allow (`cargo bench --bench scaling -- --moka-alone`: 1.3×
+//! to 1.45× from 1 to 2 threads). The front is a small direct-mapped table per
 //! thread of recently read users, each with its own copy of the body, so a
 //! front hit writes only memory its thread owns.
 //!

@@ -416,6 +416,12 @@ impl UserCache {
         Some(u)
     }
 
+    /// The lookup in moka itself, without this thread's front (the
+    /// scaling bench measures the two apart).
+    pub async fn get_shared(&self, key: &CacheKey) -> Option<CachedUser> {
+        self.shard(key).get(key).await
+    }
+
     /// Looks `key` up; on a miss runs `fetch`, shared by every concurrent
     /// request for the same key, and stores its `Ok` value.
     pub async fn get_or_fetch<F, E>(&self, key: CacheKey, fetch: F) -> Lookup<E>
