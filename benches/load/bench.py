@@ -357,8 +357,9 @@ def component(kind, sym):
         while s.startswith(pre):
             s = s[len(pre):]
     if re.match(r"(__)?(libc_)?(malloc|free|cfree|realloc|calloc)|_int_(malloc|free|realloc)|malloc_|tcache|"
-                r"unlink_chunk|alloc_perturb|__rust_(alloc|dealloc|realloc)", s):
-        return "allocator (glibc malloc/free)"
+                r"unlink_chunk|alloc_perturb|__rust_(alloc|dealloc|realloc)|_?mi_", s):
+        # glibc's malloc for nginx, mimalloc (mi_*) for the gateway.
+        return "allocator (malloc/free)"
     if re.match(r"__(mem|str)\w+|mem(cpy|move|set|cmp)", s):
         return "memcpy/memmove/memset"
     if s.startswith("ngx_"):

@@ -20,7 +20,9 @@
 //!   moka, as before; and nothing is served while the cache is not
 //!   serving (the route checks before the lookup);
 //! - it holds only what a moka lookup returned, so single flight and one
-//!   upstream call per user per TTL are unchanged.
+//!   upstream call per user per TTL are unchanged. (An entry moka dropped
+//!   for room may still be answered from a front until its TTL ends: it is
+//!   no older than the TTL allows.)
 //!
 //! Bounded: [`SLOTS`] entries per thread at most (fewer for a small cache),
 //! each a user's body copy plus about 100 bytes. Front hits do not reach
