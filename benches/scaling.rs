@@ -147,46 +147,63 @@ async fn one(gw: &Gateway, req: Request<Empty<Bytes>>) -> bool {
     hit
 }
 
-/// Runs `threads` threads for `secs`; total requests per second.
-fn run(gw: &Gateway, threads: usize, secs: f64) -> f64 {
+/// Runs `work` on `threads` threads, each on a current-thread runtime of
+/// its own, for `secs`; total operations per second. `work(t, stop)` is
+/// thread `t`'s loop: it runs until `stop` and returns how many it did.
+fn timed<W, F>(threads: usize, secs: f64, work: W) -> f64
+where
+    W: Fn(usize, Arc<AtomicBool>) -> F + Sync,
+    F: std::future::Future<Output = usize>,
+{
     let stop = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (gw, stop, start) = (gw.clone(), stop.clone(), start.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                let prepared = Prepared::new(7919, t * 5003);
-                start.wait();
-                rt.block_on(async {
-                    let (mut n, mut misses) = (0usize, 0usize);
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..64 {
-                            if !one(&gw, prepared.request(n)).await {
-                                misses += 1;
-                            }
-                            n += 1;
-                        }
-                    }
-                    (n, misses)
+    let start = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (work, stop, start) = (&work, stop.clone(), &start);
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    start.wait();
+                    rt.block_on(work(t, stop))
                 })
             })
-        })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        let n: usize = handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .sum();
+        n as f64 / t0.elapsed().as_secs_f64()
+    })
+}
+
+/// The whole hit path on `threads` threads for `secs`; requests per second.
+fn run(gw: &Gateway, threads: usize, secs: f64) -> f64 {
+    let prepared: Vec<Prepared> = (0..threads)
+        .map(|t| Prepared::new(7919, t * 5003))
         .collect();
-    start.wait();
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for h in handles {
-        let (n, misses) = h.join().expect("bench thread");
-        assert_eq!(misses, 0, "every answer must be a 200 hit");
-        total += n;
-    }
-    total as f64 / t0.elapsed().as_secs_f64()
+    timed(threads, secs, |t, stop| {
+        let prepared = &prepared[t];
+        async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    assert!(
+                        one(gw, prepared.request(n)).await,
+                        "every answer must be a 200 hit"
+                    );
+                    n += 1;
+                }
+            }
+            n
+        }
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -331,7 +348,7 @@ fn main() {
 /// moka on every hit could scale.
 fn moka_alone(secs: f64, repeats: usize) {
     use openai_admin_gateway::cache::{CachedUser, UserCache};
-    let cache = Arc::new(UserCache::new(100_000));
+    let cache = UserCache::new(100_000);
     let ids: Vec<String> = (0..IDS).map(|i| format!("user_{i:08}")).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -343,35 +360,22 @@ fn moka_alone(secs: f64, repeats: usize) {
             cache.insert(cache.key(id), u).await;
         }
     });
-    let keys: Arc<Vec<_>> = Arc::new(ids.iter().map(|id| cache.key(id)).collect());
+    let keys: Vec<_> = ids.iter().map(|id| cache.key(id)).collect();
     let run = |threads: usize| {
-        let stop = Arc::new(AtomicBool::new(false));
-        let hs: Vec<_> = (0..threads)
-            .map(|t| {
-                let (cache, keys, stop) = (cache.clone(), keys.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .build()
-                        .expect("runtime");
-                    rt.block_on(async {
-                        let (mut n, mut i) = (0usize, t * 5003);
-                        while !stop.load(Ordering::Relaxed) {
-                            for _ in 0..64 {
-                                i = (i + 7919) % IDS;
-                                assert!(cache.get_shared(&keys[i]).await.is_some());
-                                n += 1;
-                            }
-                        }
-                        n
-                    })
-                })
-            })
-            .collect();
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.store(true, Ordering::Relaxed);
-        let n: usize = hs.into_iter().map(|h| h.join().expect("thread")).sum();
-        n as f64 / t0.elapsed().as_secs_f64()
+        timed(threads, secs, |t, stop| {
+            let (cache, keys) = (&cache, &keys);
+            async move {
+                let (mut n, mut i) = (0usize, t * 5003);
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        i = (i + 7919) % IDS;
+                        assert!(cache.get_shared(&keys[i]).await.is_some());
+                        n += 1;
+                    }
+                }
+                n
+            }
+        })
     };
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for r in 0..repeats {
