@@ -138,7 +138,6 @@ fn serve(path: &Path) -> ExitCode {
     };
     let _log_guard = init_logging(config.server.log_format);
     let watch_files = config.server.watch_files;
-    let files = watch::watched_files(&config);
     // The workers serve clients on runtimes of their own (`server.workers`);
     // this one runs the admin listener, reloads, signals, the file watch,
     // the Redis bus and the writes whose clients left, so one thread is enough.
@@ -174,7 +173,7 @@ fn serve(path: &Path) -> ExitCode {
         info!(admin = %server.admin_addr(), "admin listener ready");
         tokio::spawn(reload_on_sighup(path.to_path_buf(), server.reloader(), hup));
         // Kept alive until the server stops: dropping it stops the watch.
-        let _watch = match watch_files.then(|| watch::spawn(path, &files, server.reloader())) {
+        let _watch = match watch_files.then(|| watch::spawn(path, server.reloader())) {
             Some(Err(e)) => {
                 error!(cause = %e, "cannot watch the config files; reload with SIGHUP");
                 None

@@ -24,18 +24,59 @@ pub struct AdminKey {
     header: HeaderValue,
 }
 
+/// Why configured key bytes can not be an admin key. Never holds the key
+/// or any byte of it: only what is wrong and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    /// Nothing but ASCII white space.
+    #[error("the admin key is empty")]
+    Empty,
+    /// UTF-8's byte-order mark (`EF BB BF`), which some editors save first.
+    #[error("the admin key starts with a byte-order mark (EF BB BF); save it without one")]
+    ByteOrderMark,
+    /// A byte outside ASCII, at this offset of the trimmed key.
+    #[error("the admin key holds a non-ASCII byte at offset {0}; keys are visible ASCII")]
+    NonAscii(usize),
+    /// A control character or an inner space, at this offset.
+    #[error(
+        "the admin key holds a control character or space at offset {0}; keys are visible ASCII"
+    )]
+    Control(usize),
+}
+
 impl AdminKey {
-    /// Wraps a key; `None` when it is empty or cannot be a header value.
+    /// Wraps a key; `None` when it is not a usable key (see [`AdminKey::from_bytes`]).
     pub fn new(key: &str) -> Option<Self> {
-        if key.is_empty() {
-            return None;
+        Self::from_bytes(key.as_bytes()).ok()
+    }
+
+    /// The key in `raw` (an environment variable's or a file's bytes) after
+    /// trimming ASCII white space. Every byte left must be visible ASCII
+    /// (`!` to `~`), as every API key is: a byte-order mark, any other
+    /// non-ASCII byte or a control character is refused, so a key file
+    /// saved by the wrong editor is a config problem, not an upstream 401
+    /// on every request.
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, KeyProblem> {
+        let key = raw.trim_ascii();
+        if key.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            return Err(KeyProblem::ByteOrderMark);
         }
-        let mut header = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+        if key.is_empty() {
+            return Err(KeyProblem::Empty);
+        }
+        if let Some((at, b)) = key.iter().enumerate().find(|(_, b)| !b.is_ascii_graphic()) {
+            return Err(if b.is_ascii() {
+                KeyProblem::Control(at)
+            } else {
+                KeyProblem::NonAscii(at)
+            });
+        }
+        // Every byte is visible ASCII, so both conversions hold.
+        let key = String::from_utf8_lossy(key).into_owned();
+        let mut header =
+            HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| KeyProblem::Control(0))?;
         header.set_sensitive(true);
-        Some(Self {
-            key: key.to_string(),
-            header,
-        })
+        Ok(Self { key, header })
     }
 
     /// The `Authorization` value to send upstream.
@@ -110,5 +151,32 @@ mod tests {
         assert!(!format!("{:?}", k.header()).contains("sk-admin-xyz"));
         assert!(AdminKey::new("").is_none());
         assert!(AdminKey::new("bad\nkey").is_none());
+    }
+
+    #[test]
+    fn key_bytes_must_be_visible_ascii_after_trimming() {
+        let ok = AdminKey::from_bytes(b"  sk-admin-abc\r\n").unwrap();
+        assert_eq!(ok.expose(), "sk-admin-abc");
+        let cases: &[(&[u8], KeyProblem)] = &[
+            (b"\xEF\xBB\xBFsk-admin-abc\n", KeyProblem::ByteOrderMark),
+            (b" \t\r\n", KeyProblem::Empty),
+            (b"", KeyProblem::Empty),
+            (b"sk-admin-\xC3\xA9", KeyProblem::NonAscii(9)),
+            (b"sk-\xE2\x80\x8Badmin", KeyProblem::NonAscii(3)),
+            (b"sk-admin\x00abc", KeyProblem::Control(8)),
+            (b"sk admin", KeyProblem::Control(2)),
+            (b"sk-admin\x7F", KeyProblem::Control(8)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(AdminKey::from_bytes(raw).err(), Some(*want), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn key_problems_never_show_the_key() {
+        let e = AdminKey::from_bytes(b"\xEF\xBB\xBFsk-admin-secret").unwrap_err();
+        assert!(!e.to_string().contains("secret"));
+        let e = AdminKey::from_bytes(b"sk-admin-secret\x01").unwrap_err();
+        assert!(!e.to_string().contains("secret"));
     }
 }

@@ -210,6 +210,73 @@ fn check_config_prints_unknown_keys_in_every_section_with_the_other_problems() {
     assert_eq!(problems.len(), 3, "{}", text(&out));
 }
 
+/// A config whose admin key comes from `key_file`.
+fn key_file_config(dir: &TempDir, key_file: &std::path::Path) -> String {
+    let line = format!("admin_key_env = {ADMIN_KEY_ENV:?}");
+    let file_line = format!("admin_key_file = {:?}", key_file.to_str().expect("utf-8"));
+    let toml = config_toml("http://127.0.0.1:9/v1", "").replace(&line, &file_line);
+    config_file(dir, &toml)
+}
+
+#[test]
+fn a_key_file_with_a_byte_order_mark_is_a_problem_for_check_config_and_serve() {
+    let dir = TempDir::new("check-bom");
+    let key_file = dir.path().join("admin-key");
+    let mut bytes = vec![0xEF, 0xBB, 0xBF];
+    bytes.extend_from_slice(format!("{ADMIN_KEY}\n").as_bytes());
+    std::fs::write(&key_file, bytes).expect("write key file");
+    let path = key_file_config(&dir, &key_file);
+    for args in [
+        &["check-config", "--config", &path][..],
+        &["--config", &path],
+    ] {
+        let out = run_cli(args, &[], "");
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        let all = text(&out);
+        assert!(
+            all.lines()
+                .any(|l| l.contains("upstream.admin_key_file") && l.contains("byte-order mark")),
+            "{args:?}: the source and the problem are named:\n{all}"
+        );
+        assert!(
+            !all.contains(ADMIN_KEY),
+            "{args:?}: the key was printed:\n{all}"
+        );
+    }
+}
+
+#[test]
+fn an_admin_key_with_a_byte_no_api_key_has_is_a_problem_naming_its_variable() {
+    let dir = TempDir::new("check-key-bytes");
+    let path = config_file(&dir, &config_toml("http://127.0.0.1:9/v1", ""));
+    for (value, problem) in [
+        (format!("{ADMIN_KEY}\u{200B}"), "non-ASCII"),
+        (format!("sk-admin\u{7}{ADMIN_KEY}"), "control character"),
+        (format!("\u{FEFF}{ADMIN_KEY}"), "byte-order mark"),
+    ] {
+        let out = run_cli(
+            &["check-config", "--config", &path],
+            &[(ADMIN_KEY_ENV, &value)],
+            "",
+        );
+        assert!(!out.status.success(), "{problem}: {}", text(&out));
+        let all = text(&out);
+        assert!(
+            all.contains(&format!("upstream.admin_key_env ({ADMIN_KEY_ENV})"))
+                && all.contains(problem),
+            "{problem} not named with its source:\n{all}"
+        );
+        assert!(!all.contains(ADMIN_KEY), "the key was printed:\n{all}");
+    }
+    // Surrounding ASCII white space is trimmed, as before.
+    let out = run_cli(
+        &["check-config", "--config", &path],
+        &[(ADMIN_KEY_ENV, &format!(" {ADMIN_KEY}\r\n"))],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[test]
 fn serving_with_an_invalid_config_fails_fast() {
     let dir = TempDir::new("serve-bad");

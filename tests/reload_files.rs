@@ -293,3 +293,130 @@ async fn ten_writes_in_100_ms_are_one_or_two_reloads() {
     assert!((1.0..=2.0).contains(&ok), "{ok} reloads");
     assert_eq!(error, 0.0, "a half-written file was read");
 }
+
+/// `config` with the admin key read from `key_file` instead of the environment.
+fn with_key_file(config: &str, key_file: &Path) -> String {
+    let toml = config.replace(
+        &format!("admin_key_env = {:?}", ADMIN_KEY_ENV),
+        &format!("admin_key_file = {:?}", key_file.to_str().expect("utf-8")),
+    );
+    assert!(toml.contains("admin_key_file"), "{toml}");
+    toml
+}
+
+/// Polls the reload counter until it reaches `want` (5 s at most).
+async fn wait_reloads(run: &Running, result: &str, want: f64) {
+    let start = Instant::now();
+    while run.reloads(result).await < want && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        run.reloads(result).await,
+        want,
+        "reloads{{result={result}}}:\n{}",
+        run.metrics().await
+    );
+}
+
+/// The admin key that reached the upstream with a fresh probe request.
+async fn key_seen_upstream(run: &Running, upstream: &Upstream, probe: &str) -> String {
+    let _ = req(Method::GET, &run.url(probe))
+        .bearer(CLIENT_KEY)
+        .send()
+        .await;
+    let seen = upstream.last_request(probe);
+    String::from_utf8_lossy(seen.headers["authorization"].as_bytes()).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_moved_to_another_directory_is_watched_there() {
+    let upstream = start_upstream().await;
+    let conf = TempDir::new("moved-key-config");
+    let old_dir = TempDir::new("moved-key-old");
+    let new_dir = TempDir::new("moved-key-new");
+    let old_key = old_dir.write("admin-key", &format!("{ADMIN_KEY}\n"));
+    let new_key = new_dir.write("admin-key", &format!("{ADMIN_KEY}\n"));
+    let mut cfg = GatewayConfig::new(&upstream.base_url());
+    let (addr, admin) = cfg.free_ports();
+    cfg.watch_files = true;
+    let path = conf.write("gateway.toml", &with_key_file(&cfg.toml(), &old_key));
+    let mut run = start(&path, addr, admin).await;
+
+    // The reload that moves the key file is applied (same key, new place)...
+    save(&path, &with_key_file(&cfg.toml(), &new_key));
+    wait_reloads(&run, "ok", 1.0).await;
+    // ...and the watch follows it: rotating the key in the new directory
+    // reaches the upstream with no signal.
+    let new_dir_text = new_dir.path().display().to_string();
+    run.gw
+        .wait_for_line(5, "the watch to name the new directory", |l| {
+            l.contains("file watch follows the configuration") && l.contains(&new_dir_text)
+        })
+        .await;
+    let tmp = new_dir.path().join("admin-key.tmp");
+    std::fs::write(&tmp, format!("{ROTATED_KEY}\n")).expect("write");
+    std::fs::rename(&tmp, &new_key).expect("rename");
+    wait_reloads(&run, "ok", 2.0).await;
+    let seen = key_seen_upstream(&run, &upstream, "/v1/echo/after-move").await;
+    assert_eq!(seen, format!("Bearer {ROTATED_KEY}"));
+
+    let status = run.gw.terminate(30);
+    let log = run.gw.stderr_text();
+    assert!(status.success(), "{status}\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("file watch follows the configuration"))
+        .unwrap_or_else(|| panic!("no line names the watch change:\n{log}"));
+    assert!(
+        line.contains(&old_dir.path().display().to_string()),
+        "the dropped directory is named: {line}"
+    );
+    for secret in [ROTATED_KEY, ADMIN_KEY] {
+        assert!(!log.contains(secret), "a key reached the log:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_saved_with_a_byte_order_mark_is_refused_and_the_running_key_stays() {
+    let upstream = start_upstream().await;
+    let conf = TempDir::new("bom-key-config");
+    let secrets = TempDir::new("bom-key");
+    let key_file = secrets.write("admin-key", &format!("{ADMIN_KEY}\n"));
+    let mut cfg = GatewayConfig::new(&upstream.base_url());
+    let (addr, admin) = cfg.free_ports();
+    cfg.watch_files = true;
+    let path = conf.write("gateway.toml", &with_key_file(&cfg.toml(), &key_file));
+    let mut run = start(&path, addr, admin).await;
+
+    let tmp = secrets.path().join("admin-key.tmp");
+    let mut bytes = vec![0xEF, 0xBB, 0xBF];
+    bytes.extend_from_slice(format!("{ROTATED_KEY}\n").as_bytes());
+    std::fs::write(&tmp, &bytes).expect("write");
+    std::fs::rename(&tmp, &key_file).expect("rename");
+    wait_reloads(&run, "error", 1.0).await;
+    assert_eq!(run.reloads("ok").await, 0.0);
+
+    // Requests keep flowing with the key the gateway had.
+    let resp = req(Method::GET, &run.url("/v1/echo/after-bom"))
+        .bearer(CLIENT_KEY)
+        .send()
+        .await;
+    resp.assert_status(200);
+    let seen = upstream.last_request("/v1/echo/after-bom");
+    assert_eq!(
+        seen.headers["authorization"].as_bytes(),
+        format!("Bearer {ADMIN_KEY}").as_bytes()
+    );
+
+    let status = run.gw.terminate(30);
+    let log = run.gw.stderr_text();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("admin_key_file") && l.contains("byte-order mark")),
+        "the log names the key source and the problem:\n{log}"
+    );
+    for secret in [ROTATED_KEY, ADMIN_KEY] {
+        assert!(!log.contains(secret), "a key reached the log:\n{log}");
+    }
+}

@@ -233,13 +233,28 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 // === impl Config ===
 
 impl Config {
+    /// The files this config depends on besides itself (the admin key
+    /// file, the TLS certificate and key): what the file watch follows.
+    pub fn dependent_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.upstream.admin_key_file.iter().cloned().collect();
+        if let Some(tls) = &self.server.tls {
+            files.push(tls.cert.clone());
+            files.push(tls.key.clone());
+        }
+        files
+    }
+
     /// Reads and validates the file at `path`, taking the admin key from the
     /// process environment (or the file the config names).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one(format!("config file {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        Self::parse(&text, base, &|name| std::env::var(name).ok())
+        // A value that is not UTF-8 arrives with U+FFFD in it, which the
+        // admin key check refuses by name (rather than "not set").
+        Self::parse(&text, base, &|name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })
     }
 
     /// Parses and validates a TOML document. Relative file paths in it are

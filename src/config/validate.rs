@@ -254,8 +254,11 @@ impl Validator<'_> {
             }
             (None, Some(file)) => {
                 let file = self.path(file);
-                match std::fs::read_to_string(&file) {
-                    Ok(s) => ("upstream.admin_key_file", s),
+                match std::fs::read(&file) {
+                    Ok(bytes) => (
+                        format!("upstream.admin_key_file ({})", file.display()),
+                        bytes,
+                    ),
                     Err(e) => {
                         self.problem(format!(
                             "upstream.admin_key_file: cannot read {}: {e}",
@@ -268,7 +271,7 @@ impl Validator<'_> {
             (var, None) => {
                 let name = var.unwrap_or_else(|| "OPENAI_ADMIN_KEY".into());
                 match env(&name) {
-                    Some(v) => ("upstream.admin_key_env", v),
+                    Some(v) => (format!("upstream.admin_key_env ({name})"), v.into_bytes()),
                     None => {
                         self.problem(format!(
                             "upstream.admin_key_env: environment variable {name} is not set"
@@ -278,12 +281,10 @@ impl Validator<'_> {
                 }
             }
         };
-        match AdminKey::new(value.trim()) {
-            Some(k) => Some(k),
-            None => {
-                self.problem(format!(
-                    "{key}: the admin key is empty or not a valid header value"
-                ));
+        match AdminKey::from_bytes(&value) {
+            Ok(k) => Some(k),
+            Err(problem) => {
+                self.problem(format!("{key}: {problem}"));
                 None
             }
         }

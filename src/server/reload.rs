@@ -3,8 +3,10 @@
 //! certificate) and names every changed setting that needs a restart.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use tracing::{error, info, warn};
 
@@ -24,6 +26,10 @@ pub struct Reloader {
     initial: Arc<Config>,
     /// Counts reloads.
     metrics: Arc<Metrics>,
+    /// The files the running config depends on (admin key file, TLS
+    /// pair), sent anew on every applied reload so the file watch follows
+    /// a key file that moved.
+    files: Arc<watch::Sender<Vec<PathBuf>>>,
 }
 
 /// What asked for a reload (the `trigger` label).
@@ -61,11 +67,13 @@ impl Reloader {
         initial: Config,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (files, _) = watch::channel(initial.dependent_files());
         Self {
             gateway,
             certs,
             initial: Arc::new(initial),
             metrics,
+            files: Arc::new(files),
         }
     }
 
@@ -87,6 +95,12 @@ impl Reloader {
         }
         self.warn_fixed(&config);
         self.gateway.apply(&config);
+        let files = config.dependent_files();
+        self.files.send_if_modified(|now| {
+            let changed = *now != files;
+            *now = files;
+            changed
+        });
         self.metrics.reload("ok", trigger.as_str());
         info!(
             clients = config.clients.len(),
@@ -95,6 +109,11 @@ impl Reloader {
             "configuration reloaded"
         );
         Ok(())
+    }
+
+    /// The files the running config depends on, updated on every reload.
+    pub fn dependent_files(&self) -> watch::Receiver<Vec<PathBuf>> {
+        self.files.subscribe()
     }
 
     /// Counts a reload that failed before reaching [`Reloader::reload`]

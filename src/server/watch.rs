@@ -18,15 +18,16 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::reload::{Reloader, Trigger};
-use crate::config::Config;
 
 /// Quiet time after the last event before the reload runs.
 pub const QUIET: Duration = Duration::from_millis(500);
@@ -36,8 +37,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Keeps the watch running; dropping it stops it.
 pub struct FileWatch {
-    /// The inotify watcher.
-    _watcher: RecommendedWatcher,
+    /// The task that owns the watcher and follows the config's files;
+    /// aborted (and with it the watcher dropped) when this is dropped.
+    follow: AbortHandle,
 }
 
 impl std::fmt::Debug for FileWatch {
@@ -46,39 +48,29 @@ impl std::fmt::Debug for FileWatch {
     }
 }
 
-/// The files a config depends on besides itself: the admin key file and
-/// the TLS certificate and key.
-pub fn watched_files(config: &Config) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = config.upstream.admin_key_file.iter().cloned().collect();
-    if let Some(tls) = &config.server.tls {
-        files.push(tls.cert.clone());
-        files.push(tls.key.clone());
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        self.follow.abort();
     }
-    files
 }
 
-/// Watches `config_path` and `files` and reloads through `reloader` when
-/// they change. Needs a Tokio runtime.
-pub fn spawn(
-    config_path: &Path,
-    files: &[PathBuf],
-    reloader: Reloader,
-) -> notify::Result<FileWatch> {
-    let mut all = vec![config_path.to_path_buf()];
-    all.extend(files.iter().cloned());
-    let names: BTreeSet<OsString> = all
-        .iter()
-        .filter_map(|p| p.file_name().map(OsString::from))
-        .collect();
-    let dirs: BTreeSet<PathBuf> = all.iter().map(|p| parent_dir(p)).collect();
-
+/// Watches `config_path` and the files the running config depends on, and
+/// reloads through `reloader` when they change. After every applied
+/// reload the watched directories are recomputed from the new config
+/// (a key file moved to another directory is followed there), and the
+/// log names the directories added and dropped. Needs a Tokio runtime.
+pub fn spawn(config_path: &Path, reloader: Reloader) -> notify::Result<FileWatch> {
+    let mut files = reloader.dependent_files();
+    let names = Arc::new(Mutex::new(BTreeSet::new()));
     let (tx, rx) = mpsc::channel::<Vec<String>>(64);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+    let seen = Arc::clone(&names);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let Ok(event) = event else { return };
         // Reading the files (as every reload does) is not a change.
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
+        let names = seen.lock().unwrap_or_else(|e| e.into_inner());
         let changed: Vec<String> = event
             .paths
             .iter()
@@ -86,20 +78,115 @@ pub fn spawn(
             .filter(|n| names.contains(*n) || n.to_string_lossy().starts_with(".."))
             .map(|n| n.to_string_lossy().into_owned())
             .collect();
+        drop(names);
         if !changed.is_empty() {
             // A full channel means a reload is pending already.
             let _ = tx.try_send(changed);
         }
     })?;
-    for dir in &dirs {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let mut watched = Watched {
+        watcher,
+        config_path: config_path.to_path_buf(),
+        names,
+        dirs: BTreeSet::new(),
+    };
+    let first = files.borrow_and_update().clone();
+    let (added, _) = watched.follow(&first);
+    if let Some(Err(e)) = added.into_iter().find(Result::is_err) {
+        return Err(e);
     }
-    info!(
-        dirs = %dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-        "watching the config files for changes"
-    );
+    info!(dirs = %watched.dirs_text(), "watching the config files for changes");
+    let follow = tokio::spawn(async move {
+        while files.changed().await.is_ok() {
+            let now = files.borrow_and_update().clone();
+            let (added, dropped) = watched.follow(&now);
+            watched.log_change(added, dropped);
+        }
+    });
     tokio::spawn(debounce(rx, config_path.to_path_buf(), reloader));
-    Ok(FileWatch { _watcher: watcher })
+    Ok(FileWatch {
+        follow: follow.abort_handle(),
+    })
+}
+
+/// The directories under watch and the file names that count in them.
+struct Watched {
+    /// The inotify watcher; dropping it ends the events (and so the
+    /// debounce task).
+    watcher: RecommendedWatcher,
+    /// The config file itself, always watched.
+    config_path: PathBuf,
+    /// File names whose events count, shared with the watcher's callback.
+    names: Arc<Mutex<BTreeSet<OsString>>>,
+    /// The directories being watched now.
+    dirs: BTreeSet<PathBuf>,
+}
+
+/// One directory's watch result, for the log.
+type DirResult = notify::Result<PathBuf>;
+
+impl Watched {
+    /// Watches the directories of the config file and `files`, and drops
+    /// the ones no longer needed. Returns what was added (or failed to
+    /// be) and what was dropped.
+    fn follow(&mut self, files: &[PathBuf]) -> (Vec<DirResult>, Vec<PathBuf>) {
+        let mut all = vec![self.config_path.clone()];
+        all.extend(files.iter().cloned());
+        let names = all
+            .iter()
+            .filter_map(|p| p.file_name().map(OsString::from))
+            .collect();
+        *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names;
+        let want: BTreeSet<PathBuf> = all.iter().map(|p| parent_dir(p)).collect();
+        let mut added = Vec::new();
+        for dir in want.difference(&self.dirs).cloned().collect::<Vec<_>>() {
+            // A directory that cannot be watched now is tried again on the
+            // next reload.
+            added.push(
+                self.watcher
+                    .watch(&dir, RecursiveMode::NonRecursive)
+                    .map(|()| dir.clone()),
+            );
+            if matches!(added.last(), Some(Ok(_))) {
+                self.dirs.insert(dir);
+            }
+        }
+        let dropped: Vec<PathBuf> = self.dirs.difference(&want).cloned().collect();
+        for dir in &dropped {
+            let _ = self.watcher.unwatch(dir);
+            self.dirs.remove(dir);
+        }
+        (added, dropped)
+    }
+
+    /// Logs a change of the watched set (nothing when it did not change).
+    fn log_change(&self, added: Vec<DirResult>, dropped: Vec<PathBuf>) {
+        let mut ok = Vec::new();
+        for result in added {
+            match result {
+                Ok(dir) => ok.push(dir.display().to_string()),
+                Err(e) => {
+                    warn!(cause = %e, "cannot watch a directory the config names; reload with SIGHUP")
+                }
+            }
+        }
+        if ok.is_empty() && dropped.is_empty() {
+            return;
+        }
+        let dropped: Vec<String> = dropped.iter().map(|d| d.display().to_string()).collect();
+        info!(
+            added = %ok.join(", "),
+            dropped = %dropped.join(", "),
+            dirs = %self.dirs_text(),
+            "file watch follows the configuration"
+        );
+    }
+
+    /// The watched directories, for the log.
+    fn dirs_text(&self) -> String {
+        let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+        dirs.join(", ")
+    }
 }
 
 /// The directory holding `p` (`.` for a bare file name).
