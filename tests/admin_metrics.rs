@@ -831,8 +831,19 @@ async fn readyz_never_answers_200_once_draining_begins() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Give the server a moment to flip to draining (set right after the listener closes).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server flips to draining right after the listener closes: wait for the first
+    // answer that is not 200.
+    let start = Instant::now();
+    while let Ok(resp) = req(Method::GET, &gw.admin_url("/readyz")).try_send().await {
+        if resp.status.as_u16() != 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/readyz still 200 10s after the listener closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // While the request is still in flight, /readyz is 503 or not reachable at all.
     let mut seen = Vec::new();
     for _ in 0..10 {

@@ -120,6 +120,9 @@ impl Replica {
     }
 }
 
+/// Messages a replica took off the bus (its own are not counted).
+const RECEIVED: &str = "gateway_invalidations_received_total";
+
 fn role(resp: &TestResponse) -> String {
     resp.assert_status(200);
     resp.json()["role"].as_str().unwrap_or_default().to_string()
@@ -145,7 +148,11 @@ async fn a_write_through_one_replica_is_seen_by_the_others() {
     let before = role(&b.get_user().await);
     let new_role = if before == "owner" { "reader" } else { "owner" };
     a.set_role(new_role).await.assert_status(200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The write's eviction reaches each replica over the bus; wait for it
+    // to land rather than for a fixed time (a loaded machine is slower).
+    for r in [&b, &c] {
+        r.wait_metric(RECEIVED, 1.0).await;
+    }
     for r in [&b, &c] {
         let resp = r.get_user().await;
         assert_eq!(role(&resp), new_role, "{}", resp.describe());
@@ -179,7 +186,9 @@ async fn purges_on_one_admin_listener_reach_every_replica() {
     a.admin_delete(&format!("/cache/users/{USER}"))
         .await
         .assert_status(200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for r in [&b, &c] {
+        r.wait_metric(RECEIVED, 1.0).await;
+    }
     for r in [&b, &c] {
         let resp = r.get_user().await;
         assert!(
@@ -190,7 +199,9 @@ async fn purges_on_one_admin_listener_reach_every_replica() {
     }
     prime(&[&a, &b, &c]).await;
     a.admin_delete("/cache").await.assert_status(200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for r in [&b, &c] {
+        r.wait_metric(RECEIVED, 2.0).await;
+    }
     for r in [&b, &c] {
         let resp = r.get_user().await;
         assert!(

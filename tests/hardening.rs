@@ -176,12 +176,12 @@ async fn a_write_whose_client_hangs_up_still_evicts_and_is_logged() {
     );
     let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
     sock.write_all(raw.as_bytes()).await.expect("write");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(sock);
+    // Hang up once the write is at the upstream, before it answers.
     wait_until(5, "the upstream to receive the write", || {
         upstream.count("POST", USER_PATH) == 1
     })
     .await;
+    drop(sock);
 
     // The write task finishes on its own: the audit line arrives once the upstream answers.
     gw.wait_for_line(5, "the audit line of the write", |l| {

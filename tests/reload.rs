@@ -509,7 +509,7 @@ fn sighup_as_soon_as_the_port_answers_does_not_kill_the_gateway() {
         let path = dir.write("gateway.toml", &cfg.toml());
         let mut gw = GatewayProcess::spawn_logged(
             &path,
-            &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "warn")],
+            &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "info")],
         );
         let start = Instant::now();
         loop {
@@ -524,8 +524,23 @@ fn sighup_as_soon_as_the_port_answers_does_not_kill_the_gateway() {
             );
         }
         gw.signal("HUP");
-        std::thread::sleep(Duration::from_millis(200));
-        if let Some(status) = gw.exit_status() {
+        // Either the signal killed it or it logs the reload: wait for whichever comes first.
+        let sent = Instant::now();
+        let died_with = loop {
+            if let Some(status) = gw.exit_status() {
+                break Some(status);
+            }
+            if gw.stderr_text().contains("configuration reloaded") {
+                break None;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "round {round}: neither a reload nor an exit 10s after SIGHUP:\n{}",
+                gw.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if let Some(status) = died_with {
             died.push(format!("round {round}: {status}"));
             continue;
         }

@@ -353,9 +353,9 @@ fn zero_workers_is_a_config_error_naming_the_key() {
     }
 }
 
-/// Sends a user write and hangs up 100 ms later, before the upstream (which applies it at once
-/// and answers after `delay_ms`) has answered.
-async fn write_and_hang_up(addr: SocketAddr, role: &str) {
+/// Sends a user write and hangs up as soon as the upstream has it (its `nth` write), before the
+/// upstream (which applies it at once and answers after `delay_ms`) has answered.
+async fn write_and_hang_up(addr: SocketAddr, role: &str, upstream: &Upstream, nth: usize) {
     let body = format!(r#"{{"role":"{role}"}}"#);
     let raw = format!(
         "POST {USER_PATH} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
@@ -364,7 +364,10 @@ async fn write_and_hang_up(addr: SocketAddr, role: &str) {
     );
     let mut sock = TcpStream::connect(addr).await.expect("connect");
     sock.write_all(raw.as_bytes()).await.expect("write");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until(5, "the upstream to receive the write", || {
+        upstream.count("POST", USER_PATH) == nth
+    })
+    .await;
     drop(sock);
 }
 
@@ -396,7 +399,7 @@ async fn a_write_whose_client_hangs_up_still_evicts_and_outlives_the_drain() {
         "owner"
     };
     upstream.inject("POST", USER_PATH, Fault::new().delay_ms(600).times(1));
-    write_and_hang_up(run.addr, new_role).await;
+    write_and_hang_up(run.addr, new_role, &upstream, 1).await;
     run.gw
         .wait_for_line(5, "the audit line of the write", |l| {
             l.contains("openai_admin_gateway::audit") && l.contains("\"method\":\"POST\"")
@@ -416,11 +419,7 @@ async fn a_write_whose_client_hangs_up_still_evicts_and_outlives_the_drain() {
     // Again, with SIGTERM while the upstream still holds the write: the worker that took it
     // has no connection left and stops at once, and the write still completes before exit.
     upstream.inject("POST", USER_PATH, Fault::new().delay_ms(1500).times(1));
-    write_and_hang_up(run.addr, &old_role).await;
-    wait_until(5, "the upstream to receive the second write", || {
-        upstream.count("POST", USER_PATH) == 2
-    })
-    .await;
+    write_and_hang_up(run.addr, &old_role, &upstream, 2).await;
     let status = run.gw.terminate(30);
     let log = run.gw.stderr_text();
     assert!(status.success(), "{status}\n{log}");
