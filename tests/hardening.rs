@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
 
 use http::Method;
 use serde_json::json;
