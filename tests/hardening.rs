@@ -4,7 +4,6 @@
 
 mod support;
 
-
 use http::Method;
 use serde_json::json;
 use support::process::{GatewayProcess, TempDir};

@@ -7,6 +7,7 @@
 //! instead of stopping at the first one, so `check-config` can print them
 //! together.
 
+pub mod defaults;
 mod raw;
 mod scope;
 #[cfg(test)]

@@ -228,3 +228,107 @@ fn zero_or_absurd_workers_are_a_problem_naming_the_key() {
     let e = parse("[server]\nworkers = -2\n").unwrap_err();
     assert!(e.to_string().contains("workers"), "{e}");
 }
+
+/// The dotted names of a raw struct's fields. The pattern is exhaustive, so
+/// a new field does not compile until it is named here (and so in
+/// `defaults::KEYS`, which the test below compares).
+macro_rules! fields {
+    ($ty:ident, $section:literal, [$($f:ident),* $(,)?]) => {{
+        let raw::$ty { $($f: _),* } = toml::from_str::<raw::$ty>("").expect("all optional");
+        vec![$(concat!($section, ".", stringify!($f))),*]
+    }};
+}
+
+#[test]
+fn defaults_keys_name_every_field_of_the_file() {
+    let mut fields = fields!(
+        RawServer,
+        "server",
+        [
+            listen,
+            admin_listen,
+            path_prefix,
+            shutdown_grace_secs,
+            max_connections,
+            workers,
+            header_read_timeout_ms,
+            idle_timeout_secs,
+            watch_files,
+            log_format,
+            tls_cert,
+            tls_key,
+        ]
+    );
+    fields.extend(fields!(
+        RawUpstream,
+        "upstream",
+        [
+            base_url,
+            admin_key_env,
+            admin_key_file,
+            connect_timeout_ms,
+            timeout_ms,
+            body_idle_timeout_ms,
+            pool_idle_timeout_secs,
+            max_concurrent_requests,
+            max_queued_requests,
+            ca_file,
+        ]
+    ));
+    fields.extend(fields!(
+        RawCache,
+        "cache",
+        [
+            ttl_secs,
+            max_entries,
+            max_body_bytes,
+            stale_if_error_secs,
+            stale_while_revalidate_secs,
+        ]
+    ));
+    fields.extend(fields!(
+        RawRedis,
+        "redis",
+        [url, key_prefix, channel, timeout_ms]
+    ));
+    fields.extend(fields!(
+        RawClient,
+        "clients",
+        [name, key_sha256, rate_limit, allow]
+    ));
+    let mut keys: Vec<&str> = defaults::KEYS.iter().map(|k| k.name).collect();
+    fields.sort_unstable();
+    keys.sort_unstable();
+    assert_eq!(fields, keys, "defaults::KEYS must name every key");
+}
+
+#[test]
+fn stated_defaults_are_the_defaults_the_validator_applies() {
+    const REDIS: &str = "[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n";
+    let mut sections: Vec<(&str, String)> = Vec::new();
+    for key in defaults::KEYS {
+        let (section, name) = key.name.split_once('.').expect("section.key");
+        let defaults::Stated::Value(v) = key.default else {
+            continue;
+        };
+        match sections.iter_mut().find(|(s, _)| *s == section) {
+            Some((_, text)) => text.push_str(&format!("{name} = {v}\n")),
+            None => sections.push((section, format!("{name} = {v}\n"))),
+        }
+    }
+    let mut stated = String::new();
+    for (section, text) in &sections {
+        stated.push_str(&format!("[{section}]\n"));
+        if *section == "redis" {
+            stated.push_str("url = \"redis://127.0.0.1:6379/0\"\n");
+        }
+        stated.push_str(text);
+    }
+    let from_stated = parse(&stated).unwrap_or_else(|e| panic!("{stated}\n{e}"));
+    let from_empty = parse(REDIS).expect("defaults");
+    assert_eq!(
+        format!("{from_stated:?}"),
+        format!("{from_empty:?}"),
+        "{stated}"
+    );
+}

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::defaults as d;
 use super::raw::{OneOrMany, RawCache, RawClient, RawRateLimit, RawRedis, RawServer, RawUpstream};
 use super::Scope;
 use super::{
@@ -74,11 +75,11 @@ impl Validator<'_> {
             tls_cert,
             tls_key,
         } = raw;
-        let listen = self.addr("server.listen", listen, "127.0.0.1:8080");
-        let admin_listen = self.addr("server.admin_listen", admin_listen, "127.0.0.1:9090");
-        let path_prefix = self.prefix(path_prefix.unwrap_or_else(|| "/v1".into()));
-        let grace = shutdown_grace_secs.unwrap_or(30);
-        let max_connections = max_connections.unwrap_or(10_000);
+        let listen = self.addr("server.listen", listen, d::LISTEN);
+        let admin_listen = self.addr("server.admin_listen", admin_listen, d::ADMIN_LISTEN);
+        let path_prefix = self.prefix(path_prefix.unwrap_or_else(|| d::PATH_PREFIX.into()));
+        let grace = shutdown_grace_secs.unwrap_or(d::SHUTDOWN_GRACE_SECS);
+        let max_connections = max_connections.unwrap_or(d::MAX_CONNECTIONS);
         if max_connections == 0 {
             self.problem("server.max_connections: must be greater than 0".into());
         }
@@ -86,10 +87,14 @@ impl Validator<'_> {
         let hrt = self.positive(
             "server.header_read_timeout_ms",
             header_read_timeout_ms,
-            10_000,
+            d::HEADER_READ_TIMEOUT_MS,
         );
-        let idle = self.positive("server.idle_timeout_secs", idle_timeout_secs, 120);
-        let log_format = match log_format.as_deref().unwrap_or("text") {
+        let idle = self.positive(
+            "server.idle_timeout_secs",
+            idle_timeout_secs,
+            d::IDLE_TIMEOUT_SECS,
+        );
+        let log_format = match log_format.as_deref().unwrap_or(d::LOG_FORMAT) {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
@@ -125,7 +130,7 @@ impl Validator<'_> {
             workers,
             header_read_timeout: Duration::from_millis(hrt),
             idle_timeout: Duration::from_secs(idle),
-            watch_files: watch_files.unwrap_or(true),
+            watch_files: watch_files.unwrap_or(d::WATCH_FILES),
             log_format,
             tls,
         })
@@ -177,19 +182,22 @@ impl Validator<'_> {
             max_queued_requests,
             ca_file,
         } = raw;
-        let base_url =
-            self.base_url(base_url.unwrap_or_else(|| "https://api.openai.com/v1".into()));
+        let base_url = self.base_url(base_url.unwrap_or_else(|| d::BASE_URL.into()));
         let key_file = admin_key_file.as_ref().map(|p| self.path(p.clone()));
         let admin_key = self.admin_key(admin_key_env, admin_key_file, env);
-        let connect = self.positive("upstream.connect_timeout_ms", connect_timeout_ms, 5_000);
-        let timeout = self.positive("upstream.timeout_ms", timeout_ms, 60_000);
+        let connect = self.positive(
+            "upstream.connect_timeout_ms",
+            connect_timeout_ms,
+            d::CONNECT_TIMEOUT_MS,
+        );
+        let timeout = self.positive("upstream.timeout_ms", timeout_ms, d::TIMEOUT_MS);
         let body_idle = self.positive(
             "upstream.body_idle_timeout_ms",
             body_idle_timeout_ms,
-            60_000,
+            d::BODY_IDLE_TIMEOUT_MS,
         );
-        let idle = pool_idle_timeout_secs.unwrap_or(90);
-        let max_concurrent = max_concurrent_requests.unwrap_or(256);
+        let idle = pool_idle_timeout_secs.unwrap_or(d::POOL_IDLE_TIMEOUT_SECS);
+        let max_concurrent = max_concurrent_requests.unwrap_or(d::MAX_CONCURRENT_REQUESTS);
         if max_concurrent == 0 {
             self.problem("upstream.max_concurrent_requests: must be greater than 0".into());
         }
@@ -206,7 +214,7 @@ impl Validator<'_> {
             body_idle_timeout: Duration::from_millis(body_idle),
             pool_idle_timeout: Duration::from_secs(idle),
             max_concurrent_requests: max_concurrent,
-            max_queued_requests: max_queued_requests.unwrap_or(1024),
+            max_queued_requests: max_queued_requests.unwrap_or(d::MAX_QUEUED_REQUESTS),
             ca_file,
             // Set from server.workers by Config::parse.
             pools: 1,
@@ -269,7 +277,7 @@ impl Validator<'_> {
                 }
             }
             (var, None) => {
-                let name = var.unwrap_or_else(|| "OPENAI_ADMIN_KEY".into());
+                let name = var.unwrap_or_else(|| d::ADMIN_KEY_ENV.into());
                 match env(&name) {
                     Some(v) => (format!("upstream.admin_key_env ({name})"), v.into_bytes()),
                     None => {
@@ -298,9 +306,9 @@ impl Validator<'_> {
             stale_if_error_secs,
             stale_while_revalidate_secs,
         } = raw;
-        let ttl = self.positive("cache.ttl_secs", ttl_secs, 300);
-        let max_entries = self.positive("cache.max_entries", max_entries, 100_000);
-        let max_body = max_body_bytes.unwrap_or(65_536);
+        let ttl = self.positive("cache.ttl_secs", ttl_secs, d::TTL_SECS);
+        let max_entries = self.positive("cache.max_entries", max_entries, d::MAX_ENTRIES);
+        let max_body = max_body_bytes.unwrap_or(d::MAX_BODY_BYTES);
         if max_body == 0 {
             self.problem("cache.max_body_bytes: must be greater than 0".into());
         }
@@ -308,8 +316,12 @@ impl Validator<'_> {
             ttl: Duration::from_secs(ttl),
             max_entries,
             max_body_bytes: max_body,
-            stale_if_error: Duration::from_secs(stale_if_error_secs.unwrap_or(0)),
-            stale_while_revalidate: Duration::from_secs(stale_while_revalidate_secs.unwrap_or(0)),
+            stale_if_error: Duration::from_secs(
+                stale_if_error_secs.unwrap_or(d::STALE_IF_ERROR_SECS),
+            ),
+            stale_while_revalidate: Duration::from_secs(
+                stale_while_revalidate_secs.unwrap_or(d::STALE_WHILE_REVALIDATE_SECS),
+            ),
         })
     }
 
@@ -320,7 +332,7 @@ impl Validator<'_> {
             channel,
             timeout_ms,
         } = raw;
-        let timeout = self.positive("redis.timeout_ms", timeout_ms, 50);
+        let timeout = self.positive("redis.timeout_ms", timeout_ms, d::REDIS_TIMEOUT_MS);
         let Some(url) = url else {
             self.problem("redis.url: missing (e.g. \"redis://127.0.0.1:6379/0\")".into());
             return None;
@@ -334,8 +346,8 @@ impl Validator<'_> {
         }
         Some(RedisConfig {
             url,
-            key_prefix: key_prefix.unwrap_or_else(|| "openai-admin-gateway:ratelimit:".into()),
-            channel: channel.unwrap_or_else(|| "openai-admin-gateway:invalidations".into()),
+            key_prefix: key_prefix.unwrap_or_else(|| d::REDIS_KEY_PREFIX.into()),
+            channel: channel.unwrap_or_else(|| d::REDIS_CHANNEL.into()),
             timeout: Duration::from_millis(timeout),
         })
     }
