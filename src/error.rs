@@ -6,6 +6,8 @@
 //! official SDKs raise their usual exception classes. Messages are fixed
 //! strings: no internal detail (and never a key) reaches a client.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,8 +19,32 @@ use crate::body::{full, BoxBody, BoxError};
 /// Crate-wide result alias.
 pub type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
+/// Why an upstream exchange or a client body failed, for logs and access
+/// lines (never for a client). Shared, so one failure can be handed to
+/// every waiter of a single flight as a clone.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl<E: Into<BoxError>> From<E> for Cause {
+    fn from(e: E) -> Self {
+        Self(Arc::from(e.into()))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
 /// Everything the gateway can refuse or fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// No `Authorization: Bearer` key, or one no client holds.
     #[error("missing or unknown client key")]
@@ -50,13 +76,13 @@ pub enum GatewayError {
     IncompleteBody,
     /// The client's request body broke (a malformed chunk, a reset).
     #[error("request body broken: {0}")]
-    InvalidBody(#[source] BoxError),
+    InvalidBody(Cause),
     /// The upstream refused the admin key (401, or a 403 naming the key).
     #[error("upstream refused the admin key (status {0})")]
     UpstreamAuthFailed(u16),
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unavailable: {0}")]
-    UpstreamUnavailable(#[source] BoxError),
+    UpstreamUnavailable(Cause),
     /// The upstream sent no response headers in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -65,85 +91,78 @@ pub enum GatewayError {
     UpstreamOverloaded,
 }
 
+/// What a client is told about one kind of error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Described {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// OpenAI's error `type`.
+    pub ty: &'static str,
+    /// OpenAI's error `code`.
+    pub code: &'static str,
+    /// The fixed message: no internals, never a key.
+    pub message: &'static str,
+}
+
+const fn row(
+    status: u16,
+    ty: &'static str,
+    code: &'static str,
+    message: &'static str,
+) -> Described {
+    let status = match StatusCode::from_u16(status) {
+        Ok(s) => s,
+        Err(_) => panic!("a row names an invalid status"),
+    };
+    Described {
+        status,
+        ty,
+        code,
+        message,
+    }
+}
+
+const CLIENT: &str = "invalid_request_error";
+const GATEWAY: &str = "gateway_error";
+
 // === impl GatewayError ===
 
 impl GatewayError {
+    /// Everything the client is told about this error: one row per
+    /// variant, the only place that decides status, `type`, `code` and
+    /// message.
+    pub fn describe(&self) -> Described {
+        match self {
+            Self::Unauthorized => row(401, CLIENT, "invalid_api_key", "Missing or incorrect API key provided for this gateway. Use a key issued by the gateway operator as the Bearer token."),
+            Self::NotFound => row(404, CLIENT, "not_found", "Unknown path: requests must start with the gateway's path prefix."),
+            Self::InvalidPath => row(400, CLIENT, "invalid_path", "Invalid path: '\\', '%5C', '%2F', empty segments ('//'), '.' and '..' segments (raw or encoded), control characters and broken percent-escapes are not allowed."),
+            Self::MethodNotAllowed => row(405, CLIENT, "method_not_allowed", "This method is not allowed through the gateway."),
+            Self::InvalidUserId => row(400, CLIENT, "invalid_user_id", "Invalid user id: at most 256 bytes."),
+            Self::RateLimited { .. } => row(429, "requests", "rate_limit_exceeded", "Rate limit reached for this gateway key. Retry after the time given in the retry-after header."),
+            Self::Forbidden => row(403, CLIENT, "insufficient_scope", "This gateway key is not allowed to call this method and path."),
+            Self::IncompleteBody => row(400, CLIENT, "incomplete_body", "The request body ended before its declared content-length."),
+            Self::InvalidBody(_) => row(400, CLIENT, "invalid_body", "The request body could not be read (malformed or cut off by the client)."),
+            Self::UpstreamAuthFailed(_) => row(502, GATEWAY, "upstream_auth_failed", "The OpenAI API refused the gateway's admin key. This is a gateway configuration problem, not a problem with your key: tell the gateway operator."),
+            Self::UpstreamUnavailable(_) => row(502, GATEWAY, "upstream_unavailable", "The gateway could not get a response from the OpenAI API."),
+            Self::UpstreamTimeout => row(504, GATEWAY, "upstream_timeout", "The OpenAI API did not respond in time."),
+            Self::UpstreamOverloaded => row(503, GATEWAY, "upstream_overloaded", "The gateway is at its limit of concurrent upstream requests; retry shortly."),
+        }
+    }
+
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::InvalidPath
-            | Self::InvalidUserId
-            | Self::IncompleteBody
-            | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamAuthFailed(_) => StatusCode::BAD_GATEWAY,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::UpstreamOverloaded => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        self.describe().status
     }
 
     /// OpenAI's error `type` and `code` for this error.
     pub fn kind(&self) -> (&'static str, &'static str) {
-        match self {
-            Self::Unauthorized => ("invalid_request_error", "invalid_api_key"),
-            Self::NotFound => ("invalid_request_error", "not_found"),
-            Self::InvalidPath => ("invalid_request_error", "invalid_path"),
-            Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
-            Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
-            Self::UpstreamAuthFailed(_) => ("gateway_error", "upstream_auth_failed"),
-            Self::InvalidUserId => ("invalid_request_error", "invalid_user_id"),
-            Self::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
-            Self::Forbidden => ("invalid_request_error", "insufficient_scope"),
-            Self::IncompleteBody => ("invalid_request_error", "incomplete_body"),
-            Self::UpstreamUnavailable(_) => ("gateway_error", "upstream_unavailable"),
-            Self::UpstreamTimeout => ("gateway_error", "upstream_timeout"),
-            Self::UpstreamOverloaded => ("gateway_error", "upstream_overloaded"),
-        }
+        let d = self.describe();
+        (d.ty, d.code)
     }
 
     /// The message shown to the client: fixed text, no internals.
     pub fn public_message(&self) -> &'static str {
-        match self {
-            Self::Unauthorized => "Missing or incorrect API key provided for this gateway. Use a key issued by the gateway operator as the Bearer token.",
-            Self::NotFound => "Unknown path: requests must start with the gateway's path prefix.",
-            Self::InvalidPath => "Invalid path: '\\', '%5C', '%2F', empty segments ('//'), '.' and '..' segments (raw or encoded), control characters and broken percent-escapes are not allowed.",
-            Self::MethodNotAllowed => "This method is not allowed through the gateway.",
-            Self::InvalidBody(_) => "The request body could not be read (malformed or cut off by the client).",
-            Self::UpstreamAuthFailed(_) => "The OpenAI API refused the gateway's admin key. This is a gateway configuration problem, not a problem with your key: tell the gateway operator.",
-            Self::InvalidUserId => "Invalid user id: at most 256 bytes.",
-            Self::RateLimited { .. } => "Rate limit reached for this gateway key. Retry after the time given in the retry-after header.",
-            Self::Forbidden => "This gateway key is not allowed to call this method and path.",
-            Self::IncompleteBody => "The request body ended before its declared content-length.",
-            Self::UpstreamUnavailable(_) => "The gateway could not get a response from the OpenAI API.",
-            Self::UpstreamTimeout => "The OpenAI API did not respond in time.",
-            Self::UpstreamOverloaded => "The gateway is at its limit of concurrent upstream requests; retry shortly.",
-        }
-    }
-
-    /// A copy without the source, for sharing one failure among waiters.
-    pub fn duplicate(&self) -> GatewayError {
-        match self {
-            Self::Unauthorized => Self::Unauthorized,
-            Self::NotFound => Self::NotFound,
-            Self::InvalidPath => Self::InvalidPath,
-            Self::MethodNotAllowed => Self::MethodNotAllowed,
-            Self::InvalidBody(e) => Self::InvalidBody(e.to_string().into()),
-            Self::UpstreamAuthFailed(s) => Self::UpstreamAuthFailed(*s),
-            Self::InvalidUserId => Self::InvalidUserId,
-            Self::RateLimited { retry_after } => Self::RateLimited {
-                retry_after: *retry_after,
-            },
-            Self::Forbidden => Self::Forbidden,
-            Self::IncompleteBody => Self::IncompleteBody,
-            Self::UpstreamUnavailable(e) => Self::UpstreamUnavailable(e.to_string().into()),
-            Self::UpstreamTimeout => Self::UpstreamTimeout,
-            Self::UpstreamOverloaded => Self::UpstreamOverloaded,
-        }
+        self.describe().message
     }
 
     /// The JSON body in OpenAI's error shape.
@@ -278,5 +297,42 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "2");
         assert_eq!(r.headers()["retry-after-ms"], "1200");
         assert_eq!(retry_after_values(Duration::from_millis(10)), (1, 10));
+    }
+
+    #[test]
+    fn a_clone_shares_the_cause_for_every_waiter() {
+        let e = GatewayError::UpstreamUnavailable("connection reset".into());
+        let copy = e.clone();
+        assert_eq!(copy.to_string(), "upstream unavailable: connection reset");
+        assert_eq!(copy.describe(), e.describe());
+    }
+
+    #[test]
+    fn every_code_names_one_kind_of_error() {
+        let all = [
+            GatewayError::Unauthorized,
+            GatewayError::NotFound,
+            GatewayError::InvalidPath,
+            GatewayError::MethodNotAllowed,
+            GatewayError::InvalidUserId,
+            GatewayError::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            GatewayError::Forbidden,
+            GatewayError::IncompleteBody,
+            GatewayError::InvalidBody("x".into()),
+            GatewayError::UpstreamAuthFailed(401),
+            GatewayError::UpstreamUnavailable("x".into()),
+            GatewayError::UpstreamTimeout,
+            GatewayError::UpstreamOverloaded,
+        ];
+        let codes: std::collections::BTreeSet<_> = all.iter().map(|e| e.describe().code).collect();
+        assert_eq!(codes.len(), all.len());
+        for e in &all {
+            let d = e.describe();
+            assert!(!d.message.is_empty());
+            // Who caused it decides the class: the client 4xx, the upstream 5xx.
+            assert_eq!(d.ty == "gateway_error", d.status.is_server_error(), "{e:?}");
+        }
     }
 }

@@ -191,7 +191,7 @@ impl UserRoute {
             Lookup::Failed(failed) => match (&*failed, mine) {
                 (FillFailed::Error(e), _) => {
                     self.metrics.cache_miss();
-                    Err(e.duplicate())
+                    Err(e.clone())
                 }
                 (FillFailed::Answer(_), Some(answer)) => {
                     self.metrics.cache_miss();

@@ -121,7 +121,7 @@ pub async fn response(resp: Response<BoxBody>) -> Result<Response<BoxBody>> {
     let body = match read(body, len, None).await {
         Read::Whole(data, trailers) => whole(data, trailers),
         Read::Partial(data, rest) => prefixed(data, rest),
-        Read::Broken(e) => return Err(GatewayError::UpstreamUnavailable(e)),
+        Read::Broken(e) => return Err(GatewayError::UpstreamUnavailable(e.into())),
     };
     Ok(Response::from_parts(parts, body))
 }

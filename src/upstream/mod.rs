@@ -220,9 +220,9 @@ impl Upstream {
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) if is_client_body_error(&e) => {
-                return Err(GatewayError::InvalidBody(describe(e)))
+                return Err(GatewayError::InvalidBody(describe(e).into()))
             }
-            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(e))),
+            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(e).into())),
             Err(_) => {
                 self.metrics.upstream_timeout("headers");
                 return Err(GatewayError::UpstreamTimeout);
