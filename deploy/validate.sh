@@ -260,15 +260,15 @@ UNIT="$HERE/systemd/openai-admin-gateway.service"
 # the unmodified unit, the host's own units (for default dependencies such as
 # sysinit.target) and the gateway binary at the unit's path.
 SDROOT="$WORK/sdroot"
-mkdir -p "$SDROOT/etc/systemd/system" "$SDROOT/usr/local/bin" "$SDROOT/usr/lib/systemd"
+mkdir -p "$SDROOT/etc/systemd/system" "$SDROOT/usr/bin" "$SDROOT/usr/lib/systemd"
 cp -a /usr/lib/systemd/system "$SDROOT/usr/lib/systemd/"
 cp "$UNIT" "$SDROOT/etc/systemd/system/"
 if [ -n "$BIN" ]; then
-  cp "$BIN" "$SDROOT/usr/local/bin/openai-admin-gateway"
-  SD_NOTE="with $BIN at /usr/local/bin"
+  cp "$BIN" "$SDROOT/usr/bin/openai-admin-gateway"
+  SD_NOTE="with $BIN at /usr/bin"
 else
-  cp /bin/true "$SDROOT/usr/local/bin/openai-admin-gateway"
-  SD_NOTE="binary not built: /bin/true stands in at /usr/local/bin"
+  cp /bin/true "$SDROOT/usr/bin/openai-admin-gateway"
+  SD_NOTE="binary not built: /bin/true stands in at /usr/bin"
 fi
 systemd_verify() {
   local out
@@ -278,7 +278,7 @@ systemd_verify() {
   # verify does not check every Exec*= path (ExecReload=/bin/kill is not checked).
   local p
   while read -r p; do
-    if [ "$p" = /usr/local/bin/openai-admin-gateway ]; then continue; fi
+    if [ "$p" = /usr/bin/openai-admin-gateway ]; then continue; fi
     [ -x "$p" ] || { echo "$p (used in an Exec line) is not executable on this host"; return 1; }
   done < <(grep -E '^Exec[A-Za-z]*=' "$UNIT" | sed -E 's/^[^=]+=[-@:+!]*//' | awk '{print $1}' | sort -u)
   echo "no warnings"
@@ -324,6 +324,90 @@ else
       "$PY" "$HERE/tools/smoke_gateway.py" --bin "$BIN" --config "$HERE/systemd/gateway.toml" \
       --workdir "$WORK/smoke" --metrics-out "$WORK/smoke/metrics.txt" --healthcheck "$HERE/docker/healthcheck.sh"
     if [ -z "$METRICS_FILE" ] && [ -s "$WORK/smoke/metrics.txt" ]; then METRICS_FILE="$WORK/smoke/metrics.txt"; fi
+  fi
+fi
+
+# ------------------------------------------------------------------ Debian package
+say "== Debian package"
+PKG=openai-admin-gateway
+if [ -z "$BIN" ] || [ "$FUNCTIONAL" = 0 ]; then
+  skip "Debian package" "no working binary to package"
+elif ! command -v dpkg >/dev/null; then
+  skip "Debian package" "no dpkg on this machine"
+elif [ "$(id -u)" != 0 ]; then
+  skip "Debian package" "dpkg -i needs root"
+else
+  # cargo-deb takes the binary from target/release/ (Cargo.toml [package.metadata.deb]);
+  # a scratch target dir holds the binary under test there, so the package is built
+  # from exactly the binary the other checks ran.
+  deb_build() {
+    command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet || return 1
+    mkdir -p "$WORK/debtarget/release"
+    cp "$BIN" "$WORK/debtarget/release/$PKG"
+    # cargo deb strips what it builds itself; --no-build takes the binary as it is.
+    strip "$WORK/debtarget/release/$PKG"
+    (cd "$REPO" && CARGO_TARGET_DIR="$WORK/debtarget" cargo deb --no-build --output "$WORK/deb/") || return 1
+    ls "$WORK"/deb/*.deb
+    dpkg-deb --info "$WORK"/deb/*.deb
+    dpkg-deb --contents "$WORK"/deb/*.deb
+  }
+  deb_install() {
+    local deb; deb="$(ls "$WORK"/deb/*.deb)"
+    # A package left by an earlier run would hide what this one installs.
+    dpkg --purge "$PKG" >/dev/null 2>&1 || true
+    dpkg -i "$deb" || return 1
+    getent passwd "$PKG" || { echo "postinst created no system user"; return 1; }
+    dpkg-query -W -f='${Conffiles}\n' "$PKG" | grep -q "/etc/$PKG/gateway.toml" \
+      || { echo "gateway.toml is not a conffile"; return 1; }
+    [ -x "/usr/bin/$PKG" ] || { echo "/usr/bin/$PKG missing"; return 1; }
+    if ls /etc/systemd/system/*.wants/"$PKG".service >/dev/null 2>&1; then
+      echo "the unit was enabled before the admin key is configured"; return 1
+    fi
+    echo "installed: $(dpkg-query -W -f='${Package} ${Version} ${Status}' "$PKG")"
+  }
+  deb_verify_unit() {
+    local unit out
+    unit="$(dpkg -L "$PKG" | grep -E "/systemd/system/$PKG\.service$")" || { echo "no unit in the package"; return 1; }
+    echo "unit: $unit"
+    out="$(systemd-analyze verify "$unit" 2>&1)" || { printf '%s\n' "$out"; return 1; }
+    if [ -n "$out" ]; then printf '%s\n' "$out"; return 1; fi
+    echo "no warnings"
+  }
+  deb_check_config() {
+    local key="$WORK/deb-admin-key" cfg="$WORK/deb-gateway.toml"
+    printf 'sk-admin-dummy-key-for-check-config\n' >"$key"; chmod 600 "$key"
+    # Only admin_key_file changes: the credential path exists only under systemd.
+    sed -E "s|^admin_key_file = .*|admin_key_file = \"$key\"|" "/etc/$PKG/gateway.toml" >"$cfg"
+    "/usr/bin/$PKG" check-config --config "$cfg"
+  }
+  deb_lintian() {
+    lintian --version
+    # Errors fail; warnings are printed for the reader.
+    lintian --fail-on error "$WORK"/deb/*.deb
+  }
+  deb_remove_purge() {
+    dpkg -r "$PKG" || return 1
+    [ ! -e "/usr/bin/$PKG" ] || { echo "dpkg -r left /usr/bin/$PKG"; return 1; }
+    [ -e "/etc/$PKG/gateway.toml" ] || { echo "dpkg -r removed the conffile (it must stay until purge)"; return 1; }
+    dpkg --purge "$PKG" || return 1
+    [ ! -e "/etc/$PKG/gateway.toml" ] || { echo "dpkg --purge left the conffile"; return 1; }
+    if dpkg-query -W -f='${Status}' "$PKG" 2>/dev/null | grep -q installed; then
+      echo "still installed after purge"; return 1
+    fi
+    echo "removed and purged"
+  }
+  step "cargo deb: build the package from the binary under test" deb_build
+  if [ -n "$(ls "$WORK"/deb/*.deb 2>/dev/null)" ]; then
+    step "dpkg -i: binary, conffile, system user; nothing enabled or started" deb_install
+    step "systemd-analyze verify on the installed unit" deb_verify_unit
+    step "check-config on the installed /etc/$PKG/gateway.toml" deb_check_config
+    # lintian when apt has it; a machine whose apt has none is told, not failed.
+    if command -v lintian >/dev/null || apt_install lintian >/dev/null 2>&1; then
+      step "lintian (errors fail)" deb_lintian
+    else
+      say "NOTE  lintian: not installed and not available from apt here; not run"
+    fi
+    step "dpkg -r keeps the conffile; dpkg --purge removes it" deb_remove_purge
   fi
 fi
 
