@@ -142,10 +142,15 @@ impl UserRoute {
         if !started {
             return;
         }
-        let route = self.clone();
+        // The guard exists before the task does: a task dropped before its
+        // first poll (its runtime shut down) still frees the id.
+        let running = Running {
+            route: self.clone(),
+            key,
+        };
         let (rest, id) = (rest.to_owned(), id.to_owned());
         tokio::spawn(async move {
-            let _running = Running { route: &route, key };
+            let route = &running.route;
             // refetch counts the refresh; a 404/4xx drops the entry.
             if let Refetched::Answer(answer) =
                 route.refetch(&HeaderMap::new(), &rest, &id, key).await
@@ -158,13 +163,16 @@ impl UserRoute {
     }
 }
 
-/// Marks `key`'s background refresh done however the task ends.
-struct Running<'a> {
-    route: &'a UserRoute,
+/// Marks `key`'s background refresh done however its task ends, including
+/// a task that never ran.
+struct Running {
+    /// The route whose `refreshing` set holds `key`.
+    route: UserRoute,
+    /// The entry being refreshed.
     key: CacheKey,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(mut set) = self.route.refreshing.lock() {
             set.remove(&self.key.raw());
@@ -201,4 +209,44 @@ fn stale_response(
     h.insert(CACHE_STATUS, stale_status(past, fwd_status, revalidating));
     h.insert(http::header::AGE, int_value(u.age_secs(Instant::now())));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use crate::cache::Settings;
+    use crate::metrics::Metrics;
+    use crate::upstream::Upstream;
+
+    #[test]
+    fn a_refresh_whose_task_never_ran_frees_its_id() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let text = "[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        let cfg = crate::config::Config::parse(text, std::path::Path::new("."), &|n| {
+            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
+        })
+        .expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Arc::new(Upstream::new(&cfg.upstream, metrics.clone()).expect("client"));
+        let route = UserRoute::new(
+            UserCache::new(100),
+            upstream,
+            metrics,
+            Settings::from(&cfg.cache),
+        );
+        let key = route.cache.key("u1");
+        // The refresh is spawned, and its runtime shuts down before it runs.
+        rt.block_on(async { route.revalidate("/organization/users/u1", "u1", key) });
+        assert!(route.refreshing.lock().expect("set").contains(&key.raw()));
+        drop(rt);
+        assert!(
+            route.refreshing.lock().expect("set").is_empty(),
+            "the id stays marked as refreshing: it would never be refreshed again"
+        );
+    }
 }
