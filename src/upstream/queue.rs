@@ -134,14 +134,24 @@ mod tests {
         drop(held);
         assert!(waiter.await.is_ok(), "the waiter got the freed slot");
         assert_eq!(slots.queued(), 0);
+        let text = metrics.encode(0);
+        for idle in ["gateway_upstream_queued 0", "gateway_upstream_in_flight 0"] {
+            assert!(text.lines().any(|l| l == idle), "{idle}:\n{text}");
+        }
     }
 
     #[tokio::test]
     async fn a_full_queue_refuses_and_counts_nothing() {
-        let slots = Slots::new(1, 0, Arc::new(Metrics::new()));
-        let _held = slots.acquire(None, Duration::from_secs(60)).await;
+        let metrics = Arc::new(Metrics::new());
+        let slots = Slots::new(1, 0, metrics.clone());
+        let held = slots.acquire(None, Duration::from_secs(60)).await;
         let refused = slots.acquire(None, Duration::from_secs(60)).await;
         assert!(matches!(refused, Err(GatewayError::UpstreamOverloaded)));
         assert_eq!(slots.queued(), 0);
+        drop(held);
+        let text = metrics.encode(0);
+        for idle in ["gateway_upstream_queued 0", "gateway_upstream_in_flight 0"] {
+            assert!(text.lines().any(|l| l == idle), "{idle}:\n{text}");
+        }
     }
 }
