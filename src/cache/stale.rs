@@ -109,6 +109,14 @@ impl UserRoute {
         };
         let outcome = self.cache.fetch_once(rkey, fill).await;
         let refetched = match outcome {
+            // An expired user under the refresh key is no refetch's result:
+            // it was left by a refetch cancelled between its fill and the
+            // removal below (code after an `.await`, see docs/ledger.md).
+            // It is dropped, and this request fetches for itself.
+            Lookup::Hit(u) if !u.is_fresh(Instant::now()) => {
+                self.cache.remove(&rkey).await;
+                Refetched::Unshared
+            }
             Lookup::Filled(u) | Lookup::Hit(u) => {
                 self.cache.insert(key, u.clone()).await;
                 self.cache.remove(&rkey).await;
@@ -214,11 +222,52 @@ fn stale_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
 
     use crate::cache::Settings;
     use crate::metrics::Metrics;
     use crate::upstream::Upstream;
+
+    #[tokio::test]
+    async fn an_expired_refresh_entry_left_behind_is_not_taken_for_a_refetch() {
+        let (route, calls) = crate::cache::route::tests::route().await;
+        let settings = Settings {
+            stale_if_error: Duration::from_secs(600),
+            ..**route.settings.load()
+        };
+        route.set_settings(settings);
+        let expired = |name: &str| {
+            let body = format!(
+                r#"{{"object":"organization.user","id":"u1","name":"{name}","email":"n@x","role":"reader","added_at":1}}"#
+            );
+            CachedUser::new(Bytes::from(body), None, false, Duration::from_secs(1))
+                .backdated(Duration::from_secs(5))
+        };
+        // The entry is past its TTL, and a refetch of it that was cancelled between its fill
+        // and its cleanup left its (now expired too) result under the refresh key.
+        let key = route.cache.key("u1");
+        route.cache.insert(key, expired("Old")).await;
+        route
+            .cache
+            .insert(UserCache::refresh_key(key), expired("Left"))
+            .await;
+        let (resp, status) = route
+            .get_user(&HeaderMap::new(), "/organization/users/u1", "u1")
+            .await
+            .expect("an answer");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(
+            (status, calls.load(Ordering::SeqCst)),
+            (CacheStatus::MissStored, 1),
+            "the refetch must ask the upstream, not serve the leftover: {body:?}"
+        );
+        assert!(body.windows(5).any(|w| w == b"\"N\",\""), "{body:?}");
+    }
 
     #[test]
     fn a_refresh_whose_task_never_ran_frees_its_id() {
