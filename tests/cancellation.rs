@@ -3,9 +3,10 @@
 //! hyper drops a request's future when its client resets the stream or hangs up, at
 //! whichever `.await` it is parked on, and drops the response body when the client stops
 //! reading it. For every kind of request (hit, miss, fill waiter, forward with a small body,
-//! streamed forward, write, queued for an upstream slot) these tests drop it at random
-//! points, many times, and then check that the in-flight gauges, the upstream slots and the
-//! queue are back at 0 and that a normal request of each kind still succeeds:
+//! streamed forward, write, queued for an upstream slot; in-process also an expired user
+//! refetched, and one served while revalidated in the background) these tests drop it at
+//! random points, many times, and then check that the in-flight gauges, the upstream slots
+//! and the queue are back at 0 and that a normal request of each kind still succeeds:
 //! - in-process, by dropping `Gateway::handle`'s future after a random delay, or its
 //!   response body after a random number of frames (this file);
 //! - over real sockets (`cancellation/sockets.rs`): an HTTP/2 client (the `h2` crate) sends
@@ -35,12 +36,10 @@ use openai_admin_gateway::proxy::Gateway;
 use support::*;
 use tokio::task::JoinSet;
 
-use kinds::{Cut, Kind, Rng, Tally};
+use kinds::{Cut, Kind, Rng, Tally, BATCH};
 
 /// Cases per kind in the in-process test.
 const CASES: usize = 200;
-/// Requests of one kind cancelled at once (they contend for slots and single flights).
-const BATCH: usize = 8;
 
 /// The gauges that read 0 when nothing is held: requests in flight, upstream slots held,
 /// requests queued for a slot.
@@ -78,12 +77,18 @@ where
 }
 
 /// An in-process gateway (no listener) in front of `upstream`: 2 upstream slots and room
-/// for 4 waiters, so batches of [`BATCH`] queue.
+/// for 4 waiters, so batches of [`BATCH`] queue; expired users are served within 30 s
+/// while revalidated, within 600 s when the refetch fails.
 fn in_process_gateway(upstream: &Upstream) -> Gateway {
     let cfg = GatewayConfig::new(&upstream.base_url());
     let toml = with_upstream_keys(
         &cfg.toml(),
         "max_concurrent_requests = 2\nmax_queued_requests = 4",
+    )
+    .replacen(
+        "[cache]\n",
+        "[cache]\nstale_while_revalidate_secs = 30\nstale_if_error_secs = 600\n",
+        1,
     );
     Gateway::new(&parse_config(&toml), Arc::new(Metrics::new())).expect("gateway")
 }
@@ -123,10 +128,11 @@ async fn every_kind_of_request_cancelled_anywhere_in_process_leaves_nothing_held
         let gw = gw.clone();
         async move { gw.metrics().encode(0) }
     };
-    for kind in Kind::ALL {
+    let kinds = || Kind::ALL.into_iter().chain(Kind::STALE);
+    for kind in kinds() {
         let (mut done, mut tally) = (0, Tally::default());
         while done < CASES {
-            kind.prepare(&gw).await;
+            kind.prepare(&gw, done).await;
             let mut batch = JoinSet::new();
             for i in 0..BATCH {
                 batch.spawn(cancelled(gw.clone(), kind, done + i, rng.split()));
@@ -145,13 +151,13 @@ async fn every_kind_of_request_cancelled_anywhere_in_process_leaves_nothing_held
         })
         .await;
         eprintln!("in-process, {}: {tally}; all released", kind.as_str());
-        if kind != Kind::Hit {
+        if !matches!(kind, Kind::Hit | Kind::Revalidate) {
             assert!(tally.before_head() > 0, "{}: {tally}", kind.as_str());
         }
     }
     // And every kind still works.
-    for kind in Kind::ALL {
-        kind.prepare(&gw).await;
+    for kind in kinds() {
+        kind.prepare(&gw, 0).await;
         let resp = gw.handle(kind.in_process_request(0)).await;
         let status = resp.status();
         let body = resp.into_body().collect().await.expect("body").to_bytes();

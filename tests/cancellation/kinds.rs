@@ -2,9 +2,15 @@
 
 use bytes::Bytes;
 use http::{Method, Request};
+use openai_admin_gateway::cache::CachedUser;
 use openai_admin_gateway::proxy::Gateway;
 
 use crate::support::{full, TestBody, CLIENT_KEY};
+
+/// Requests of one kind cancelled at once (they contend for slots and single flights).
+pub const BATCH: usize = 8;
+
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A kind of request, by what it holds while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,12 @@ pub enum Kind {
     Write,
     /// A forward the upstream answers slowly, so that a batch queues for the 2 slots.
     Queued,
+    /// An expired user past `stale_while_revalidate_secs`: one shared refetch under the
+    /// entry's refresh key (in-process only: the test backdates entries).
+    StaleRefetch,
+    /// An expired user within `stale_while_revalidate_secs`: served at once while one
+    /// background refresh runs (in-process only).
+    Revalidate,
 }
 
 impl Kind {
@@ -37,6 +49,9 @@ impl Kind {
         Kind::Queued,
     ];
 
+    /// The kinds that need an expired entry put in the cache (in-process only).
+    pub const STALE: [Kind; 2] = [Kind::StaleRefetch, Kind::Revalidate];
+
     /// The kind's name in messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +62,8 @@ impl Kind {
             Kind::Streamed => "streamed forward",
             Kind::Write => "write",
             Kind::Queued => "queued for an upstream slot",
+            Kind::StaleRefetch => "stale, refetched",
+            Kind::Revalidate => "stale, revalidated in the background",
         }
     }
 
@@ -69,6 +86,7 @@ impl Kind {
                 Some(Bytes::from_static(b"{\"role\":\"reader\"}")),
             ),
             Kind::Queued => (Method::GET, format!("/v1/echo/queued/{n}"), None),
+            Kind::StaleRefetch | Kind::Revalidate => (Method::GET, user(n / 2), None),
         }
     }
 
@@ -100,13 +118,26 @@ impl Kind {
 
     /// Brings the cache to where this kind starts: the user cached for a hit, nothing
     /// cached for a miss or a fill waiter.
-    pub async fn prepare(self, gw: &Gateway) {
+    /// `first` is the first case of the batch about to run.
+    pub async fn prepare(self, gw: &Gateway, first: usize) {
         match self {
             Kind::Hit => {
                 let resp = gw.handle(self.in_process_request(0)).await;
                 assert_eq!(resp.status(), 200, "the user to hit");
             }
             Kind::Miss | Kind::FillWaiter => gw.cache().invalidate_all(),
+            // Users past their TTL by more (refetch) or less (revalidate) than the
+            // gateway's `stale_while_revalidate_secs` (30); pairs of cases share one.
+            Kind::StaleRefetch | Kind::Revalidate => {
+                let past = if self == Kind::StaleRefetch { 100 } else { 10 };
+                for i in (0..BATCH).step_by(2) {
+                    let id = format!("user_{:04}", (first + i) / 2 % 30 + 1);
+                    let body = format!(r#"{{"object":"organization.user","id":"{id}"}}"#);
+                    let user = CachedUser::new(Bytes::from(body), None, false, SECOND)
+                        .backdated(SECOND * (past + 1));
+                    gw.cache().insert(gw.cache().key(&id), user).await;
+                }
+            }
             _ => {}
         }
     }
