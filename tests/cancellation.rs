@@ -11,7 +11,9 @@
 //!   response body after a random number of frames (this file);
 //! - over real sockets (`cancellation/sockets.rs`): an HTTP/2 client (the `h2` crate) sends
 //!   RST_STREAM at random points, and HTTP/1.1 clients close their TCP connection while
-//!   queued for an upstream slot (the queue-leak regression).
+//!   queued for an upstream slot (the queue-leak regression);
+//! - over HTTP/1.1 (`cancellation/hangups.rs`): clients close their TCP connection at
+//!   random points.
 //!
 //! The random points come from a seeded generator: the seed is printed, and
 //! `CANCEL_SEED=<n>` replays a run.
@@ -21,6 +23,8 @@
 
 mod support;
 
+#[path = "cancellation/hangups.rs"]
+mod hangups;
 #[path = "cancellation/kinds.rs"]
 mod kinds;
 #[path = "cancellation/sockets.rs"]

@@ -188,7 +188,8 @@ impl Rng {
 pub enum Cut {
     /// Before the response head: the request's future was dropped (or its stream reset).
     BeforeHead,
-    /// After the head, with the body not yet ended.
+    /// After the head, with the body not yet ended (over HTTP/1.1: after some of the
+    /// response was read).
     MidBody,
     /// Too late: the response had ended (or failed) before the drop.
     AfterEnd,

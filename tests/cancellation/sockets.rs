@@ -23,8 +23,9 @@ const H2_CASES: usize = 200;
 /// `ENHANCE_YOUR_CALM` "too_many_resets"), so neither guard cuts the test short.
 const PER_CONNECTION: usize = 16;
 
-/// A gateway with 2 upstream slots and room for `queue` waiters, behind a fake upstream.
-async fn gateway(queue: usize, slots: usize) -> (Upstream, TestGateway) {
+/// A gateway with `slots` upstream slots and room for `queue` waiters, behind a fake
+/// upstream.
+pub async fn gateway(queue: usize, slots: usize) -> (Upstream, TestGateway) {
     let upstream = start_upstream().await;
     let cfg = GatewayConfig::new(&upstream.base_url());
     let toml = with_upstream_keys(
@@ -104,7 +105,7 @@ async fn reset_case(send: SendRequest<Bytes>, kind: Kind, n: usize, mut rng: Rng
 }
 
 /// Brings the cache to where `kind` starts (see `Kind::prepare`), over the sockets.
-async fn prepare(gw: &TestGateway, kind: Kind) {
+pub async fn prepare(gw: &TestGateway, kind: Kind) {
     match kind {
         Kind::Hit => {
             gw.get_user("user_abc").await.assert_status(200);
@@ -117,7 +118,7 @@ async fn prepare(gw: &TestGateway, kind: Kind) {
 }
 
 /// Case 0 of `kind`, not cancelled, over HTTP/2: it must succeed.
-async fn normal(gw: &TestGateway, kind: Kind) {
+pub async fn normal(gw: &TestGateway, kind: Kind) {
     prepare(gw, kind).await;
     let (method, path, body) = kind.parts(0);
     let mut r = gw.req(method, &path).h2c();
