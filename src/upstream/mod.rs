@@ -292,11 +292,6 @@ impl Upstream {
         // pathological input; treat it as a bad request path.
         s.parse().map_err(|_| GatewayError::InvalidPath)
     }
-
-    /// Requests waiting for a slot now (`gateway_upstream_queued`).
-    pub fn queued(&self) -> usize {
-        self.slots.queued()
-    }
 }
 
 /// The error chain as one line, for logs (never for clients). Request URIs

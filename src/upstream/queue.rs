@@ -64,8 +64,10 @@ impl Slots {
         }
     }
 
-    /// Requests waiting for a slot now.
-    pub(super) fn queued(&self) -> usize {
+    /// Requests waiting for a slot now (what `gateway_upstream_queued`
+    /// shows).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
 
