@@ -330,7 +330,7 @@ impl crate::cluster::Evict for UserRoute {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::fill::is_user;
     use super::*;
     use bytes::Bytes;
@@ -383,7 +383,7 @@ mod tests {
     }
 
     /// The cached route alone: a cache, an upstream client, metrics.
-    async fn route() -> (UserRoute, Arc<AtomicUsize>) {
+    pub(in crate::cache) async fn route() -> (UserRoute, Arc<AtomicUsize>) {
         let (base, calls) = upstream().await;
         let text = format!("[upstream]\nbase_url = \"{base}\"\n");
         let cfg = crate::config::Config::parse(&text, std::path::Path::new("."), &|n| {

@@ -109,6 +109,14 @@ impl UserRoute {
         };
         let outcome = self.cache.fetch_once(rkey, fill).await;
         let refetched = match outcome {
+            // An expired user under the refresh key is no refetch's result:
+            // it was left by a refetch cancelled between its fill and the
+            // removal below (code after an `.await`, see docs/ledger.md).
+            // It is dropped, and this request fetches for itself.
+            Lookup::Hit(u) if !u.is_fresh(Instant::now()) => {
+                self.cache.remove(&rkey).await;
+                Refetched::Unshared
+            }
             Lookup::Filled(u) | Lookup::Hit(u) => {
                 self.cache.insert(key, u.clone()).await;
                 self.cache.remove(&rkey).await;
@@ -142,10 +150,15 @@ impl UserRoute {
         if !started {
             return;
         }
-        let route = self.clone();
+        // The guard exists before the task does: a task dropped before its
+        // first poll (its runtime shut down) still frees the id.
+        let running = Running {
+            route: self.clone(),
+            key,
+        };
         let (rest, id) = (rest.to_owned(), id.to_owned());
         tokio::spawn(async move {
-            let _running = Running { route: &route, key };
+            let route = &running.route;
             // refetch counts the refresh; a 404/4xx drops the entry.
             if let Refetched::Answer(answer) =
                 route.refetch(&HeaderMap::new(), &rest, &id, key).await
@@ -158,13 +171,16 @@ impl UserRoute {
     }
 }
 
-/// Marks `key`'s background refresh done however the task ends.
-struct Running<'a> {
-    route: &'a UserRoute,
+/// Marks `key`'s background refresh done however its task ends, including
+/// a task that never ran.
+struct Running {
+    /// The route whose `refreshing` set holds `key`.
+    route: UserRoute,
+    /// The entry being refreshed.
     key: CacheKey,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(mut set) = self.route.refreshing.lock() {
             set.remove(&self.key.raw());
@@ -201,4 +217,85 @@ fn stale_response(
     h.insert(CACHE_STATUS, stale_status(past, fwd_status, revalidating));
     h.insert(http::header::AGE, int_value(u.age_secs(Instant::now())));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use crate::cache::Settings;
+    use crate::metrics::Metrics;
+    use crate::upstream::Upstream;
+
+    #[tokio::test]
+    async fn an_expired_refresh_entry_left_behind_is_not_taken_for_a_refetch() {
+        let (route, calls) = crate::cache::route::tests::route().await;
+        let settings = Settings {
+            stale_if_error: Duration::from_secs(600),
+            ..**route.settings.load()
+        };
+        route.set_settings(settings);
+        let expired = |name: &str| {
+            let body = format!(
+                r#"{{"object":"organization.user","id":"u1","name":"{name}","email":"n@x","role":"reader","added_at":1}}"#
+            );
+            CachedUser::new(Bytes::from(body), None, false, Duration::from_secs(1))
+                .backdated(Duration::from_secs(5))
+        };
+        // The entry is past its TTL, and a refetch of it that was cancelled between its fill
+        // and its cleanup left its (now expired too) result under the refresh key.
+        let key = route.cache.key("u1");
+        route.cache.insert(key, expired("Old")).await;
+        route
+            .cache
+            .insert(UserCache::refresh_key(key), expired("Left"))
+            .await;
+        let (resp, status) = route
+            .get_user(&HeaderMap::new(), "/organization/users/u1", "u1")
+            .await
+            .expect("an answer");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(
+            (status, calls.load(Ordering::SeqCst)),
+            (CacheStatus::MissStored, 1),
+            "the refetch must ask the upstream, not serve the leftover: {body:?}"
+        );
+        assert!(body.windows(5).any(|w| w == b"\"N\",\""), "{body:?}");
+    }
+
+    #[test]
+    fn a_refresh_whose_task_never_ran_frees_its_id() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let text = "[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        let cfg = crate::config::Config::parse(text, std::path::Path::new("."), &|n| {
+            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
+        })
+        .expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Arc::new(Upstream::new(&cfg.upstream, metrics.clone()).expect("client"));
+        let route = UserRoute::new(
+            UserCache::new(100),
+            upstream,
+            metrics,
+            Settings::from(&cfg.cache),
+        );
+        let key = route.cache.key("u1");
+        // The refresh is spawned, and its runtime shuts down before it runs.
+        rt.block_on(async { route.revalidate("/organization/users/u1", "u1", key) });
+        assert!(route.refreshing.lock().expect("set").contains(&key.raw()));
+        drop(rt);
+        assert!(
+            route.refreshing.lock().expect("set").is_empty(),
+            "the id stays marked as refreshing: it would never be refreshed again"
+        );
+    }
 }

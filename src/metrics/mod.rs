@@ -151,6 +151,9 @@ pub struct Metrics {
     invalidation_delay: Histogram,
     bus_connected: Gauge,
     cache_epoch_resets: Counter,
+    /// Requests waiting for an upstream slot (written only off the fast
+    /// path: a request that gets a slot at once never touches it).
+    upstream_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -177,6 +180,7 @@ impl Metrics {
             invalidation_delay: latency_histogram(),
             bus_connected: Gauge::default(),
             cache_epoch_resets: Counter::default(),
+            upstream_queued: Gauge::default(),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -261,6 +265,11 @@ impl Metrics {
             "gateway_cache_epoch_resets",
             "Caches emptied because the invalidation bus came back after a loss",
             m.cache_epoch_resets.clone(),
+        );
+        r.register(
+            "gateway_upstream_queued",
+            "Requests waiting for an upstream concurrency slot",
+            m.upstream_queued.clone(),
         );
         m
     }
@@ -355,6 +364,12 @@ impl Metrics {
     /// Moves the upstream in-flight gauge by `delta` (+1 or -1).
     pub fn upstream_in_flight(&self, delta: i64) {
         self.local.upstream_in_flight(delta);
+    }
+
+    /// Moves the upstream queue gauge by `delta` (+1 or -1); only
+    /// `upstream::queue::QueuePlace` does, so it reads 0 when idle.
+    pub fn upstream_queued(&self, delta: i64) {
+        self.upstream_queued.inc_by(delta);
     }
 
     /// Counts an upstream refusal of the admin key; `status` is 401 or 403

@@ -11,6 +11,11 @@
 //! - `access`: the per-request account (metrics, in-flight gauge, access
 //!   and audit lines), written once on every exit, cancellation included.
 //!
+//! Everything a request holds (its account, an upstream slot or queue
+//! place, a single-flight fill, a write task) is a guard released on drop,
+//! so hyper dropping the request future at any `.await` gives it all back:
+//! `docs/ledger.md` lists each one, and `tests/cancellation.rs` checks it.
+//!
 //! Public surface: [`Gateway`], [`canonicalize`], [`classify`], [`Route`],
 //! [`RouteClass`], [`user_id_of`], and the pieces the benches and fuzzers
 //! drive alone.

@@ -12,7 +12,13 @@
 //!   [`spawn_lasting`] for work that must outlive a worker.
 //! - `connect`: the rustls client config and a deadline on the whole
 //!   connect (TCP and TLS).
+//! - `queue`: the concurrency cap and its bounded wait queue; a waiting
+//!   request holds a `QueuePlace`, given back on drop (cancellation
+//!   included).
 //! - `slot`: the concurrency slot a response body holds until it ends.
+//!
+//! Everything a request holds here is a guard released on drop; the
+//! gateway's whole list is `docs/ledger.md`.
 //! - [`buffer`]: small bodies read whole before they are passed on.
 //! - `auth`: an upstream 401, or a 403 naming the key, means the upstream
 //!   refused the admin key; such a response never reaches a client.
@@ -23,10 +29,10 @@
 mod auth;
 pub mod buffer;
 mod connect;
+mod queue;
 mod slot;
 pub mod worker;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +43,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::error;
 
 use crate::body::{is_client_body_error, BoxBody, BoxError};
@@ -50,7 +55,8 @@ use crate::secret::AdminKey;
 use auth::Forbidden;
 pub use connect::tls_client_config;
 use connect::ConnectTimeout;
-use slot::{Slot, SlotBody};
+use queue::Slots;
+use slot::SlotBody;
 pub use worker::spawn_lasting;
 
 /// The pooled HTTP/1.1 + HTTP/2 client.
@@ -73,12 +79,8 @@ pub struct Upstream {
     timeout: Duration,
     /// A streamed body is cut after this long without a frame.
     body_idle: Duration,
-    /// Concurrency slots.
-    slots: Arc<Semaphore>,
-    /// Requests waiting for a slot now.
-    queued: AtomicUsize,
-    /// Most requests allowed to wait.
-    max_queued: usize,
+    /// The concurrency cap and its bounded wait queue.
+    slots: Slots,
     /// Where exchanges are counted.
     metrics: Arc<Metrics>,
 }
@@ -130,9 +132,11 @@ impl Upstream {
             admin: ArcSwap::from_pointee(cfg.admin_key.clone()),
             timeout: cfg.timeout,
             body_idle: cfg.body_idle_timeout,
-            slots: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
-            queued: AtomicUsize::new(0),
-            max_queued: cfg.max_queued_requests,
+            slots: Slots::new(
+                cfg.max_concurrent_requests,
+                cfg.max_queued_requests,
+                metrics.clone(),
+            ),
             metrics,
         })
     }
@@ -205,7 +209,7 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let slot = self.acquire_slot(deadline).await?;
+        let slot = self.slots.acquire(deadline, self.timeout).await?;
         let start = Instant::now();
         let headers_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
         let result = tokio::time::timeout_at(headers_by, self.pool().request(req)).await;
@@ -288,31 +292,6 @@ impl Upstream {
         // pathological input; treat it as a bad request path.
         s.parse().map_err(|_| GatewayError::InvalidPath)
     }
-
-    async fn acquire_slot(&self, deadline: Option<tokio::time::Instant>) -> Result<Slot> {
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => self.wait_for_slot(deadline).await?,
-        };
-        Ok(Slot::new(permit, self.metrics.clone()))
-    }
-
-    async fn wait_for_slot(
-        &self,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Result<OwnedSemaphorePermit> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(GatewayError::UpstreamOverloaded);
-        }
-        let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
-        let waited = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        match waited {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(GatewayError::UpstreamOverloaded),
-        }
-    }
 }
 
 /// The error chain as one line, for logs (never for clients). Request URIs
@@ -331,6 +310,7 @@ fn describe(e: hyper_util::client::legacy::Error) -> BoxError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Barrier;
 
     use http_body_util::BodyExt;
