@@ -308,8 +308,8 @@ pub struct UserCache {
     versions: Box<[AtomicU64]>,
     /// This cache's number, naming its entries in the per-thread fronts.
     id: u64,
-    /// Entries per thread front (0: no front, for small caches).
-    front: usize,
+    /// Entries per thread front (`None`: no front, for small caches).
+    front: Option<usize>,
     /// Bumped by a full purge.
     epoch: AtomicU64,
     /// Hashes an id (its stripe, and the key's high half).
@@ -339,11 +339,8 @@ impl UserCache {
         let n = shard_count(max_entries);
         let per_shard = max_entries.div_ceil(n as u64);
         // Small caches keep an exact bound: no copies outside moka.
-        let front = if max_entries < MIN_SHARD_ENTRIES {
-            0
-        } else {
-            (max_entries as usize).next_power_of_two().min(front::SLOTS)
-        };
+        let front = (max_entries >= MIN_SHARD_ENTRIES)
+            .then(|| (max_entries as usize).next_power_of_two().min(front::SLOTS));
         Self {
             shards: (0..n)
                 .map(|_| {
@@ -397,11 +394,15 @@ impl UserCache {
     /// The stored user under `key`, if any (a plain lookup: allocates
     /// nothing, and its future is small enough to sit in the request's).
     /// A fresh user in this thread's front is answered from there; one read
-    /// from moka is copied into it.
+    /// from moka is copied into it. Nothing is found while the cache is not
+    /// [serving](Self::serving): entries may be stale then.
     pub async fn get(&self, key: &CacheKey) -> Option<CachedUser> {
-        if self.front == 0 {
-            return self.shard(key).get(key).await;
+        if !self.serving() {
+            return None;
         }
+        let Some(front) = self.front else {
+            return self.shard(key).get(key).await;
+        };
         // Read before moka: a replacement bumps it after, so a copy taken
         // across one carries the old version and is dropped at next read.
         let version = self.version(key).load(Ordering::Acquire);
@@ -411,35 +412,29 @@ impl UserCache {
         }
         let u = self.shard(key).get(key).await?;
         if u.is_fresh(now) {
-            front::put(self.id, self.front, *key, version, &u);
+            front::put(self.id, front, *key, version, &u);
         }
         Some(u)
     }
 
-    /// The lookup in moka itself, without this thread's front (the
-    /// scaling bench measures the two apart).
-    pub async fn get_shared(&self, key: &CacheKey) -> Option<CachedUser> {
-        self.shard(key).get(key).await
-    }
-
-    /// Looks `key` up; on a miss runs `fetch`, shared by every concurrent
-    /// request for the same key, and stores its `Ok` value.
-    pub async fn get_or_fetch<F, E>(&self, key: CacheKey, fetch: F) -> Lookup<E>
+    /// [`get`](Self::get), then [`fetch_once`](Self::fetch_once) on a miss,
+    /// as the cached route does (the unit tests' shorthand).
+    #[cfg(test)]
+    pub(crate) async fn get_or_fetch<F, E>(&self, key: CacheKey, fetch: F) -> Lookup<E>
     where
         F: Future<Output = Result<CachedUser, E>>,
         E: Send + Sync + 'static,
     {
-        // Fast path: a plain lookup allocates nothing; the entry API (which
-        // boxes the key for single flight) only runs on a miss.
-        if let Some(hit) = self.shard(&key).get(&key).await {
-            return Lookup::Hit(hit);
+        match self.get(&key).await {
+            Some(hit) => Lookup::Hit(hit),
+            None => self.fetch_once(key, fetch).await,
         }
-        self.fetch_once(key, fetch).await
     }
 
-    /// The miss path of [`get_or_fetch`](Self::get_or_fetch), for a caller
-    /// that has just looked `key` up itself: runs `fetch` once for all
-    /// concurrent callers (or returns what a concurrent one stored).
+    /// The miss path, for a caller that has just looked `key` up with
+    /// [`get`](Self::get): runs `fetch` once for all concurrent callers (or
+    /// returns what a concurrent one stored). The entry API boxes the key
+    /// for single flight, so it runs only on a miss.
     pub async fn fetch_once<F, E>(&self, key: CacheKey, fetch: F) -> Lookup<E>
     where
         F: Future<Output = Result<CachedUser, E>>,
@@ -548,7 +543,7 @@ mod tests {
     #[tokio::test]
     async fn the_front_never_outlives_a_replacement_a_removal_or_a_write() {
         let cache = Arc::new(UserCache::new(100_000));
-        assert!(cache.front > 0);
+        assert!(cache.front.is_some());
         let key = cache.key("u1");
         cache.insert(key, body("v1")).await;
         // Read twice here: the second read is a front hit.
@@ -587,7 +582,7 @@ mod tests {
     #[tokio::test]
     async fn small_caches_have_no_front() {
         let cache = UserCache::new(10);
-        assert_eq!(cache.front, 0);
+        assert_eq!(cache.front, None);
         let key = cache.key("u1");
         cache.insert(key, body("v1")).await;
         assert!(cache.get(&key).await.is_some());
