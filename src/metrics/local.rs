@@ -24,6 +24,13 @@ use prometheus_client::metrics::MetricType;
 use super::{ClientLabel, RequestLabels, RouteLabels, UpstreamLabels, UpstreamOutcome};
 use crate::shard::PerThread;
 
+/// One request counted in flight. Only [`Local::request_opened`] makes
+/// one and only [`Local::request`] takes it, so every opened request is
+/// counted exactly once (neither `Clone` nor `Copy`).
+#[must_use = "a request opened must be counted by Metrics::request"]
+#[derive(Debug)]
+pub struct Opened(());
+
 /// Upper bounds of the latency buckets: 50 µs doubling to ~26 s (then +Inf).
 const BOUNDS: [f64; 20] = {
     let mut b = [0.0; 20];
@@ -120,8 +127,15 @@ impl Local {
         self.slots.local()
     }
 
-    /// Counts one answered request and its time to headers.
-    pub(super) fn request(&self, key: RequestKey, client: &ClientLabel, elapsed: Duration) {
+    /// Counts one answered request and its time to headers, and lowers
+    /// the in-flight gauge its [`Opened`] token raised.
+    pub(super) fn request(
+        &self,
+        _opened: Opened,
+        key: RequestKey,
+        client: &ClientLabel,
+        elapsed: Duration,
+    ) {
         let slot = self.slot();
         let mut c = slot.counts();
         // Looked up by name: no clone of the label (its count is shared).
@@ -144,9 +158,11 @@ impl Local {
         slot.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// A request arrived (lowered by [`Local::request`]).
-    pub(super) fn request_opened(&self) {
+    /// A request arrived: raises the in-flight gauge and returns the token
+    /// that [`Local::request`] consumes to lower it.
+    pub(super) fn request_opened(&self) -> Opened {
         self.slot().in_flight.fetch_add(1, Ordering::Relaxed);
+        Opened(())
     }
 
     pub(super) fn upstream(&self, outcome: UpstreamOutcome, elapsed: Duration) {
@@ -346,8 +362,8 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..1000 {
-                        local.request_opened();
-                        local.request(("get_user", "GET", 200), &dash, Duration::ZERO);
+                        let opened = local.request_opened();
+                        local.request(opened, ("get_user", "GET", 200), &dash, Duration::ZERO);
                         local.cache_hit();
                     }
                 });

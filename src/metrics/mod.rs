@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use local::Local;
+pub use local::Opened;
 use prometheus_client::registry::Registry;
 
 /// A client's name as a metric label (cheap to clone).
@@ -318,9 +319,10 @@ impl Metrics {
     }
 
     /// Counts one answered request, and lowers the in-flight gauge
-    /// [`Metrics::request_opened`] raised.
+    /// [`Metrics::request_opened`] raised (its token is consumed here).
     pub fn request(
         &self,
+        opened: Opened,
         route: &'static str,
         method: &Method,
         status: StatusCode,
@@ -328,15 +330,17 @@ impl Metrics {
         elapsed: Duration,
     ) {
         self.local.request(
+            opened,
             (route, method_label(method), status.as_u16()),
             client,
             elapsed,
         );
     }
 
-    /// Raises the in-flight gauge for a request that arrived.
-    pub fn request_opened(&self) {
-        self.local.request_opened();
+    /// Raises the in-flight gauge for a request that arrived; the token
+    /// goes back to [`Metrics::request`] when the request is counted.
+    pub fn request_opened(&self) -> Opened {
+        self.local.request_opened()
     }
 
     /// Counts a cache hit.
@@ -433,7 +437,9 @@ mod tests {
     #[test]
     fn names_follow_the_contract() {
         let m = Metrics::new();
+        let opened = m.request_opened();
         m.request(
+            opened,
             "get_user",
             &Method::GET,
             StatusCode::OK,

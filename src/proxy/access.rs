@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use crate::body::{BoxBody, BoxError};
 use crate::cache::CacheStatus;
 use crate::headers::{RequestIds, X_REQUEST_ID};
-use crate::metrics::{ClientLabel, Metrics};
+use crate::metrics::{ClientLabel, Metrics, Opened};
 use crate::policy::{Client, Decision};
 use crate::shard::{Handle, Handles};
 
@@ -158,6 +158,9 @@ pub(super) struct Access {
     /// Where the request is counted (this thread's handle: no shared
     /// count is written).
     metrics: Handle<Metrics>,
+    /// The in-flight count this request raised, handed back to
+    /// `Metrics::request` exactly once when the account is written.
+    opened: Option<Opened>,
     /// The connection it came on, when served by the server.
     conn: Option<Arc<Connection>>,
     /// When it arrived.
@@ -195,12 +198,13 @@ impl Access {
         method: &Method,
         path: &str,
     ) -> Self {
-        metrics.request_opened();
+        let opened = Some(metrics.request_opened());
         if let Some(c) = &conn {
             c.opened();
         }
         Self {
             metrics: metrics.local(),
+            opened,
             conn,
             start: Instant::now(),
             method: method.clone(),
@@ -285,8 +289,10 @@ impl Drop for Access {
         }
         let counted = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         let route = self.route.as_str();
-        self.metrics
-            .request(route, &self.method, counted, client, elapsed);
+        if let Some(opened) = self.opened.take() {
+            self.metrics
+                .request(opened, route, &self.method, counted, client, elapsed);
+        }
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);
         let latency_us = elapsed.as_micros() as u64;
