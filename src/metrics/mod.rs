@@ -151,6 +151,8 @@ pub struct Metrics {
     invalidation_delay: Histogram,
     bus_connected: Gauge,
     cache_epoch_resets: Counter,
+    invalidation_outbox: Gauge,
+    invalidations_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -177,6 +179,8 @@ impl Metrics {
             invalidation_delay: latency_histogram(),
             bus_connected: Gauge::default(),
             cache_epoch_resets: Counter::default(),
+            invalidation_outbox: Gauge::default(),
+            invalidations_dropped: Family::default(),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -239,7 +243,7 @@ impl Metrics {
         }
         r.register(
             "gateway_invalidations_published",
-            "Evictions published to the other replicas, by result (ok, error, timeout)",
+            "Attempts to publish an eviction to the other replicas, by result (ok, error, timeout); failed ones are retried",
             m.invalidations_published.clone(),
         );
         r.register(
@@ -262,10 +266,33 @@ impl Metrics {
             "Caches emptied because the invalidation bus came back after a loss",
             m.cache_epoch_resets.clone(),
         );
+        r.register(
+            "gateway_invalidation_outbox",
+            "Evictions waiting to be published to the other replicas (queued or being sent)",
+            m.invalidation_outbox.clone(),
+        );
+        r.register(
+            "gateway_invalidation_outbox_dropped",
+            "Queued evictions given up: expired (every copy they evict has expired) or collapsed (the outbox was full: replaced by one evict-all)",
+            m.invalidations_dropped.clone(),
+        );
         m
     }
 
-    /// Counts a published eviction (`ok`, `error`, `timeout`).
+    /// Sets the number of evictions waiting to be published.
+    pub fn invalidation_outbox(&self, waiting: usize) {
+        self.invalidation_outbox.set(waiting as i64);
+    }
+
+    /// Counts queued evictions given up (`expired`) or folded into one
+    /// evict-all (`collapsed`).
+    pub fn invalidations_dropped(&self, reason: &'static str, n: usize) {
+        self.invalidations_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n as u64);
+    }
+
+    /// Counts an attempt to publish an eviction (`ok`, `error`, `timeout`).
     pub fn invalidation_published(&self, result: &'static str) {
         self.invalidations_published
             .get_or_create(&ResultLabels { result })

@@ -96,7 +96,11 @@ impl Gateway {
         let bus = match (&config.redis, conn) {
             (Some(r), Some(c)) => {
                 let evict: Arc<dyn Evict> = Arc::new(users.clone());
-                Some(Bus::start(r, c, metrics.clone(), evict).map_err(std::io::Error::other)?)
+                let lifetime = eviction_lifetime(config);
+                Some(
+                    Bus::start(r, c, metrics.clone(), evict, lifetime)
+                        .map_err(std::io::Error::other)?,
+                )
             }
             _ => None,
         };
@@ -130,6 +134,18 @@ impl Gateway {
         shared
             .upstream
             .set_admin_key(config.upstream.admin_key.clone());
+        if let Some(bus) = &shared.bus {
+            bus.set_lifetime(eviction_lifetime(config));
+        }
+    }
+
+    /// Waits up to `within` for the evictions queued for the other
+    /// replicas to be published (shutdown); `false` if some are left.
+    pub async fn flush_evictions(&self, within: std::time::Duration) -> bool {
+        match &self.shared.bus {
+            Some(bus) => bus.flush(within).await,
+            None => true,
+        }
     }
 
     /// The user cache (admin purges, the entry gauge).
@@ -164,6 +180,15 @@ impl Gateway {
             bus.user_evicted(id).await;
         }
     }
+}
+
+/// How long an eviction not yet published to the other replicas still
+/// matters: a copy stored elsewhere before it (or by a fill that raced it,
+/// which ends within the upstream timeout) lives for the TTL, then may be
+/// served for the stale windows.
+fn eviction_lifetime(config: &Config) -> std::time::Duration {
+    let c = &config.cache;
+    c.ttl + c.stale_if_error + c.stale_while_revalidate + config.upstream.timeout
 }
 
 impl hyper::service::Service<Request<Incoming>> for Gateway {
