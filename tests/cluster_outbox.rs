@@ -5,95 +5,18 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::json;
-use support::process::{GatewayProcess, TempDir};
 use support::redis::Redis;
+use support::replica::Replica;
 use support::*;
 
 const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// The Redis user replica A logs in as, so that its rights can be taken away alone.
 const A_USER: &str = "replica_a";
 const A_PASSWORD: &str = "replica-a-password";
-
-struct Replica {
-    gw: GatewayProcess,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Replica {
-    async fn start(upstream: &Upstream, redis_url: &str) -> Replica {
-        let dir = TempDir::new("outbox");
-        let mut cfg = GatewayConfig::new(&upstream.base_url());
-        cfg.ttl_secs = 300;
-        let (addr, admin) = cfg.free_ports();
-        cfg.extra = format!("[redis]\nurl = {redis_url:?}\ntimeout_ms = 200\n");
-        let path = dir.write("gateway.toml", &cfg.toml());
-        let mut gw = GatewayProcess::spawn_args(
-            &["--config", path.to_str().expect("utf-8 path")],
-            &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "info")],
-        );
-        gw.wait_listening(addr).await;
-        gw.wait_listening(admin).await;
-        let r = Replica {
-            gw,
-            addr,
-            admin,
-            _dir: dir,
-        };
-        r.wait_metric("gateway_invalidation_bus_connected", &[], 1.0)
-            .await;
-        r
-    }
-
-    async fn get_user(&self) -> TestResponse {
-        req(Method::GET, &format!("http://{}{USER_PATH}", self.addr))
-            .bearer(CLIENT_KEY)
-            .send()
-            .await
-    }
-
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = req(Method::GET, &format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .text();
-        metric(&text, name, labels)
-    }
-
-    async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
-        let start = Instant::now();
-        loop {
-            let v = self.metric(name, labels).await;
-            if v >= at_least {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{name}{labels:?} stayed at {v} (< {at_least}); stderr:\n{}",
-                self.gw.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The in-flight gauges and the outbox are back at 0.
-    async fn assert_idle(&self) {
-        for name in [
-            "gateway_requests_in_flight",
-            "gateway_upstream_in_flight",
-            "gateway_invalidation_outbox",
-        ] {
-            assert_eq!(self.metric(name, &[]).await, 0.0, "{name}");
-        }
-    }
-}
 
 /// Runs one command on the Redis at `port` with `redis-cli`, which comes with redis-server.
 fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -125,16 +48,17 @@ async fn a_publish_refused_for_a_while_still_reaches_the_other_replica() {
         &["ACL", "SETUSER", A_USER, "on", &pass, "~*", "&*", "+@all"],
     );
     let a_url = format!("redis://{A_USER}:{A_PASSWORD}@127.0.0.1:{}/0", redis.port);
-    let a = Replica::start(&upstream, &a_url).await;
-    let b = Replica::start(&upstream, &redis.url()).await;
-    b.get_user().await.assert_status(200);
-    let before = role(&b.get_user().await);
-    b.get_user().await.hit_ttl();
+    let ttl = |c: &mut GatewayConfig| c.ttl_secs = 300;
+    let a = Replica::start(&upstream, &a_url, ttl).await;
+    let b = Replica::start(&upstream, &redis.url(), ttl).await;
+    b.get(USER_PATH).await.assert_status(200);
+    let before = role(&b.get(USER_PATH).await);
+    b.get(USER_PATH).await.hit_ttl();
     let new_role = if before == "owner" { "reader" } else { "owner" };
 
     // A's commands are refused from now on; its subscription stays up and hears B.
     redis_cli(redis.port, &["ACL", "SETUSER", A_USER, "-publish"]);
-    let write = req(Method::POST, &format!("http://{}{USER_PATH}", a.addr))
+    let write = req(Method::POST, &a.url(USER_PATH))
         .bearer(CLIENT_KEY)
         .json(&json!({ "role": new_role }))
         .send()
@@ -152,7 +76,7 @@ async fn a_publish_refused_for_a_while_still_reaches_the_other_replica() {
         1.0
     );
     // The window this test is about: B still serves the old user.
-    let stale = b.get_user().await;
+    let stale = b.get(USER_PATH).await;
     println!("B while A's publish is refused: {}", stale.cache_status());
     assert_eq!(role(&stale), before);
     assert!(
@@ -164,7 +88,7 @@ async fn a_publish_refused_for_a_while_still_reaches_the_other_replica() {
     redis_cli(redis.port, &["ACL", "SETUSER", A_USER, "+publish"]);
     b.wait_metric("gateway_invalidations_received_total", &[], 1.0)
         .await;
-    let after = b.get_user().await;
+    let after = b.get(USER_PATH).await;
     println!("B once the publish went through: {}", after.cache_status());
     assert_eq!(role(&after), new_role, "{}", after.describe());
     assert!(

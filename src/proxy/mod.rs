@@ -10,6 +10,8 @@
 //!   Errors become OpenAI-shaped responses.
 //! - `access`: the per-request account (metrics, in-flight gauge, access
 //!   and audit lines), written once on every exit, cancellation included.
+//! - `unfinished`: the guard of a write's task, which evicts and audits a
+//!   write dropped before it ended (shutdown).
 //!
 //! Public surface: [`Gateway`], [`canonicalize`], [`classify`], [`Route`],
 //! [`RouteClass`], [`user_id_of`], and the pieces the benches and fuzzers
@@ -19,6 +21,7 @@ mod access;
 mod canon;
 mod handle;
 mod route;
+mod unfinished;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -178,6 +181,16 @@ impl Gateway {
     async fn published(&self, id: &str) {
         if let Some(bus) = &self.shared.bus {
             bus.user_evicted(id).await;
+        }
+    }
+
+    /// Evicts `id` here and queues the news for the other replicas, without
+    /// awaiting (a write dropped unfinished, from its guard). The entry is
+    /// made unreachable at once; moka drops it at its TTL.
+    fn evicted_now(&self, id: &str) {
+        self.cache().forget(id);
+        if let Some(bus) = &self.shared.bus {
+            bus.user_evicted_now(id);
         }
     }
 }
