@@ -16,8 +16,9 @@ const USER_PATH: &str = "/v1/organization/users/user_abc";
 const GRACE_SECS: u64 = 2;
 
 /// A write the fake upstream holds for `hold_ms` through replica A while B has the user
-/// cached; SIGTERM to A once the upstream has the write.
-async fn a_held_write_at_shutdown(hold_ms: u64) {
+/// cached; SIGTERM to A once the upstream has the write (with Redis frozen first when
+/// `redis_stuck`, so that A's last eviction can not be published).
+async fn a_held_write_at_shutdown(hold_ms: u64, redis_stuck: bool) {
     let upstream = start_upstream().await;
     let redis = Redis::start();
     let settings = |c: &mut GatewayConfig| {
@@ -47,6 +48,9 @@ async fn a_held_write_at_shutdown(hold_ms: u64) {
     })
     .await;
 
+    if redis_stuck {
+        redis.pause();
+    }
     let signalled = Instant::now();
     a.gw.signal("TERM");
     let status = a.gw.wait_exit(GRACE_SECS + 10);
@@ -76,6 +80,15 @@ async fn a_held_write_at_shutdown(hold_ms: u64) {
     assert_eq!(audit[0]["upstream_status"], 0, "{log}");
     assert_eq!(audit[0]["method"], "POST", "{log}");
     assert_eq!(audit[0]["path"], USER_PATH, "{log}");
+    if redis_stuck {
+        assert!(log.contains("evictions not published"), "{log}");
+        // B lost its link too: it serves no hits, and empties its cache once Redis is back.
+        redis.resume();
+        b.wait_metric("gateway_cache_epoch_resets_total", &[], 1.0)
+            .await;
+        b.assert_idle().await;
+        return;
+    }
 
     // Treated as applied: B heard the eviction A published on its way out.
     b.wait_metric("gateway_invalidations_received_total", &[], 1.0)
@@ -91,10 +104,15 @@ async fn a_held_write_at_shutdown(hold_ms: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_held_past_the_grace_period_is_audited_evicted_and_cut_at_its_end() {
-    a_held_write_at_shutdown(5_000).await;
+    a_held_write_at_shutdown(5_000, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_held_far_past_the_grace_period_is_cut_at_its_end_too() {
-    a_held_write_at_shutdown(9_000).await;
+    a_held_write_at_shutdown(9_000, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_does_not_hold_the_exit_past_grace_plus_a_second() {
+    a_held_write_at_shutdown(9_000, true).await;
 }

@@ -253,7 +253,7 @@ impl Metrics {
         );
         r.register(
             "gateway_invalidation_delay_seconds",
-            "Publish to apply, for evictions received from other replicas (wall clocks)",
+            "Eviction on the sending replica to apply here (outbox wait included; wall clocks)",
             m.invalidation_delay.clone(),
         );
         r.register(
