@@ -65,6 +65,10 @@ async fn a_held_write_at_shutdown(hold_ms: u64, redis_stuck: bool) {
     );
     assert!(status.success(), "{status}");
     assert!(
+        client_saw.starts_with("504") && client_saw.contains("upstream_timeout"),
+        "the write's client: {client_saw}"
+    );
+    assert!(
         took < Duration::from_secs(GRACE_SECS + 1),
         "exited {took:?} after SIGTERM with shutdown_grace_secs = {GRACE_SECS}"
     );
@@ -78,6 +82,7 @@ async fn a_held_write_at_shutdown(hold_ms: u64, redis_stuck: bool) {
     assert_eq!(audit.len(), 1, "one audit line for the write:\n{log}");
     assert_eq!(audit[0]["outcome"], "unknown", "{log}");
     assert_eq!(audit[0]["upstream_status"], 0, "{log}");
+    assert_eq!(audit[0]["status"], 504, "{log}");
     assert_eq!(audit[0]["method"], "POST", "{log}");
     assert_eq!(audit[0]["path"], USER_PATH, "{log}");
     if redis_stuck {

@@ -329,9 +329,9 @@ impl Drop for Access {
 
 /// The audit line of a request that may have changed something upstream.
 /// `upstream_status` 0: no response (error, timeout, the client left first,
-/// or the process stopped first). `outcome`: `applied` (2xx), `refused`
+/// or the process stopped first: then `status` is the 504 its client gets). `outcome`: `applied` (2xx), `refused`
 /// (another answer below 500) or `unknown` (no answer, or a 5xx: the change
-/// may or may not have happened). `status` 0: no answer was given.
+/// may or may not have happened).
 pub(super) fn audit(
     request_id: &str,
     client: &str,

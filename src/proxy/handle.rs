@@ -193,9 +193,15 @@ impl Gateway {
             client: access.client_label(),
         };
         access.forwarded = true;
-        let done = spawn_lasting(write.run(req)).await.map_err(|e| {
-            GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
-        })?;
+        let done = spawn_lasting(write.run(req))
+            .await
+            .map_err(|e| match e.is_cancelled() {
+                // Stopped at the end of the shutdown grace period: no answer in time.
+                true => GatewayError::UpstreamTimeout,
+                false => {
+                    GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
+                }
+            })?;
         access.upstream_status = done.upstream_status;
         access.cache = Some(CacheStatus::Bypass);
         if let Some(f) = done.failure {

@@ -1,8 +1,9 @@
 //! The guard of a user write's task: a write dropped before it ends (the
 //! process stopped at the end of its grace period while the upstream still
 //! had it, or the task panicked) still gets its eviction, here and on every
-//! replica, and its audit line with the outcome unknown. It is treated as
-//! applied: the upstream may apply it after the gateway stopped waiting.
+//! replica, and its audit line with the outcome unknown and status 504 (what
+//! a client still waiting gets). It is treated as applied: the upstream may
+//! apply it after the gateway stopped waiting.
 
 use http::{Method, StatusCode};
 use tracing::warn;
@@ -79,7 +80,7 @@ impl Drop for Unfinished {
                 self.method.as_str(),
                 path,
                 self.upstream_status,
-                0,
+                StatusCode::GATEWAY_TIMEOUT.as_u16(),
             );
         }
     }

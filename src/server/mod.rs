@@ -9,10 +9,11 @@
 //! shutdown future resolves every worker closes its listener at once (new
 //! connections are refused), asks its connections to close gracefully, lets
 //! in-flight requests finish for up to `server.shutdown_grace_secs` and
-//! aborts the connections still open then. The writes whose clients left
-//! get the same deadline (one grace period in all); those still running
-//! then are aborted, and each is evicted and audited with its outcome
-//! unknown by its guard. `run` returns once the evictions queued for the
+//! aborts the connections still open then. The writes (whose clients may
+//! have left) get the same deadline (one grace period in all); those still
+//! running then are aborted, each is evicted and audited with its outcome
+//! unknown by its guard, and a client still waiting gets a 504 (the
+//! workers keep their connections a quarter of a second longer for it). `run` returns once the evictions queued for the
 //! other replicas are published, at most half a second past the deadline.
 //! A worker that fails or panics stops the server with an error.
 //!
@@ -180,13 +181,17 @@ impl Server {
             }
         }
         // One grace period for everything: the workers' drain and the
-        // writes whose clients left end at the same deadline.
+        // writes end at the same deadline. The workers keep their
+        // connections a moment longer, so that the client of a write
+        // stopped then still gets its answer (504).
         let deadline = Instant::now() + settings.shutdown_grace;
         draining.store(true, Ordering::Release);
         let _ = stop_tx.send(true);
-        workers.stop(deadline);
-        workers.join(&mut failures).await;
-        finish_writes(&lasting, deadline).await;
+        workers.stop(deadline + ANSWER_STOPPED_WRITES);
+        tokio::join!(
+            workers.join(&mut failures),
+            finish_writes(&lasting, deadline)
+        );
         if !gateway_for_exit
             .flush_evictions(remaining(deadline + AFTER_GRACE))
             .await
@@ -205,6 +210,10 @@ impl Server {
 /// How long past the grace period queued evictions may take to reach
 /// Redis; the process is gone within the grace period plus a second.
 const AFTER_GRACE: Duration = Duration::from_millis(500);
+
+/// How long past the grace period the workers keep their connections, so
+/// that the writes stopped at its end are answered.
+const ANSWER_STOPPED_WRITES: Duration = Duration::from_millis(250);
 
 /// Time left until `deadline`.
 fn remaining(deadline: Instant) -> Duration {
