@@ -23,7 +23,8 @@
 //! - [`upstream`]: the pooled rustls client (one pool per worker),
 //!   timeouts, the concurrency cap, small-body buffering, and
 //!   [`upstream::spawn_lasting`] for work a worker's shutdown must not cut.
-//! - [`cluster`]: everything that talks to Redis (shared rate limits).
+//! - [`cluster`]: everything that talks to Redis (shared rate limits, and
+//!   the invalidation bus, whose outbox retries a failed publish).
 //! - [`config`]: the TOML file, parsed then validated into a [`Config`]
 //!   (every problem reported with its key).
 //!

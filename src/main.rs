@@ -153,7 +153,7 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         // Catch every signal before binding: a signal that arrives as soon
         // as the port answers must reload or drain, not kill the process.
         let (shutdown, hup) = match (Shutdown::install(), hangup()) {
@@ -191,7 +191,11 @@ fn serve(path: &Path) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Tasks left (the Redis bus, a blocking file-watch or DNS call) must not
+    // keep the process past the end of its grace period.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }
 
 #[cfg(unix)]

@@ -242,7 +242,9 @@ async fn a_replica_without_redis_serves_no_hits_and_resyncs_after() {
     let started = Instant::now();
     a.set_role(new_role).await.assert_status(200);
     println!("a write with Redis down took {:?}", started.elapsed());
-    assert!(a.metric("gateway_invalidations_published_total").await >= 1.0);
+    // Publishing is queued (and retried) off the write's path.
+    a.wait_metric("gateway_invalidations_published_total", 1.0)
+        .await;
     for _ in 0..3 {
         let resp = b.get_user().await;
         seen.push(format!(
@@ -391,7 +393,13 @@ async fn invalidation_latency_over_1000_writes() {
         let role = if i % 2 == 0 { "owner" } else { "reader" };
         a.set_role(role).await.assert_status(200);
     }
-    b.wait_metric("gateway_invalidations_received_total", WRITES as f64)
+    // A later eviction of the same user replaces one still queued, so
+    // A publishes at most one message per write; B applies each.
+    a.wait_metric_at_most("gateway_invalidation_outbox", 0.0)
+        .await;
+    let published = a.metric("gateway_invalidations_published_total").await;
+    assert!((1.0..=WRITES as f64).contains(&published), "{published}");
+    b.wait_metric("gateway_invalidations_received_total", published)
         .await;
     let status = b.gw.terminate(30);
     let log = b.gw.stderr_text();
@@ -402,11 +410,16 @@ async fn invalidation_latency_over_1000_writes() {
         .filter(|v| v["message"] == "remote invalidation applied")
         .filter_map(|v| v["delay_us"].as_u64())
         .collect();
-    assert_eq!(delays.len(), WRITES, "one applied eviction per write");
+    assert_eq!(
+        delays.len() as f64,
+        published,
+        "one applied eviction per publish"
+    );
     delays.sort_unstable();
     let pct = |p: usize| delays[(delays.len() * p / 100).min(delays.len() - 1)];
     println!(
-        "publish -> evict on another replica over {WRITES} writes: p50 {} us, p99 {} us, max {} us",
+        "evict here -> evict on another replica, {} publishes for {WRITES} writes: p50 {} us, p99 {} us, max {} us",
+        delays.len(),
         pct(50),
         pct(99),
         delays[delays.len() - 1]

@@ -316,8 +316,9 @@ def check_kubernetes(repo: Path, cfg: dict | None, image_uid: int | None) -> Non
     if sleep <= 0:
         err(w, "no preStop sleep: endpoints are not removed before SIGTERM closes the listeners")
     drain = cfg.get("server", {}).get("shutdown_grace_secs", 30) if cfg else 30
-    if grace <= sleep + drain:
-        err(w, f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + shutdown_grace_secs {drain}")
+    # The gateway is gone within shutdown_grace_secs + 1 s of SIGTERM, whatever is running.
+    if grace <= sleep + drain + 1:
+        err(w, f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + shutdown_grace_secs {drain} + 1")
     # The restricted profile is checked above; the uid must also be the image's USER.
     psc = pod.get("securityContext", {})
     if image_uid is not None and psc.get("runAsUser", image_uid) != image_uid:
@@ -648,8 +649,8 @@ def check_systemd(repo: Path, cfg: dict | None) -> None:
     if not any(re.search(r"kill -HUP \$MAINPID", v) for v in multi.get("ExecReload", [])):
         err(w, "ExecReload does not send SIGHUP to $MAINPID")
     drain = cfg.get("server", {}).get("shutdown_grace_secs", 30) if cfg else 30
-    if seconds(svc.get("TimeoutStopSec", "90")) <= drain:
-        err(w, f"TimeoutStopSec {svc.get('TimeoutStopSec')} <= shutdown_grace_secs {drain}")
+    if seconds(svc.get("TimeoutStopSec", "90")) <= drain + 1:
+        err(w, f"TimeoutStopSec {svc.get('TimeoutStopSec')} <= shutdown_grace_secs {drain} + 1")
     if svc.get("Restart") not in ("on-failure", "always", "on-abnormal"):
         err(w, "Restart= should restart a crashed gateway")
     for k, want in (("DynamicUser", "yes"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),

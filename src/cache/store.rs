@@ -492,6 +492,14 @@ impl UserCache {
         self.shard(&key).invalidate(&key).await;
     }
 
+    /// [`UserCache::invalidate`] without awaiting, for code that can not:
+    /// the entry becomes unreachable at once (the id's generation moves on)
+    /// and moka drops it at its TTL or under capacity pressure.
+    pub fn forget(&self, id: &str) {
+        let h = self.id_hasher.hash_one(id);
+        self.stripe(h).fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Evicts everything; fetches under way can not store afterwards.
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);

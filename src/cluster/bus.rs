@@ -18,8 +18,16 @@
 //!   emptied (a new cache epoch, since invalidations may have been missed),
 //!   and only then are hits served again.
 //!
-//! Publishing never holds a write up for longer than `redis.timeout_ms`; a
-//! failed publish is logged and counted, and the write still succeeds.
+//! Publishing never holds a write up: [`Bus::user_evicted`] and
+//! [`Bus::all_evicted`] queue the eviction in the bus's outbox (see
+//! `outbox`) and return. One task sends the queue in order, each publish
+//! bounded by `redis.timeout_ms`; one that fails or times out is retried
+//! with backoff until it goes through, for as long as the eviction matters
+//! (the cache TTL, the stale windows and the upstream timeout). So a
+//! replica whose Redis commands fail while its subscription stays up (no
+//! replica notices a lost link then) still gets every eviction to the
+//! others: late, never lost. Delivery is at least once (evicting twice is
+//! harmless).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +39,7 @@ use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tracing::{debug, info, warn};
 
+use super::outbox::{Item, Outbox, Queued};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -40,8 +49,12 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// A subscription silent for this long is treated as lost.
 pub const SILENCE: Duration = Duration::from_secs(1);
 
-/// Longest wait between reconnect attempts.
+/// Longest wait between reconnect attempts, and between retries of a
+/// publish.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// First wait before retrying a publish.
+const RETRY: Duration = Duration::from_millis(50);
 
 /// What the bus does to the local cache.
 pub trait Evict: Send + Sync + 'static {
@@ -106,6 +119,8 @@ pub struct Bus {
     timeout: Duration,
     /// Counters and the connected gauge.
     metrics: Arc<Metrics>,
+    /// Evictions waiting to be published, sent in order by one task.
+    outbox: Arc<Outbox>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -118,13 +133,16 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Starts the bus: the subscriber and heartbeat tasks, applying remote
-    /// evictions to `evict`. Needs a Tokio runtime.
+    /// Starts the bus: the subscriber, heartbeat and outbox tasks, applying
+    /// remote evictions to `evict`. An eviction not yet published after
+    /// `lifetime` is given up (every copy it evicts has expired). Needs a
+    /// Tokio runtime.
     pub fn start(
         cfg: &RedisConfig,
         conn: ConnectionManager,
         metrics: Arc<Metrics>,
         evict: Arc<dyn Evict>,
+        lifetime: Duration,
     ) -> redis::RedisResult<Bus> {
         let client = redis::Client::open(cfg.url.as_str())?;
         let mut raw = [0u8; 8];
@@ -137,42 +155,106 @@ impl Bus {
             channel: cfg.channel.clone(),
             origin: origin.into(),
             timeout: cfg.timeout,
+            outbox: Arc::new(Outbox::new(lifetime, metrics.clone())),
             metrics,
         };
         evict.set_serving(false);
         bus.metrics.bus_connected(false);
         tokio::spawn(bus.clone().subscribe(client, evict));
         tokio::spawn(bus.clone().heartbeat());
+        tokio::spawn(bus.clone().send_outbox());
         Ok(bus)
     }
 
-    /// Publishes that `id` was evicted here.
+    /// Sets how long an unpublished eviction still matters (on reload).
+    pub fn set_lifetime(&self, lifetime: Duration) {
+        self.outbox.set_lifetime(lifetime);
+    }
+
+    /// Evictions queued or being sent.
+    pub fn waiting(&self) -> usize {
+        self.outbox.waiting()
+    }
+
+    /// Waits up to `within` for every queued eviction to be published;
+    /// `false` if some are still waiting then (shutdown).
+    pub async fn flush(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.outbox.flushed())
+            .await
+            .is_ok()
+    }
+
+    /// Queues the news that `id` was evicted here; see the module docs.
+    /// Returns at once.
     pub async fn user_evicted(&self, id: &str) {
-        let msg = format!("u {} {} {id}", self.origin, now_us());
-        self.publish(msg).await;
+        self.outbox.push(Item::User(id.to_owned()), now_us());
     }
 
-    /// Publishes that everything was evicted here.
+    /// Queues the news that everything was evicted here. Returns at once.
     pub async fn all_evicted(&self) {
-        let msg = format!("a {} {}", self.origin, now_us());
-        self.publish(msg).await;
+        self.outbox.push(Item::All, now_us());
     }
 
-    async fn publish(&self, msg: String) {
+    /// [`Bus::user_evicted`] for code that can not await (a guard's drop).
+    pub fn user_evicted_now(&self, id: &str) {
+        self.outbox.push(Item::User(id.to_owned()), now_us());
+    }
+
+    /// Publishes the outbox in order, forever, retrying each failed
+    /// publish with backoff.
+    async fn send_outbox(self) {
+        let mut backoff = RETRY;
+        let mut failures = 0u32;
+        loop {
+            let queued = self.outbox.next().await;
+            match self.publish(self.message(&queued)).await {
+                Ok(()) => {
+                    self.outbox.delivered();
+                    if failures > 0 {
+                        info!(
+                            failures,
+                            "invalidations published again after failed attempts"
+                        );
+                    }
+                    failures = 0;
+                    backoff = RETRY;
+                }
+                Err(cause) => {
+                    self.outbox.failed(queued);
+                    if failures == 0 {
+                        warn!(
+                            %cause,
+                            "invalidation not published yet; retrying until it is (until then other replicas may serve their cached copy)"
+                        );
+                    } else {
+                        debug!(%cause, failures, "invalidation still not published");
+                    }
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn message(&self, q: &Queued) -> String {
+        match &q.item {
+            Item::User(id) => format!("u {} {} {id}", self.origin, q.since_us),
+            Item::All => format!("a {} {}", self.origin, q.since_us),
+        }
+    }
+
+    /// One publish, bounded by `redis.timeout_ms`, counted.
+    async fn publish(&self, msg: String) -> Result<(), String> {
         let mut conn = self.conn.clone();
         let sent = conn.publish::<_, _, i64>(&self.channel, msg);
-        let result = match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(e)) => {
-                warn!(cause = %e, "invalidation not published; other replicas may serve the old user until their link notices");
-                "error"
-            }
-            Err(_) => {
-                warn!("invalidation not published within redis.timeout_ms");
-                "timeout"
-            }
+        let (label, result) = match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(_)) => ("ok", Ok(())),
+            Ok(Err(e)) => ("error", Err(e.to_string())),
+            Err(_) => ("timeout", Err("no answer within redis.timeout_ms".into())),
         };
-        self.metrics.invalidation_published(result);
+        self.metrics.invalidation_published(label);
+        result
     }
 
     /// Publishes a heartbeat every [`HEARTBEAT`], forever.

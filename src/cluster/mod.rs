@@ -6,14 +6,16 @@
 //! server, so every replica takes from one budget) and by the [`Bus`]'s
 //! publishes; the bus's subscription has a connection of its own. Redis is
 //! never on the critical path: every call is bounded by `redis.timeout_ms`,
-//! a failed limit check means the caller decides locally, and a lost bus
-//! link means no cache hits until it is back.
+//! a failed limit check means the caller decides locally, a lost bus link
+//! means no cache hits until it is back, and a failed publish of an
+//! eviction is queued and retried (`outbox`) rather than lost.
 //!
 //! Public surface: [`connect`], [`SharedLimits`], [`GcraReply`], [`Bus`],
-//! [`Evict`].
+//! [`Evict`], [`OUTBOX_CAPACITY`].
 
 mod bus;
 mod limits;
+mod outbox;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -21,6 +23,7 @@ use crate::config::RedisConfig;
 
 pub use bus::{Bus, Evict, HEARTBEAT, SILENCE};
 pub use limits::{GcraReply, SharedLimits};
+pub use outbox::CAPACITY as OUTBOX_CAPACITY;
 
 /// The process's Redis connection for `cfg`. Connects lazily and
 /// reconnects on its own; each connect and response is bounded by

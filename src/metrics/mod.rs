@@ -155,6 +155,10 @@ pub struct Metrics {
     /// Requests waiting for an upstream slot (written only off the fast
     /// path: a request that gets a slot at once never touches it).
     upstream_queued: Gauge,
+    /// Evictions waiting to be published to the other replicas.
+    invalidation_outbox: Gauge,
+    /// Queued evictions given up, by reason (`expired`, `collapsed`).
+    invalidations_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -182,6 +186,8 @@ impl Metrics {
             bus_connected: Gauge::default(),
             cache_epoch_resets: Counter::default(),
             upstream_queued: Gauge::default(),
+            invalidation_outbox: Gauge::default(),
+            invalidations_dropped: Family::default(),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -244,7 +250,7 @@ impl Metrics {
         }
         r.register(
             "gateway_invalidations_published",
-            "Evictions published to the other replicas, by result (ok, error, timeout)",
+            "Attempts to publish an eviction to the other replicas, by result (ok, error, timeout); failed ones are retried",
             m.invalidations_published.clone(),
         );
         r.register(
@@ -254,7 +260,7 @@ impl Metrics {
         );
         r.register(
             "gateway_invalidation_delay_seconds",
-            "Publish to apply, for evictions received from other replicas (wall clocks)",
+            "Eviction on the sending replica to apply here (outbox wait included; wall clocks)",
             m.invalidation_delay.clone(),
         );
         r.register(
@@ -272,10 +278,33 @@ impl Metrics {
             "Requests waiting for an upstream concurrency slot",
             m.upstream_queued.clone(),
         );
+        r.register(
+            "gateway_invalidation_outbox",
+            "Evictions waiting to be published to the other replicas (queued or being sent)",
+            m.invalidation_outbox.clone(),
+        );
+        r.register(
+            "gateway_invalidation_outbox_dropped",
+            "Queued evictions given up: expired (every copy they evict has expired) or collapsed (the outbox was full: replaced by one evict-all)",
+            m.invalidations_dropped.clone(),
+        );
         m
     }
 
-    /// Counts a published eviction (`ok`, `error`, `timeout`).
+    /// Sets the number of evictions waiting to be published.
+    pub fn invalidation_outbox(&self, waiting: usize) {
+        self.invalidation_outbox.set(waiting as i64);
+    }
+
+    /// Counts queued evictions given up (`expired`) or folded into one
+    /// evict-all (`collapsed`).
+    pub fn invalidations_dropped(&self, reason: &'static str, n: usize) {
+        self.invalidations_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n as u64);
+    }
+
+    /// Counts an attempt to publish an eviction (`ok`, `error`, `timeout`).
     pub fn invalidation_published(&self, result: &'static str) {
         self.invalidations_published
             .get_or_create(&ResultLabels { result })

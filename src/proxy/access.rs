@@ -334,8 +334,10 @@ impl Drop for Access {
 }
 
 /// The audit line of a request that may have changed something upstream.
-/// `upstream_status` 0: no response (error, timeout, or the client left
-/// first), so the change may or may not have happened.
+/// `upstream_status` 0: no response (error, timeout, the client left first,
+/// or the process stopped first: then `status` is the 504 its client gets). `outcome`: `applied` (2xx), `refused`
+/// (another answer below 500) or `unknown` (no answer, or a 5xx: the change
+/// may or may not have happened).
 pub(super) fn audit(
     request_id: &str,
     client: &str,
@@ -344,6 +346,11 @@ pub(super) fn audit(
     upstream_status: Option<StatusCode>,
     status: u16,
 ) {
+    let outcome = match upstream_status {
+        Some(s) if s.is_success() => "applied",
+        Some(s) if !s.is_server_error() => "refused",
+        _ => "unknown",
+    };
     info!(
         target: "openai_admin_gateway::audit",
         request_id,
@@ -352,6 +359,7 @@ pub(super) fn audit(
         path,
         upstream_status = upstream_status.map_or(0, |s| s.as_u16()),
         status,
+        outcome,
     );
 }
 

@@ -11,6 +11,7 @@ use tracing::debug;
 use super::access::{audit, Access, Connection};
 use super::canon::{canonicalize, decode_segment};
 use super::route::{allowed_method, classify, strip_prefix, Route};
+use super::unfinished::Unfinished;
 use super::Gateway;
 use crate::body::{BoxBody, RequestBody};
 use crate::cache::{bypasses, CacheStatus, CACHE_STATUS};
@@ -192,9 +193,15 @@ impl Gateway {
             client: access.client_label(),
         };
         access.forwarded = true;
-        let done = spawn_lasting(write.run(req)).await.map_err(|e| {
-            GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
-        })?;
+        let done = spawn_lasting(write.run(req))
+            .await
+            .map_err(|e| match e.is_cancelled() {
+                // Stopped at the end of the shutdown grace period: no answer in time.
+                true => GatewayError::UpstreamTimeout,
+                false => {
+                    GatewayError::UpstreamUnavailable(format!("write task failed: {e}").into())
+                }
+            })?;
         access.upstream_status = done.upstream_status;
         access.cache = Some(CacheStatus::Bypass);
         if let Some(f) = done.failure {
@@ -259,11 +266,19 @@ impl Write {
     async fn run<B: RequestBody>(self, req: Request<B>) -> Written {
         let shared = &*self.gateway.shared;
         let cache = shared.users.cache();
+        let (parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        // Evicts and audits the write if this task is dropped unfinished.
+        let mut unfinished = Unfinished::new(
+            &self.gateway,
+            self.id.as_deref(),
+            &method,
+            self.audit_path.as_deref(),
+            &self.client,
+        );
         if let Some(id) = &self.id {
             cache.invalidate(id).await;
         }
-        let (parts, body) = req.into_parts();
-        let method = parts.method.clone();
         let mut upstream_status = None;
         let result = async {
             let upstream = &shared.upstream;
@@ -281,6 +296,7 @@ impl Write {
             Ok::<_, GatewayError>(resp)
         }
         .await;
+        unfinished.upstream_status = upstream_status;
         if upstream_status.is_some_and(|s| s.is_success()) {
             if let Some(id) = &self.id {
                 cache.invalidate(id).await;
@@ -317,6 +333,7 @@ impl Write {
                 status,
             );
         }
+        unfinished.finished();
         Written {
             response: with_cache_status(response, CacheStatus::Bypass),
             upstream_status,

@@ -10,6 +10,8 @@
 //!   Errors become OpenAI-shaped responses.
 //! - `access`: the per-request account (metrics, in-flight gauge, access
 //!   and audit lines), written once on every exit, cancellation included.
+//! - `unfinished`: the guard of a write's task, which evicts and audits a
+//!   write dropped before it ended (shutdown).
 //!
 //! Everything a request holds (its account, an upstream slot or queue
 //! place, a single-flight fill, a write task) is a guard released on drop,
@@ -24,6 +26,7 @@ mod access;
 mod canon;
 mod handle;
 mod route;
+mod unfinished;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -101,7 +104,11 @@ impl Gateway {
         let bus = match (&config.redis, conn) {
             (Some(r), Some(c)) => {
                 let evict: Arc<dyn Evict> = Arc::new(users.clone());
-                Some(Bus::start(r, c, metrics.clone(), evict).map_err(std::io::Error::other)?)
+                let lifetime = eviction_lifetime(config);
+                Some(
+                    Bus::start(r, c, metrics.clone(), evict, lifetime)
+                        .map_err(std::io::Error::other)?,
+                )
             }
             _ => None,
         };
@@ -135,6 +142,18 @@ impl Gateway {
         shared
             .upstream
             .set_admin_key(config.upstream.admin_key.clone());
+        if let Some(bus) = &shared.bus {
+            bus.set_lifetime(eviction_lifetime(config));
+        }
+    }
+
+    /// Waits up to `within` for the evictions queued for the other
+    /// replicas to be published (shutdown); `false` if some are left.
+    pub async fn flush_evictions(&self, within: std::time::Duration) -> bool {
+        match &self.shared.bus {
+            Some(bus) => bus.flush(within).await,
+            None => true,
+        }
     }
 
     /// The user cache (admin purges, the entry gauge).
@@ -169,6 +188,25 @@ impl Gateway {
             bus.user_evicted(id).await;
         }
     }
+
+    /// Evicts `id` here and queues the news for the other replicas, without
+    /// awaiting (a write dropped unfinished, from its guard). The entry is
+    /// made unreachable at once; moka drops it at its TTL.
+    fn evicted_now(&self, id: &str) {
+        self.cache().forget(id);
+        if let Some(bus) = &self.shared.bus {
+            bus.user_evicted_now(id);
+        }
+    }
+}
+
+/// How long an eviction not yet published to the other replicas still
+/// matters: a copy stored elsewhere before it (or by a fill that raced it,
+/// which ends within the upstream timeout) lives for the TTL, then may be
+/// served for the stale windows.
+fn eviction_lifetime(config: &Config) -> std::time::Duration {
+    let c = &config.cache;
+    c.ttl + c.stale_if_error + c.stale_while_revalidate + config.upstream.timeout
 }
 
 impl hyper::service::Service<Request<Incoming>> for Gateway {

@@ -9,9 +9,13 @@
 //! shutdown future resolves every worker closes its listener at once (new
 //! connections are refused), asks its connections to close gracefully, lets
 //! in-flight requests finish for up to `server.shutdown_grace_secs` and
-//! aborts the connections still open then; `run` returns once every worker
-//! has ended and the writes whose clients left have finished. A worker that
-//! fails or panics stops the server with an error.
+//! aborts the connections still open then. The writes (whose clients may
+//! have left) get the same deadline (one grace period in all); those still
+//! running then are aborted, each is evicted and audited with its outcome
+//! unknown by its guard, and a client still waiting gets a 504 (the
+//! workers keep their connections a quarter of a second longer for it). `run` returns once the evictions queued for the
+//! other replicas are published, at most half a second past the deadline.
+//! A worker that fails or panics stops the server with an error.
 //!
 //! - `accept`: the public accept loop, the connection bound (one for all
 //!   workers), TLS and HTTP/1 and HTTP/2 serving of each connection.
@@ -42,6 +46,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -140,6 +145,7 @@ impl Server {
             tokio::spawn(Admin::new(gateway.clone(), draining.clone()).serve(admin, stop_rx));
         let count = public.len();
         let tls_on = tls.is_some();
+        let gateway_for_exit = gateway.clone();
         let acceptor = Arc::new(Acceptor::new(&settings, gateway, tls));
         // Writes whose clients left run here, on the runtime that outlives
         // the workers (see `upstream::spawn_lasting`).
@@ -174,24 +180,23 @@ impl Server {
                 failures.push(what);
             }
         }
+        // One grace period for everything: the workers' drain and the
+        // writes end at the same deadline. The workers keep their
+        // connections a moment longer, so that the client of a write
+        // stopped then still gets its answer (504).
+        let deadline = Instant::now() + settings.shutdown_grace;
         draining.store(true, Ordering::Release);
         let _ = stop_tx.send(true);
-        workers.stop();
-        workers.join(&mut failures).await;
-        if lasting.running() > 0 {
-            info!(
-                tasks = lasting.running(),
-                "waiting for writes whose clients left"
-            );
-            if tokio::time::timeout(settings.shutdown_grace, lasting.finished())
-                .await
-                .is_err()
-            {
-                warn!(
-                    tasks = lasting.running(),
-                    "grace period over; leaving the remaining writes"
-                );
-            }
+        workers.stop(deadline + ANSWER_STOPPED_WRITES);
+        tokio::join!(
+            workers.join(&mut failures),
+            finish_writes(&lasting, deadline)
+        );
+        if !gateway_for_exit
+            .flush_evictions(remaining(deadline + AFTER_GRACE))
+            .await
+        {
+            warn!("stopping with evictions not published to the other replicas");
         }
         let _ = admin_task.await;
         if failures.is_empty() {
@@ -200,4 +205,44 @@ impl Server {
             Err(io::Error::other(failures.join("; ")))
         }
     }
+}
+
+/// How long past the grace period queued evictions may take to reach
+/// Redis; the process is gone within the grace period plus a second.
+const AFTER_GRACE: Duration = Duration::from_millis(500);
+
+/// How long past the grace period the workers keep their connections, so
+/// that the writes stopped at its end are answered.
+const ANSWER_STOPPED_WRITES: Duration = Duration::from_millis(250);
+
+/// Time left until `deadline`.
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Lets the writes whose clients left run until `deadline`, then aborts
+/// them: each one's guard evicts it (here and, through the outbox, on
+/// every replica) and writes its audit line with the outcome unknown.
+async fn finish_writes(lasting: &Lasting, deadline: Instant) {
+    if lasting.running() == 0 {
+        return;
+    }
+    info!(
+        tasks = lasting.running(),
+        "waiting for writes whose clients left"
+    );
+    if tokio::time::timeout_at(deadline.into(), lasting.finished())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    warn!(
+        tasks = lasting.running(),
+        "grace period over; stopping the writes still at the upstream (outcome unknown)"
+    );
+    lasting.abort_all();
+    // Aborted tasks are dropped on their runtime's threads; give them a
+    // moment to run their guards.
+    let _ = tokio::time::timeout(AFTER_GRACE / 2, lasting.finished()).await;
 }

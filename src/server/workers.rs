@@ -6,14 +6,15 @@
 //! that accepted it.
 //!
 //! On stop each worker closes its listener, asks its connections to close
-//! gracefully, lets them finish for up to `server.shutdown_grace_secs`,
-//! aborts the rest, drops its runtime and reports how it ended. A worker
+//! gracefully, lets them finish until the shutdown's deadline (the signal
+//! plus `server.shutdown_grace_secs`, one for the whole process), aborts the
+//! rest, drops its runtime and reports how it ended. A worker
 //! that ends any other way (its runtime fails to start, it panics) is
 //! reported too, so the server never runs on quietly with fewer workers.
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -36,8 +37,9 @@ pub(super) enum Ended {
 
 /// The running workers.
 pub(super) struct Workers {
-    /// `true` asks every worker to stop; dropping it does too.
-    stop: watch::Sender<bool>,
+    /// A deadline asks every worker to stop and drain until then; dropping
+    /// it asks them to stop too (draining for the grace period).
+    stop: watch::Sender<Option<Instant>>,
     /// One task per worker, resolving with how it ended.
     ended: JoinSet<(usize, Ended)>,
 }
@@ -52,7 +54,7 @@ impl Workers {
         grace: Duration,
         lasting: &Lasting,
     ) -> io::Result<Workers> {
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(None);
         let mut ended = JoinSet::new();
         for (index, listener) in listeners.into_iter().enumerate() {
             let (done_tx, done_rx) = oneshot::channel();
@@ -87,9 +89,9 @@ impl Workers {
         }
     }
 
-    /// Asks every worker to stop accepting and drain.
-    pub(super) fn stop(&self) {
-        let _ = self.stop.send(true);
+    /// Asks every worker to stop accepting and drain until `deadline`.
+    pub(super) fn stop(&self, deadline: Instant) {
+        let _ = self.stop.send(Some(deadline));
     }
 
     /// Waits for every worker to end; each that did not drain is logged
@@ -121,7 +123,7 @@ fn run(
     index: usize,
     listener: std::net::TcpListener,
     acceptor: &Acceptor,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Option<Instant>>,
     grace: Duration,
     lasting: Lasting,
 ) -> io::Result<()> {
@@ -130,20 +132,25 @@ fn run(
         .build()?;
     worker::enter(index, lasting);
     crate::shard::claim(index);
-    runtime.block_on(serve(index, listener, acceptor, stop, grace))
+    let served = runtime.block_on(serve(index, listener, acceptor, stop, grace));
+    // What is left (pooled connections, a blocking DNS lookup) must not
+    // keep the process past its deadline.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served
 }
 
 async fn serve(
     index: usize,
     listener: std::net::TcpListener,
     acceptor: &Acceptor,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Option<Instant>>,
     grace: Duration,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    // Stops on `true`, or when the server is gone (the sender dropped).
+    // Stops at a deadline, or when the server is gone (the sender dropped).
+    let mut stopping = stop.clone();
     let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
+        let _ = stopping.wait_for(Option::is_some).await;
     };
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -152,22 +159,27 @@ async fn serve(
         .await;
     // The listener is dropped here: this worker accepts no more.
     let _ = drain_tx.send(true);
-    drain(index, conns, grace).await;
+    let deadline = stop.borrow().unwrap_or_else(|| Instant::now() + grace);
+    drain(index, conns, deadline).await;
     Ok(())
 }
 
-/// Lets the (already asked to close) connections finish for up to `grace`,
+/// Lets the (already asked to close) connections finish until `deadline`,
 /// then aborts the rest; returns once every connection task has ended.
-async fn drain(index: usize, mut conns: JoinSet<()>, grace: Duration) {
+async fn drain(index: usize, mut conns: JoinSet<()>, deadline: Instant) {
     while conns.try_join_next().is_some() {}
     info!(
         worker = index,
         open_connections = conns.len(),
-        grace_secs = grace.as_secs(),
+        grace_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64,
         "draining"
     );
-    let drained =
-        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout_at(deadline.into(), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     match drained {
         Ok(()) => info!(worker = index, "all connections closed"),
         Err(_) => {

@@ -12,15 +12,17 @@
 //! [`spawn_lasting`] is for work a client hanging up must not cancel (a
 //! user write and the evictions that follow it): on a worker it runs on the
 //! [`Lasting`] runtime, the one `Server::run` is on, which outlives every
-//! worker, and `Server::run` waits for it before it returns.
+//! worker, and `Server::run` waits for it, until the end of the grace
+//! period, before it returns; what is still running then is aborted (a
+//! write's guard then evicts and audits it).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 thread_local! {
     /// This thread's worker index, when it is a worker.
@@ -36,6 +38,9 @@ pub struct Lasting {
     handle: Handle,
     /// Each running task holds one receiver; `closed()` is "all done".
     running: Arc<watch::Sender<()>>,
+    /// The tasks' abort handles (finished ones pruned at each spawn), for
+    /// the end of the grace period.
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 impl Lasting {
@@ -44,7 +49,21 @@ impl Lasting {
         Self {
             handle: Handle::current(),
             running: Arc::new(watch::Sender::new(())),
+            tasks: Arc::default(),
         }
+    }
+
+    /// Cancels every task still running (the grace period is over): each
+    /// is dropped where it waits, and its guards run. Await
+    /// [`Lasting::finished`] for them to be gone.
+    pub fn abort_all(&self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves once every task spawned through this has ended.
@@ -63,10 +82,14 @@ impl Lasting {
         F::Output: Send + 'static,
     {
         let token = self.running.subscribe();
-        self.handle.spawn(async move {
+        let task = self.handle.spawn(async move {
             let _running = token;
             fut.await
-        })
+        });
+        let mut tasks = self.lock_tasks();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
+        task
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`process`]: runs the real binary (temp config files, stdout/stderr capture, signals to
 //!   its pid: SIGHUP, SIGTERM, SIGINT).
 //! - [`redis`]: a real `redis-server` on a loopback port, stopped and restarted at will.
+//! - [`replica`]: one replica as a real process with `[redis]`, its metrics and gauges.
 //! - [`pki`]: a fresh rcgen CA and leaf certificates for `localhost` / `127.0.0.1`.
 //! - [`sdk`]: finding and running the official Python and Node SDK test runners.
 //!
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod pki;
 pub mod process;
 pub mod redis;
+pub mod replica;
 pub mod sdk;
 pub mod upstream;
 

@@ -1,0 +1,111 @@
+//! One gateway replica as a real process with `[redis]` (JSON logs), for tests of what
+//! replicas tell each other and of what a process does on its way out.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::Method;
+
+use super::client::{req, TestResponse};
+use super::gateway::GatewayConfig;
+use super::metrics::metric;
+use super::process::{GatewayProcess, TempDir};
+use super::upstream::Upstream;
+use super::{ADMIN_KEY, ADMIN_KEY_ENV, CLIENT_KEY};
+
+/// A running replica and its ports.
+pub struct Replica {
+    /// The process.
+    pub gw: GatewayProcess,
+    /// The public listener.
+    pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// Holds the config file.
+    _dir: TempDir,
+}
+
+impl Replica {
+    /// Starts a replica of `upstream` sharing the Redis at `redis_url` (`redis.timeout_ms`
+    /// 200), with `tweak` applied to its config; returns once its bus is connected.
+    pub async fn start(
+        upstream: &Upstream,
+        redis_url: &str,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Replica {
+        let dir = TempDir::new("replica");
+        let mut cfg = GatewayConfig::new(&upstream.base_url());
+        let (addr, admin) = cfg.free_ports();
+        cfg.extra = format!("[redis]\nurl = {redis_url:?}\ntimeout_ms = 200\n");
+        tweak(&mut cfg);
+        let toml = cfg
+            .toml()
+            .replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
+        let path = dir.write("gateway.toml", &toml);
+        let mut gw = GatewayProcess::spawn_args(
+            &["--config", path.to_str().expect("utf-8 path")],
+            &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "info")],
+        );
+        gw.wait_listening(addr).await;
+        gw.wait_listening(admin).await;
+        let r = Replica {
+            gw,
+            addr,
+            admin,
+            _dir: dir,
+        };
+        r.wait_metric("gateway_invalidation_bus_connected", &[], 1.0)
+            .await;
+        r
+    }
+
+    /// `http://ADDR{path}` on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET path` with the default client's key.
+    pub async fn get(&self, path: &str) -> TestResponse {
+        req(Method::GET, &self.url(path))
+            .bearer(CLIENT_KEY)
+            .send()
+            .await
+    }
+
+    /// The sum of `name`'s samples with `labels` on the admin listener.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = req(Method::GET, &format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .text();
+        metric(&text, name, labels)
+    }
+
+    /// Waits (up to 10 s) until `name{labels}` is at least `at_least`.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
+        let start = Instant::now();
+        loop {
+            let v = self.metric(name, labels).await;
+            if v >= at_least {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name}{labels:?} stayed at {v} (< {at_least}); stderr:\n{}",
+                self.gw.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that the in-flight gauges and the invalidation outbox are at 0.
+    pub async fn assert_idle(&self) {
+        for name in [
+            "gateway_requests_in_flight",
+            "gateway_upstream_in_flight",
+            "gateway_invalidation_outbox",
+        ] {
+            assert_eq!(self.metric(name, &[]).await, 0.0, "{name}");
+        }
+    }
+}
