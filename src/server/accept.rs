@@ -40,8 +40,9 @@ pub(super) struct Acceptor {
     gateway: Gateway,
     /// TLS, when terminating.
     tls: Option<TlsAcceptor>,
-    /// One permit per open connection: bounds file descriptors and memory
-    /// under a connection flood; accept waits while none is free.
+    /// One permit per served connection: bounds file descriptors and
+    /// memory under a connection flood; an accepted connection waits for
+    /// one before it is read.
     limit: Arc<Semaphore>,
     /// Time from accept to the first request's headers (TLS included):
     /// silent connections would hold a permit otherwise.
@@ -87,14 +88,12 @@ impl Acceptor {
     ) {
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = &mut shutdown => return,
-                p = self.limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
+            // Accept, then take a slot: a worker holding the last free
+            // slot while blocked in `accept()` would leave a connection
+            // waiting on another worker's socket with the slot idle. While
+            // no slot is free, this worker holds at most this one accepted
+            // socket (not yet read) and accepts no more; slots are handed
+            // out first come, first served across workers.
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
@@ -106,6 +105,14 @@ impl Acceptor {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                },
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                p = self.limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
                 },
             };
             let _ = stream.set_nodelay(true);
