@@ -69,6 +69,7 @@ impl Validator<'_> {
             workers,
             header_read_timeout_ms,
             idle_timeout_secs,
+            send_timeout_ms,
             watch_files,
             log_format,
             tls_cert,
@@ -89,6 +90,7 @@ impl Validator<'_> {
             10_000,
         );
         let idle = self.positive("server.idle_timeout_secs", idle_timeout_secs, 120);
+        let send = self.positive("server.send_timeout_ms", send_timeout_ms, 30_000);
         let log_format = match log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -125,6 +127,7 @@ impl Validator<'_> {
             workers,
             header_read_timeout: Duration::from_millis(hrt),
             idle_timeout: Duration::from_secs(idle),
+            send_timeout: Duration::from_millis(send),
             watch_files: watch_files.unwrap_or(true),
             log_format,
             tls,

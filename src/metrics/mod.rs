@@ -151,6 +151,9 @@ pub struct Metrics {
     invalidation_delay: Histogram,
     bus_connected: Gauge,
     cache_epoch_resets: Counter,
+    /// Connections closed because a response made no progress to the
+    /// client for `server.send_timeout_ms`.
+    send_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -177,6 +180,7 @@ impl Metrics {
             invalidation_delay: latency_histogram(),
             bus_connected: Gauge::default(),
             cache_epoch_resets: Counter::default(),
+            send_timeouts: Counter::default(),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -262,7 +266,18 @@ impl Metrics {
             "Caches emptied because the invalidation bus came back after a loss",
             m.cache_epoch_resets.clone(),
         );
+        r.register(
+            "gateway_send_timeouts",
+            "Connections closed because a response made no progress to the client for \
+             server.send_timeout_ms",
+            m.send_timeouts.clone(),
+        );
         m
+    }
+
+    /// Counts a connection closed for `server.send_timeout_ms`.
+    pub fn send_timeout(&self) {
+        self.send_timeouts.inc();
     }
 
     /// Counts a published eviction (`ok`, `error`, `timeout`).

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,13 +24,15 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
-use crate::body::BoxBody;
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::proxy::{Connection, Gateway};
+
+use super::progress::{SendProgress, WatchedBody, WatchedIo};
 
 /// Accepts public connections and serves each on its own task.
 pub(super) struct Acceptor {
@@ -50,6 +52,9 @@ pub(super) struct Acceptor {
     /// A connection with no request open for this long is closed (HTTP/2
     /// PINGs do not count as activity).
     idle_timeout: Duration,
+    /// A response the client takes nothing of for this long has its
+    /// connection closed (see [`super::progress`]).
+    send_timeout: Duration,
 }
 
 impl Acceptor {
@@ -71,6 +76,7 @@ impl Acceptor {
             limit: Arc::new(Semaphore::new(settings.max_connections)),
             first_request_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
+            send_timeout: settings.send_timeout,
         }
     }
 
@@ -132,20 +138,30 @@ impl Acceptor {
         drain: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let http = self.http.clone();
-        let account = Connection::new();
+        let progress = Arc::new(SendProgress::default());
+        let watch = Watch {
+            account: Connection::new(),
+            progress: progress.clone(),
+            first_request: Instant::now() + self.first_request_timeout,
+            idle: self.idle_timeout,
+            send_period: SendProgress::period(self.send_timeout),
+            metrics: self.gateway.metrics().clone(),
+            peer,
+        };
         let service = ConnService(Arc::new(ConnState {
             gateway: self.gateway.clone(),
-            conn: account.clone(),
+            conn: watch.account.clone(),
+            progress: progress.clone(),
         }));
         let tls = self.tls.clone();
-        let deadline = Instant::now() + self.first_request_timeout;
-        let idle = self.idle_timeout;
+        let stream = WatchedIo::new(stream, progress);
         async move {
             let _permit = permit;
+            let deadline = watch.first_request;
             match tls {
                 None => {
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    drive(conn, &account, deadline, idle, drain, peer).await;
+                    drive(conn, &watch, drain).await;
                 }
                 Some(acceptor) => {
                     let tls_stream =
@@ -161,36 +177,62 @@ impl Acceptor {
                             }
                         };
                     let conn = http.serve_connection(TokioIo::new(tls_stream), service);
-                    drive(conn, &account, deadline, idle, drain, peer).await;
+                    drive(conn, &watch, drain).await;
                 }
             }
         }
     }
 }
 
+/// What a connection's task watches it with.
+struct Watch {
+    /// The connection's account.
+    account: Arc<Connection>,
+    /// Its responses' waits on the peer.
+    progress: Arc<SendProgress>,
+    /// When its first request's headers are due.
+    first_request: Instant,
+    /// `server.idle_timeout_secs`.
+    idle: Duration,
+    /// How often `progress` ticks (a quarter of `server.send_timeout_ms`).
+    send_period: Duration,
+    /// Where a cut for the send deadline is counted.
+    metrics: Arc<Metrics>,
+    /// The client's address, for the log.
+    peer: SocketAddr,
+}
+
 /// Serves one connection to its end. Dropping it (a silent client past
-/// the deadline) closes the socket; a drain, an abusive client or `idle`
+/// the first request's deadline, a response the client took nothing of
+/// for `server.send_timeout_ms`) closes the socket and drops every
+/// request's future and body; a drain, an abusive client or `idle`
 /// without an open request starts a graceful close (GOAWAY on HTTP/2,
 /// close after the current response on HTTP/1.1).
-async fn drive<C>(
-    conn: C,
-    account: &Connection,
-    first_request_deadline: Instant,
-    idle: Duration,
-    mut drain: watch::Receiver<bool>,
-    peer: SocketAddr,
-) where
+async fn drive<C>(conn: C, w: &Watch, mut drain: watch::Receiver<bool>)
+where
     C: GracefulConnection,
     C::Error: Display,
 {
+    let (account, idle, peer) = (&w.account, w.idle, w.peer);
     tokio::pin!(conn);
-    let first = tokio::time::sleep_until(first_request_deadline);
+    let first = tokio::time::sleep_until(w.first_request);
     tokio::pin!(first);
     let idle_check = tokio::time::sleep_until(Instant::now() + idle);
     tokio::pin!(idle_check);
+    let mut send_check = tokio::time::interval_at(Instant::now() + w.send_period, w.send_period);
+    // A late tick must not count as several: that would cut early.
+    send_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut waiting_first, mut closing) = (true, false);
     loop {
         tokio::select! {
+            _ = send_check.tick() => {
+                if w.progress.tick() {
+                    warn!(%peer, "client took nothing of a response for send_timeout_ms; closing");
+                    account.send_timed_out();
+                    w.metrics.send_timeout();
+                    return;
+                }
+            }
             _ = &mut idle_check, if !closing => {
                 match account.idle_for() {
                     Some(quiet) if quiet >= idle => {
@@ -243,19 +285,24 @@ struct ConnState {
     gateway: Gateway,
     /// This connection's account.
     conn: Arc<Connection>,
+    /// This connection's waits on its peer; every response body is
+    /// watched (see [`super::progress`]).
+    progress: Arc<SendProgress>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<BoxBody>;
+    type Response = Response<WatchedBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.0.conn.request_arrived();
         let state = self.0.clone();
+        let h2 = req.version() == Version::HTTP_2;
         Box::pin(async move {
             let conn = state.conn.clone();
-            Ok(state.gateway.handle_on(req, Some(conn)).await)
+            let resp = state.gateway.handle_on(req, Some(conn)).await;
+            Ok(resp.map(|body| WatchedBody::new(body, state.progress.clone(), h2)))
         })
     }
 }
