@@ -43,6 +43,10 @@ use crate::body::{BoxBody, BoxError};
 /// Ticks per `send_timeout`.
 const TICKS: u32 = 4;
 
+/// The most of a body handed to hyper's HTTP/2 at once (its default frame
+/// size).
+const H2_PIECE: usize = 16 * 1024;
+
 /// Epochs counted; more than `TICKS + 1`, so the slot checked on a tick is
 /// never the slot a new wait is counted in.
 const RING: usize = 8;
@@ -202,11 +206,8 @@ pub(super) struct WatchedBody {
     /// Open from when a frame is handed over (or the body is) until hyper
     /// asks for the next one.
     wait: Wait,
-    /// HTTP/2: the last byte of the body's last chunk, held back and sent
-    /// on its own. hyper's HTTP/2 sends a body's last chunk once the window
-    /// has room for one byte and then drops the body; sent this way, the
-    /// body lives (and is watched) until the window has room for all but
-    /// one byte of it.
+    /// HTTP/2: the rest of a chunk, handed over in [`H2_PIECE`]s (see
+    /// [`WatchedBody::next_piece`]).
     held: Option<Bytes>,
     /// Served over HTTP/2.
     h2: bool,
@@ -225,16 +226,27 @@ impl WatchedBody {
         }
     }
 
-    /// An HTTP/2 body's last chunk, less its last byte, which is held.
-    fn hold_last_byte(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
-        match frame.into_data() {
-            Ok(mut data) if data.len() > 1 => {
-                self.held = Some(data.split_off(data.len() - 1));
-                Frame::data(data)
-            }
-            Ok(data) => Frame::data(data),
-            Err(frame) => frame,
-        }
+    /// HTTP/2: the next piece of `data`, the rest held. hyper's HTTP/2
+    /// takes a chunk once the stream's window has room for one byte, queues
+    /// all of it in h2 and asks for the next chunk only once the window has
+    /// room for the queue; so a piece is asked past once the peer has taken
+    /// about the one before. Pieces of at most [`H2_PIECE`] (one default
+    /// frame: no extra frames on the wire) make a peer that takes 16 kB
+    /// per `send_timeout` a peer that progresses, however large the chunk.
+    /// The body's last byte goes on its own: hyper sends the last piece
+    /// and drops the body, so this keeps it watched until the window has
+    /// taken everything before that byte.
+    fn next_piece(&mut self, mut data: Bytes) -> Bytes {
+        let len = data.len();
+        let piece = if len > H2_PIECE {
+            data.split_to(H2_PIECE)
+        } else if len > 1 && self.inner.is_end_stream() {
+            data.split_to(len - 1)
+        } else {
+            return data;
+        };
+        self.held = Some(data);
+        piece
     }
 }
 
@@ -249,17 +261,17 @@ impl Body for WatchedBody {
         let this = &mut *self;
         // Asked again: whatever was handed over before has been sent on.
         this.wait.end();
-        if let Some(byte) = this.held.take() {
+        if let Some(rest) = this.held.take() {
+            let piece = this.next_piece(rest);
             this.wait.begin();
-            return Poll::Ready(Some(Ok(Frame::data(byte))));
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let last = this.h2 && frame.is_data() && this.inner.is_end_stream();
-                let frame = if last {
-                    this.hold_last_byte(frame)
-                } else {
-                    frame
+                let frame = match frame.into_data() {
+                    Ok(data) if this.h2 => Frame::data(this.next_piece(data)),
+                    Ok(data) => Frame::data(data),
+                    Err(frame) => frame,
                 };
                 this.wait.begin();
                 Poll::Ready(Some(Ok(frame)))
@@ -273,10 +285,14 @@ impl Body for WatchedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.held {
-            Some(byte) => SizeHint::with_exact(byte.remaining() as u64),
-            None => self.inner.size_hint(),
+        let held = self.held.as_ref().map_or(0, |b| b.remaining() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + held);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
         }
+        hint
     }
 }
 
@@ -305,5 +321,32 @@ mod tests {
         for _ in 0..3 * RING {
             assert!(!p.tick(), "no wait open");
         }
+    }
+
+    /// Over HTTP/2 a body goes in pieces of at most `H2_PIECE`, its last
+    /// byte on its own; every byte arrives, in order. Over HTTP/1.1 it
+    /// passes as it is.
+    #[tokio::test]
+    async fn http2_bodies_go_in_pieces_and_the_last_byte_alone() {
+        use http_body_util::BodyExt;
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let progress = Arc::new(SendProgress::default());
+        for (h2, want) in [
+            (true, vec![H2_PIECE, H2_PIECE, 40_000 - 2 * H2_PIECE - 1, 1]),
+            (false, vec![40_000]),
+        ] {
+            let mut body = WatchedBody::new(crate::body::full(bytes.clone()), progress.clone(), h2);
+            assert_eq!(body.size_hint().exact(), Some(40_000));
+            let (mut sizes, mut got) = (Vec::new(), Vec::new());
+            while let Some(frame) = body.frame().await {
+                let data = frame.expect("frame").into_data().expect("data");
+                sizes.push(data.len());
+                got.extend_from_slice(&data);
+            }
+            assert!(body.is_end_stream());
+            assert_eq!(sizes, want, "h2 = {h2}");
+            assert_eq!(got, bytes);
+        }
+        assert!(!progress.tick(), "every wait closed once the bodies ended");
     }
 }
