@@ -10,11 +10,13 @@
 //! - [`WatchedIo`], under TLS (or the plain socket): a write the socket
 //!   did not accept (its buffer is full: an HTTP/1.1 client that does not
 //!   read, pipelined or not), until a write accepts bytes.
-//! - [`WatchedBody`], around every response body: a frame handed to hyper
-//!   and not asked for again. hyper asks for the next frame only once it
-//!   could send the last one (HTTP/1.1: room in its write buffer; HTTP/2:
-//!   the stream's flow-control window), so an HTTP/2 stream whose window
-//!   stays shut waits here while the socket itself is quiet. A body that
+//! - [`WatchedBody`], around every HTTP/2 response body: a piece handed to
+//!   hyper and not asked past. hyper asks for the next piece only once the
+//!   stream's flow-control window took the last, so a stream whose window
+//!   stays shut waits here while the socket itself is quiet. (Over
+//!   HTTP/1.1 the socket alone tells: hyper stops asking only while its
+//!   write buffer is full, and that buffer drains only as the socket takes
+//!   bytes.) A body that
 //!   hyper asks for and that has nothing yet waits on the upstream, not on
 //!   the client: that is `upstream.body_idle_timeout_ms`'s business.
 //!   HTTP/2 PINGs move bytes on the socket but no body; they do not end a
@@ -216,13 +218,24 @@ pub(super) struct WatchedBody {
 impl WatchedBody {
     /// Watches `inner`, offered to hyper now.
     pub(super) fn new(inner: BoxBody, progress: Arc<SendProgress>, h2: bool) -> Self {
-        let mut wait = Wait::new(progress);
-        wait.begin();
-        Self {
+        let mut body = Self {
             inner,
-            wait,
+            wait: Wait::new(progress),
             held: None,
             h2,
+        };
+        body.handed_over();
+        body
+    }
+
+    /// Something was handed to hyper: over HTTP/2, a wait until hyper asks
+    /// past it. Over HTTP/1.1 the socket tells it all (hyper asks for more
+    /// whenever its write buffer has room, and that buffer drains only as
+    /// the socket takes bytes), and more exactly: a large chunk can fill
+    /// the buffer for longer than a slow reader needs to take a few bytes.
+    fn handed_over(&mut self) {
+        if self.h2 {
+            self.wait.begin();
         }
     }
 
@@ -263,7 +276,7 @@ impl Body for WatchedBody {
         this.wait.end();
         if let Some(rest) = this.held.take() {
             let piece = this.next_piece(rest);
-            this.wait.begin();
+            this.handed_over();
             return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -273,7 +286,7 @@ impl Body for WatchedBody {
                     Ok(data) => Frame::data(data),
                     Err(frame) => frame,
                 };
-                this.wait.begin();
+                this.handed_over();
                 Poll::Ready(Some(Ok(frame)))
             }
             other => other,
