@@ -307,15 +307,17 @@ impl Drop for Access {
         let cache = self.cache.map_or("-", CacheStatus::as_str);
         let latency_us = elapsed.as_micros() as u64;
         let (method, client) = (self.method.as_str(), client.as_str());
-        let (body, bytes) = match self.body {
-            (BodyEnd::None, _) => ("-", 0),
-            (BodyEnd::Complete, n) => ("complete", n),
-            (BodyEnd::Incomplete, n) => ("incomplete", n),
-        };
+        // Cut for the send deadline while this body was still being sent:
+        // whatever it had handed over, the client did not get it all.
         let cut = self
             .conn
             .as_ref()
             .is_some_and(|c| c.send_timed_out.load(Ordering::Relaxed));
+        let (body, bytes) = match self.body {
+            (BodyEnd::None, _) => ("-", 0),
+            (BodyEnd::Complete, n) if !cut => ("complete", n),
+            (BodyEnd::Complete | BodyEnd::Incomplete, n) => ("incomplete", n),
+        };
         let error = match (&self.failure, &self.answered) {
             (Some(e), _) => Some(e.as_str()),
             _ if cut => Some(SEND_TIMEOUT),
