@@ -6,7 +6,12 @@
 //! within `server.header_read_timeout_ms` of accept (TLS handshake and the
 //! HTTP/2 preface included), or it is closed; and a client that keeps
 //! abandoning forwarded requests is sent GOAWAY
-//! ([`crate::proxy::Connection`] keeps the count).
+//! ([`crate::proxy::Connection`] keeps the count). A connection whose
+//! client takes nothing of a response for `server.send_timeout_ms` is
+//! closed (see [`super::progress`]).
+//!
+//! A worker accepts and then takes a slot, so a free slot never waits in
+//! one worker's `accept()` while a connection waits on another's socket.
 
 use std::convert::Infallible;
 use std::fmt::Display;

@@ -16,11 +16,10 @@
 //!   stays shut waits here while the socket itself is quiet. (Over
 //!   HTTP/1.1 the socket alone tells: hyper stops asking only while its
 //!   write buffer is full, and that buffer drains only as the socket takes
-//!   bytes.) A body that
-//!   hyper asks for and that has nothing yet waits on the upstream, not on
-//!   the client: that is `upstream.body_idle_timeout_ms`'s business.
-//!   HTTP/2 PINGs move bytes on the socket but no body; they do not end a
-//!   body's wait.
+//!   bytes.) A body that hyper asks for and that has nothing yet waits on
+//!   the upstream, not on the client: that is
+//!   `upstream.body_idle_timeout_ms`'s business. HTTP/2 PINGs move bytes
+//!   on the socket but no body; they do not end a body's wait.
 //!
 //! The connection's task ticks [`SendProgress::tick`] every
 //! `send_timeout / TICKS`; waits are counted per tick (an epoch) in a
@@ -201,12 +200,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
 
 // === WatchedBody ===
 
-/// A response body, noting frames hyper has not asked past.
+/// A response body; over HTTP/2, handed to hyper in pieces, each a wait
+/// until hyper asks past it.
 pub(super) struct WatchedBody {
     /// The body.
     inner: BoxBody,
-    /// Open from when a frame is handed over (or the body is) until hyper
-    /// asks for the next one.
+    /// HTTP/2: open from when a piece is handed over (or the body is)
+    /// until hyper asks for the next one.
     wait: Wait,
     /// HTTP/2: the rest of a chunk, handed over in [`H2_PIECE`]s (see
     /// [`WatchedBody::next_piece`]).
