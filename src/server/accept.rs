@@ -149,7 +149,7 @@ impl Acceptor {
             progress: progress.clone(),
             first_request: Instant::now() + self.first_request_timeout,
             idle: self.idle_timeout,
-            send_period: SendProgress::period(self.send_timeout),
+            send_timeout: self.send_timeout,
             metrics: self.gateway.metrics().clone(),
             peer,
         };
@@ -199,8 +199,9 @@ struct Watch {
     first_request: Instant,
     /// `server.idle_timeout_secs`.
     idle: Duration,
-    /// How often `progress` ticks (a quarter of `server.send_timeout_ms`).
-    send_period: Duration,
+    /// `server.send_timeout_ms`: `progress` ticks every quarter of it, and
+    /// an idle connection gets this long to finish its graceful close.
+    send_timeout: Duration,
     /// Where a cut for the send deadline is counted.
     metrics: Arc<Metrics>,
     /// The client's address, for the log.
@@ -212,7 +213,11 @@ struct Watch {
 /// for `server.send_timeout_ms`) closes the socket and drops every
 /// request's future and body; a drain, an abusive client or `idle`
 /// without an open request starts a graceful close (GOAWAY on HTTP/2,
-/// close after the current response on HTTP/1.1).
+/// close after the current response on HTTP/1.1). An idle connection
+/// still open `send_timeout` after its graceful close began is dropped:
+/// over HTTP/2 the end of a streamed body can sit in h2's queue after the
+/// body is gone (no request open, nothing watched), waiting for a window
+/// the client never opens.
 async fn drive<C>(conn: C, w: &Watch, mut drain: watch::Receiver<bool>)
 where
     C: GracefulConnection,
@@ -224,10 +229,11 @@ where
     tokio::pin!(first);
     let idle_check = tokio::time::sleep_until(Instant::now() + idle);
     tokio::pin!(idle_check);
-    let mut send_check = tokio::time::interval_at(Instant::now() + w.send_period, w.send_period);
+    let period = SendProgress::period(w.send_timeout);
+    let mut send_check = tokio::time::interval_at(Instant::now() + period, period);
     // A late tick must not count as several: that would cut early.
     send_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let (mut waiting_first, mut closing) = (true, false);
+    let (mut waiting_first, mut closing, mut idle_closing) = (true, false, false);
     loop {
         tokio::select! {
             _ = send_check.tick() => {
@@ -238,11 +244,17 @@ where
                     return;
                 }
             }
-            _ = &mut idle_check, if !closing => {
+            _ = &mut idle_check, if !closing || idle_closing => {
+                if idle_closing {
+                    warn!(%peer, "client took nothing of a response's end for send_timeout_ms; closing");
+                    w.metrics.send_timeout();
+                    return;
+                }
                 match account.idle_for() {
                     Some(quiet) if quiet >= idle => {
                         debug!(%peer, "idle connection closed");
-                        closing = true;
+                        (closing, idle_closing) = (true, true);
+                        idle_check.as_mut().reset(Instant::now() + w.send_timeout);
                         conn.as_mut().graceful_shutdown();
                     }
                     Some(quiet) => idle_check.as_mut().reset(Instant::now() + (idle - quiet)),
