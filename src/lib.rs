@@ -11,6 +11,7 @@
 //! - [`server`]: listeners, the worker threads (`server.workers`, each with
 //!   its own current-thread runtime and `SO_REUSEPORT` listener), the
 //!   connection bound, TLS termination, HTTP/1.1 and HTTP/2 serving, the
+//!   send deadline (a response the client takes nothing of is cut), the
 //!   admin listener, live reload ([`Reloader`]), signals and the graceful
 //!   drain.
 //! - [`proxy`]: [`proxy::Gateway`], the hyper service: route → authenticate

@@ -24,6 +24,8 @@ pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const IDLE_TIMEOUT_SECS: u64 = 120;
 /// `server.watch_files`.
 pub const WATCH_FILES: bool = true;
+/// `server.send_timeout_ms`.
+pub const SEND_TIMEOUT_MS: u64 = 30_000;
 /// `server.log_format`.
 pub const LOG_FORMAT: &str = "text";
 /// `upstream.base_url`.
@@ -103,6 +105,7 @@ pub const KEYS: &[Key] = &[
     described("server.workers"),
     value("server.header_read_timeout_ms", "10000"),
     value("server.idle_timeout_secs", "120"),
+    value("server.send_timeout_ms", "30000"),
     value("server.watch_files", "true"),
     value("server.log_format", "\"text\""),
     described("server.tls_cert"),

@@ -127,6 +127,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// A connection with no request open for this long is closed.
     pub idle_timeout: Duration,
+    /// A response the client takes nothing of for this long (no byte
+    /// accepted by its socket, or an HTTP/2 stream whose window stays
+    /// shut) has its connection closed.
+    pub send_timeout: Duration,
     /// Reload when the config file, the admin key file or the TLS files
     /// change (as Kubernetes swaps mounted Secrets and ConfigMaps).
     pub watch_files: bool,

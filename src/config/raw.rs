@@ -103,6 +103,7 @@ pub(super) struct RawServer {
     pub(super) workers: Option<usize>,
     pub(super) header_read_timeout_ms: Option<u64>,
     pub(super) idle_timeout_secs: Option<u64>,
+    pub(super) send_timeout_ms: Option<u64>,
     pub(super) watch_files: Option<bool>,
     pub(super) log_format: Option<String>,
     pub(super) tls_cert: Option<PathBuf>,

@@ -253,6 +253,7 @@ fn defaults_keys_name_every_field_of_the_file() {
             workers,
             header_read_timeout_ms,
             idle_timeout_secs,
+            send_timeout_ms,
             watch_files,
             log_format,
             tls_cert,

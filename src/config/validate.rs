@@ -70,6 +70,7 @@ impl Validator<'_> {
             workers,
             header_read_timeout_ms,
             idle_timeout_secs,
+            send_timeout_ms,
             watch_files,
             log_format,
             tls_cert,
@@ -93,6 +94,11 @@ impl Validator<'_> {
             "server.idle_timeout_secs",
             idle_timeout_secs,
             d::IDLE_TIMEOUT_SECS,
+        );
+        let send = self.positive(
+            "server.send_timeout_ms",
+            send_timeout_ms,
+            d::SEND_TIMEOUT_MS,
         );
         let log_format = match log_format.as_deref().unwrap_or(d::LOG_FORMAT) {
             "text" => LogFormat::Text,
@@ -130,6 +136,7 @@ impl Validator<'_> {
             workers,
             header_read_timeout: Duration::from_millis(hrt),
             idle_timeout: Duration::from_secs(idle),
+            send_timeout: Duration::from_millis(send),
             watch_files: watch_files.unwrap_or(d::WATCH_FILES),
             log_format,
             tls,

@@ -159,6 +159,9 @@ pub struct Metrics {
     invalidation_outbox: Gauge,
     /// Queued evictions given up, by reason (`expired`, `collapsed`).
     invalidations_dropped: Family<ReasonLabels, Counter>,
+    /// Connections closed because a response made no progress to the
+    /// client for `server.send_timeout_ms`.
+    send_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -188,6 +191,7 @@ impl Metrics {
             upstream_queued: Gauge::default(),
             invalidation_outbox: Gauge::default(),
             invalidations_dropped: Family::default(),
+            send_timeouts: Counter::default(),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -288,7 +292,18 @@ impl Metrics {
             "Queued evictions given up: expired (every copy they evict has expired) or collapsed (the outbox was full: replaced by one evict-all)",
             m.invalidations_dropped.clone(),
         );
+        r.register(
+            "gateway_send_timeouts",
+            "Connections closed because a response made no progress to the client for \
+             server.send_timeout_ms",
+            m.send_timeouts.clone(),
+        );
         m
+    }
+
+    /// Counts a connection closed for `server.send_timeout_ms`.
+    pub fn send_timeout(&self) {
+        self.send_timeouts.inc();
     }
 
     /// Sets the number of evictions waiting to be published.

@@ -49,6 +49,12 @@ pub const MAX_CANCELLED_FORWARDS: u32 = 50;
 /// The window [`MAX_CANCELLED_FORWARDS`] is counted over.
 pub const CANCEL_WINDOW: Duration = Duration::from_secs(10);
 
+/// The access line's `error` for a request whose connection was closed
+/// because its client took nothing of a response for
+/// `server.send_timeout_ms`.
+pub const SEND_TIMEOUT: &str =
+    "send_timeout: the client took nothing for server.send_timeout_ms; connection closed";
+
 // === Connection ===
 
 /// One client connection's account, shared by its requests.
@@ -66,6 +72,9 @@ pub struct Connection {
     open: AtomicU32,
     /// When the last request ended (ms on the process clock).
     last_active_ms: AtomicU64,
+    /// Closed because its client took nothing of a response for
+    /// `server.send_timeout_ms`.
+    send_timed_out: AtomicBool,
 }
 
 impl Connection {
@@ -104,6 +113,13 @@ impl Connection {
     /// True once the first request's headers have arrived.
     pub fn has_had_a_request(&self) -> bool {
         self.first_request.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the connection is being closed because its client took
+    /// nothing of a response for `server.send_timeout_ms`: the requests
+    /// still open say so in their access lines.
+    pub fn send_timed_out(&self) {
+        self.send_timed_out.store(true, Ordering::Relaxed);
     }
 
     /// Resolves when the connection should be sent GOAWAY.
@@ -297,13 +313,20 @@ impl Drop for Access {
         let cache = self.cache.map_or("-", CacheStatus::as_str);
         let latency_us = elapsed.as_micros() as u64;
         let (method, client) = (self.method.as_str(), client.as_str());
+        // Cut for the send deadline while this body was still being sent:
+        // whatever it had handed over, the client did not get it all.
+        let cut = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.send_timed_out.load(Ordering::Relaxed));
         let (body, bytes) = match self.body {
             (BodyEnd::None, _) => ("-", 0),
-            (BodyEnd::Complete, n) => ("complete", n),
-            (BodyEnd::Incomplete, n) => ("incomplete", n),
+            (BodyEnd::Complete, n) if !cut => ("complete", n),
+            (BodyEnd::Complete | BodyEnd::Incomplete, n) => ("incomplete", n),
         };
         let error = match (&self.failure, &self.answered) {
             (Some(e), _) => Some(e.as_str()),
+            _ if cut => Some(SEND_TIMEOUT),
             (None, None) => Some("client closed the connection before the answer"),
             (None, Some(_)) if self.body.0 == BodyEnd::Incomplete => {
                 Some("response body broke off")

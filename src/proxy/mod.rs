@@ -47,7 +47,7 @@ use crate::policy::ClientTable;
 use crate::shard::Handles;
 use crate::upstream::Upstream;
 
-pub use access::{Connection, CANCEL_WINDOW, CLIENT_CLOSED, MAX_CANCELLED_FORWARDS};
+pub use access::{Connection, CANCEL_WINDOW, CLIENT_CLOSED, MAX_CANCELLED_FORWARDS, SEND_TIMEOUT};
 pub use canon::{canonicalize, decode_segment, user_id_of};
 pub use route::{allowed_method, classify, strip_prefix, Route, RouteClass, MAX_USER_ID_LEN};
 

@@ -6,7 +6,12 @@
 //! within `server.header_read_timeout_ms` of accept (TLS handshake and the
 //! HTTP/2 preface included), or it is closed; and a client that keeps
 //! abandoning forwarded requests is sent GOAWAY
-//! ([`crate::proxy::Connection`] keeps the count).
+//! ([`crate::proxy::Connection`] keeps the count). A connection whose
+//! client takes nothing of a response for `server.send_timeout_ms` is
+//! closed (see [`super::progress`]).
+//!
+//! A worker accepts and then takes a slot, so a free slot never waits in
+//! one worker's `accept()` while a connection waits on another's socket.
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -16,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,13 +29,15 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
-use crate::body::BoxBody;
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::proxy::{Connection, Gateway};
+
+use super::progress::{SendProgress, WatchedBody, WatchedIo};
 
 /// Accepts public connections and serves each on its own task.
 pub(super) struct Acceptor {
@@ -40,8 +47,9 @@ pub(super) struct Acceptor {
     gateway: Gateway,
     /// TLS, when terminating.
     tls: Option<TlsAcceptor>,
-    /// One permit per open connection: bounds file descriptors and memory
-    /// under a connection flood; accept waits while none is free.
+    /// One permit per served connection: bounds file descriptors and
+    /// memory under a connection flood; an accepted connection waits for
+    /// one before it is read.
     limit: Arc<Semaphore>,
     /// Time from accept to the first request's headers (TLS included):
     /// silent connections would hold a permit otherwise.
@@ -49,6 +57,9 @@ pub(super) struct Acceptor {
     /// A connection with no request open for this long is closed (HTTP/2
     /// PINGs do not count as activity).
     idle_timeout: Duration,
+    /// A response the client takes nothing of for this long has its
+    /// connection closed (see [`super::progress`]).
+    send_timeout: Duration,
 }
 
 impl Acceptor {
@@ -70,6 +81,7 @@ impl Acceptor {
             limit: Arc::new(Semaphore::new(settings.max_connections)),
             first_request_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
+            send_timeout: settings.send_timeout,
         }
     }
 
@@ -87,14 +99,12 @@ impl Acceptor {
     ) {
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = &mut shutdown => return,
-                p = self.limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
+            // Accept, then take a slot: a worker holding the last free
+            // slot while blocked in `accept()` would leave a connection
+            // waiting on another worker's socket with the slot idle. While
+            // no slot is free, this worker holds at most this one accepted
+            // socket (not yet read) and accepts no more; slots are handed
+            // out first come, first served across workers.
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
@@ -106,6 +116,14 @@ impl Acceptor {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                },
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                p = self.limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
                 },
             };
             let _ = stream.set_nodelay(true);
@@ -125,20 +143,30 @@ impl Acceptor {
         drain: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let http = self.http.clone();
-        let account = Connection::new();
+        let progress = Arc::new(SendProgress::default());
+        let watch = Watch {
+            account: Connection::new(),
+            progress: progress.clone(),
+            first_request: Instant::now() + self.first_request_timeout,
+            idle: self.idle_timeout,
+            send_timeout: self.send_timeout,
+            metrics: self.gateway.metrics().clone(),
+            peer,
+        };
         let service = ConnService(Arc::new(ConnState {
             gateway: self.gateway.clone(),
-            conn: account.clone(),
+            conn: watch.account.clone(),
+            progress: progress.clone(),
         }));
         let tls = self.tls.clone();
-        let deadline = Instant::now() + self.first_request_timeout;
-        let idle = self.idle_timeout;
+        let stream = WatchedIo::new(stream, progress);
         async move {
             let _permit = permit;
+            let deadline = watch.first_request;
             match tls {
                 None => {
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    drive(conn, &account, deadline, idle, drain, peer).await;
+                    drive(conn, &watch, drain).await;
                 }
                 Some(acceptor) => {
                     let tls_stream =
@@ -154,41 +182,79 @@ impl Acceptor {
                             }
                         };
                     let conn = http.serve_connection(TokioIo::new(tls_stream), service);
-                    drive(conn, &account, deadline, idle, drain, peer).await;
+                    drive(conn, &watch, drain).await;
                 }
             }
         }
     }
 }
 
-/// Serves one connection to its end. Dropping it (a silent client past
-/// the deadline) closes the socket; a drain, an abusive client or `idle`
-/// without an open request starts a graceful close (GOAWAY on HTTP/2,
-/// close after the current response on HTTP/1.1).
-async fn drive<C>(
-    conn: C,
-    account: &Connection,
-    first_request_deadline: Instant,
+/// What a connection's task watches it with.
+struct Watch {
+    /// The connection's account.
+    account: Arc<Connection>,
+    /// Its responses' waits on the peer.
+    progress: Arc<SendProgress>,
+    /// When its first request's headers are due.
+    first_request: Instant,
+    /// `server.idle_timeout_secs`.
     idle: Duration,
-    mut drain: watch::Receiver<bool>,
+    /// `server.send_timeout_ms`: `progress` ticks every quarter of it, and
+    /// an idle connection gets this long to finish its graceful close.
+    send_timeout: Duration,
+    /// Where a cut for the send deadline is counted.
+    metrics: Arc<Metrics>,
+    /// The client's address, for the log.
     peer: SocketAddr,
-) where
+}
+
+/// Serves one connection to its end. Dropping it (a silent client past
+/// the first request's deadline, a response the client took nothing of
+/// for `server.send_timeout_ms`) closes the socket and drops every
+/// request's future and body; a drain, an abusive client or `idle`
+/// without an open request starts a graceful close (GOAWAY on HTTP/2,
+/// close after the current response on HTTP/1.1). An idle connection
+/// still open `send_timeout` after its graceful close began is dropped:
+/// over HTTP/2 the end of a streamed body can sit in h2's queue after the
+/// body is gone (no request open, nothing watched), waiting for a window
+/// the client never opens.
+async fn drive<C>(conn: C, w: &Watch, mut drain: watch::Receiver<bool>)
+where
     C: GracefulConnection,
     C::Error: Display,
 {
+    let (account, idle, peer) = (&w.account, w.idle, w.peer);
     tokio::pin!(conn);
-    let first = tokio::time::sleep_until(first_request_deadline);
+    let first = tokio::time::sleep_until(w.first_request);
     tokio::pin!(first);
     let idle_check = tokio::time::sleep_until(Instant::now() + idle);
     tokio::pin!(idle_check);
-    let (mut waiting_first, mut closing) = (true, false);
+    let period = SendProgress::period(w.send_timeout);
+    let mut send_check = tokio::time::interval_at(Instant::now() + period, period);
+    // A late tick must not count as several: that would cut early.
+    send_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut waiting_first, mut closing, mut idle_closing) = (true, false, false);
     loop {
         tokio::select! {
-            _ = &mut idle_check, if !closing => {
+            _ = send_check.tick() => {
+                if w.progress.tick() {
+                    warn!(%peer, "client took nothing of a response for send_timeout_ms; closing");
+                    account.send_timed_out();
+                    w.metrics.send_timeout();
+                    return;
+                }
+            }
+            _ = &mut idle_check, if !closing || idle_closing => {
+                if idle_closing {
+                    warn!(%peer, "client took nothing of a response's end for send_timeout_ms; closing");
+                    w.metrics.send_timeout();
+                    return;
+                }
                 match account.idle_for() {
                     Some(quiet) if quiet >= idle => {
                         debug!(%peer, "idle connection closed");
-                        closing = true;
+                        (closing, idle_closing) = (true, true);
+                        idle_check.as_mut().reset(Instant::now() + w.send_timeout);
                         conn.as_mut().graceful_shutdown();
                     }
                     Some(quiet) => idle_check.as_mut().reset(Instant::now() + (idle - quiet)),
@@ -236,19 +302,24 @@ struct ConnState {
     gateway: Gateway,
     /// This connection's account.
     conn: Arc<Connection>,
+    /// This connection's waits on its peer; every response body is
+    /// watched (see [`super::progress`]).
+    progress: Arc<SendProgress>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<BoxBody>;
+    type Response = Response<WatchedBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.0.conn.request_arrived();
         let state = self.0.clone();
+        let h2 = req.version() == Version::HTTP_2;
         Box::pin(async move {
             let conn = state.conn.clone();
-            Ok(state.gateway.handle_on(req, Some(conn)).await)
+            let resp = state.gateway.handle_on(req, Some(conn)).await;
+            Ok(resp.map(|body| WatchedBody::new(body, state.progress.clone(), h2)))
         })
     }
 }

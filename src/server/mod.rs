@@ -19,6 +19,8 @@
 //!
 //! - `accept`: the public accept loop, the connection bound (one for all
 //!   workers), TLS and HTTP/1 and HTTP/2 serving of each connection.
+//! - `progress`: the send deadline (`server.send_timeout_ms`): what the
+//!   client has not taken of the responses sent to it.
 //! - `listen`: binding the public listeners (`SO_REUSEPORT`) and the admin
 //!   listener.
 //! - `workers`: the worker threads, their runtimes and their drain.
@@ -35,6 +37,7 @@
 mod accept;
 pub mod admin;
 mod listen;
+mod progress;
 mod reload;
 pub mod shutdown;
 pub mod tls;

@@ -174,6 +174,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         workers,
         header_read_timeout,
         idle_timeout,
+        send_timeout,
         watch_files,
         log_format,
         tls, // the files are re-read; turning TLS on or off needs a restart
@@ -217,6 +218,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
             *header_read_timeout != s.header_read_timeout,
         ),
         ("server.idle_timeout_secs", *idle_timeout != s.idle_timeout),
+        ("server.send_timeout_ms", *send_timeout != s.send_timeout),
         ("server.watch_files", *watch_files != s.watch_files),
         ("server.log_format", *log_format != s.log_format),
         ("server.tls_cert", tls.is_some() != s.tls.is_some()),
