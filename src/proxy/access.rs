@@ -322,6 +322,7 @@ impl Drop for Access {
                 path,
                 self.upstream_status,
                 status,
+                "none",
             );
         }
     }
@@ -329,7 +330,8 @@ impl Drop for Access {
 
 /// The audit line of a request that may have changed something upstream.
 /// `upstream_status` 0: no response (error, timeout, or the client left
-/// first), so the change may or may not have happened.
+/// first), so the change may or may not have happened. `evict` says which
+/// rule of the dependency table matched: `user:ID`, `all` or `none`.
 pub(super) fn audit(
     request_id: &str,
     client: &str,
@@ -337,6 +339,7 @@ pub(super) fn audit(
     path: &str,
     upstream_status: Option<StatusCode>,
     status: u16,
+    evict: &str,
 ) {
     info!(
         target: "openai_admin_gateway::audit",
@@ -346,6 +349,7 @@ pub(super) fn audit(
         path,
         upstream_status = upstream_status.map_or(0, |s| s.as_u16()),
         status,
+        evict,
     );
 }
 

@@ -8,15 +8,21 @@
 //!   runs: 1 route, 2 authenticate, 3 the client's rate limit and scope,
 //!   4 serve (the cached route, a write then its eviction, or a forward).
 //!   Errors become OpenAI-shaped responses.
+//! - `evict`: the dependency table, which write evicts which cached users
+//!   ([`RULES`]); `eviction` carries one write's row out (body `user_id`,
+//!   generations before and after, the bus, unknown outcomes).
 //! - `access`: the per-request account (metrics, in-flight gauge, access
 //!   and audit lines), written once on every exit, cancellation included.
 //!
 //! Public surface: [`Gateway`], [`canonicalize`], [`classify`], [`Route`],
-//! [`RouteClass`], [`user_id_of`], and the pieces the benches and fuzzers
+//! [`RouteClass`], [`user_id_of`], the dependency table ([`RULES`],
+//! [`plan`]), and the pieces the benches and fuzzers
 //! drive alone.
 
 mod access;
 mod canon;
+mod evict;
+mod eviction;
 mod handle;
 mod route;
 
@@ -41,6 +47,7 @@ use crate::upstream::Upstream;
 
 pub use access::{Connection, CANCEL_WINDOW, CLIENT_CLOSED, MAX_CANCELLED_FORWARDS};
 pub use canon::{canonicalize, decode_segment, user_id_of};
+pub use evict::{is_write, plan, Evicts, Plan, Rule, RULES};
 pub use route::{allowed_method, classify, strip_prefix, Route, RouteClass, MAX_USER_ID_LEN};
 
 /// State shared by every request.
