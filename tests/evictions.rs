@@ -263,3 +263,31 @@ async fn a_broad_write_answered_5xx_still_evicts_everyone() {
         );
     }
 }
+
+/// A client that hangs up while a broad write is at the upstream undoes nothing: the write
+/// runs on its own task and its second eviction follows the upstream's answer.
+#[tokio::test]
+async fn a_client_hanging_up_mid_write_does_not_stop_the_eviction() {
+    let (upstream, gw) = start_pair().await;
+    prime(&gw).await;
+    let path = "/v1/organization/projects/p1";
+    upstream.inject("POST", path, Fault::new().apply_after_ms(500).times(1));
+    let w = gw.req(Method::POST, path).json(&json!({"name": "Renamed"}));
+    let client = tokio::spawn(w.send());
+    upstream.wait_for_count("POST", path, 1).await;
+    client.abort();
+    let _ = client.await;
+    // A read while the write is still at the upstream stores the old name...
+    let old = gw.get_user("user_abc").await;
+    assert_eq!(old.json()["projects"]["data"][0]["name"], "Project One");
+    // ...and once the upstream answers, the write's own task evicts it again.
+    let start = Instant::now();
+    loop {
+        let u = gw.get_user("user_abc").await;
+        if u.json()["projects"]["data"][0]["name"] == "Renamed" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", u.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
