@@ -291,3 +291,33 @@ async fn a_client_hanging_up_mid_write_does_not_stop_the_eviction() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A fill that reached the upstream before a rename, and answers after it, can not put the
+/// old project name back: the rename started a new cache epoch.
+#[tokio::test]
+async fn a_fill_started_before_a_broad_write_cannot_store_the_old_user() {
+    let (upstream, gw) = start_pair().await;
+    let user_path = "/v1/organization/users/user_abc";
+    upstream.inject("GET", user_path, Fault::new().gate("slow-get").times(1));
+    let gw = std::sync::Arc::new(gw);
+    let slow = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.get_user("user_abc").await }
+    });
+    upstream.wait_for_count("GET", user_path, 1).await;
+    let w = gw.req(Method::POST, "/v1/organization/projects/p1");
+    w.json(&json!({"name": "Renamed"}))
+        .send()
+        .await
+        .assert_status(200);
+    upstream.gate("slow-get").open();
+    let old = slow.await.expect("slow read");
+    assert_eq!(old.json()["projects"]["data"][0]["name"], "Project One");
+    let next = gw.get_user("user_abc").await;
+    assert!(
+        next.cache_status().contains("fwd=miss"),
+        "{}",
+        next.describe()
+    );
+    assert_eq!(next.json()["projects"]["data"][0]["name"], "Renamed");
+}
