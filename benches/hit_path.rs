@@ -176,7 +176,7 @@ fn response(c: &mut Criterion) {
         b.iter(|| hit_response(black_box(u.clone())))
     });
     // Baseline: re-serialising the JSON on every hit.
-    let v: serde_json::Value = serde_json::from_slice(u.body()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&u.body()).unwrap();
     g.bench_function("naive_reserialize_json", |b| {
         b.iter(|| serde_json::to_vec(black_box(&v)).unwrap())
     });

@@ -675,3 +675,21 @@ async fn dot_segments_are_400_and_never_reach_upstream() {
     }
     assert_eq!(upstream.total(), 0, "{:?}", upstream.requests());
 }
+
+/// RFC 9111 §4.2.3: a hit carries the stored response's `Date` with `Age` added, not the
+/// time of the hit (before: a fresh `Date` beside `Age`).
+#[tokio::test]
+async fn hits_keep_the_upstream_date() {
+    let (_upstream, gw) = start_pair().await;
+    let miss = gw.get_user(USER).await;
+    let date = miss.header("date").expect("the upstream sends a Date");
+    loop {
+        let hit = gw.get_user(USER).await;
+        hit.hit_ttl();
+        assert_eq!(hit.header("date").as_deref(), Some(date.as_str()));
+        if hit.header("age").as_deref() != Some("0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -292,6 +292,7 @@ async fn json_log_format_writes_one_object_per_line_with_the_access_fields() {
         ("path", s("/v1/organization/users/user_ghi")),
         ("upstream_status", json!(200)),
         ("status", json!(200)),
+        ("evict", s("user:user_ghi")),
     ] {
         assert_eq!(audit.get(field), Some(&value), "{field} in {audit:?}");
     }

@@ -5,13 +5,15 @@
 //! path, and a `?` at all means a query string. Never panics, and:
 //! - `strip_prefix` gives back exactly the rest after `/v1`, empty or
 //!   starting with `/`;
-//! - `GetUser`/`UserWrite` ids are non-empty, hold no `/`, are at most
-//!   `MAX_USER_ID_LEN` bytes, and are the one segment after
+//! - `GetUser` ids and `Write` plans' user ids are non-empty, hold no `/`,
+//!   are at most `MAX_USER_ID_LEN` bytes; a `GetUser` id (and a POST or
+//!   DELETE's on the user path) is the one segment after
 //!   `/organization/users/`;
 //! - `GetUser` only for GET without a query or a trailing `/`;
-//!   `GetUserUncached` only for GET with one of them; `UserWrite` only for
-//!   POST and DELETE; `invalid_user_id` only for a user path with a longer
-//!   id; everything else is `Forward`;
+//!   `GetUserUncached` only for GET with one of them; `Write` only for
+//!   writes the dependency table says evict something, with its plan;
+//!   `invalid_user_id` only for a user id longer than that; everything
+//!   else is `Forward`;
 //! - a cached or written id purges under the same key (`user_id_of` on the
 //!   raw segment and on the canonical one both give `decode_segment`'s id);
 //! - the scope `GET /organization/users/*` allows the canonical path
@@ -27,8 +29,8 @@ use http::Method;
 use libfuzzer_sys::fuzz_target;
 use openai_admin_gateway::config::Scope;
 use openai_admin_gateway::proxy::{
-    allowed_method, canonicalize, classify, decode_segment, strip_prefix, user_id_of, Route,
-    MAX_USER_ID_LEN,
+    allowed_method, canonicalize, classify, decode_segment, is_write, plan, strip_prefix,
+    user_id_of, Plan, Route, MAX_USER_ID_LEN,
 };
 
 const PREFIX: &str = "/v1";
@@ -88,22 +90,31 @@ fuzz_target!(|text: &str| {
     let what = format!("{method} {path:?} (query: {has_query}) as {canonical:?}: {route:?}");
 
     match route {
-        Ok(Route::GetUser { user_id }) | Ok(Route::UserWrite { user_id }) => {
+        Ok(Route::GetUser { user_id }) => {
             assert!(!user_id.is_empty(), "{what}");
             assert!(!user_id.contains('/'), "{what}");
             assert!(user_id.len() <= MAX_USER_ID_LEN, "{what}");
             let (id, trailing) = user.unwrap_or_else(|| panic!("not a user path: {what}"));
             assert_eq!(id, user_id, "{what}");
-            if matches!(route, Ok(Route::GetUser { .. })) {
-                assert!(method == Method::GET && !has_query && !trailing, "{what}");
-            } else {
-                assert!(matches!(method, Method::POST | Method::DELETE), "{what}");
-            }
+            assert!(method == Method::GET && !has_query && !trailing, "{what}");
             // The key the cache uses, whichever spelling a purge names.
             let key = decode_segment(user_id).map(|k| k.into_owned());
             assert_eq!(user_id_of(user_id), key, "{what}");
             let raw_id = raw.strip_suffix('/').unwrap_or(raw).rsplit('/').next();
             assert_eq!(raw_id.and_then(user_id_of), key, "{what}");
+        }
+        Ok(Route::Write { plan: p }) => {
+            assert!(is_write(&method), "{what}");
+            assert_eq!(plan(&method, canonical), p, "{what}");
+            assert_ne!(p, Plan::Nothing, "{what}");
+            if let Plan::User(user_id) = p {
+                assert!(!user_id.is_empty(), "{what}");
+                assert!(!user_id.contains('/'), "{what}");
+                assert!(user_id.len() <= MAX_USER_ID_LEN, "{what}");
+            }
+            if let (Some((id, _)), true) = (user, matches!(method, Method::POST | Method::DELETE)) {
+                assert_eq!(p, Plan::User(id), "{what}");
+            }
         }
         Ok(Route::GetUserUncached) => {
             let (id, trailing) = user.unwrap_or_else(|| panic!("not a user path: {what}"));
@@ -111,19 +122,15 @@ fuzz_target!(|text: &str| {
             assert!(id.len() <= MAX_USER_ID_LEN, "{what}");
         }
         Ok(Route::Forward) => {
-            assert!(
-                user.is_none() || !matches!(method, Method::GET | Method::POST | Method::DELETE),
-                "{what}"
-            );
+            assert!(user.is_none() || !matches!(method, Method::GET), "{what}");
+            assert!(!is_write(&method) || plan(&method, canonical) == Plan::Nothing, "{what}");
         }
         Err(ref e) => {
             assert_eq!(e.kind().1, "invalid_user_id", "{what}");
+            let long = |p: Plan| matches!(p, Plan::User(id) if id.len() > MAX_USER_ID_LEN);
             assert!(
-                user.is_some_and(|(id, _)| id.len() > MAX_USER_ID_LEN),
-                "{what}"
-            );
-            assert!(
-                matches!(method, Method::GET | Method::POST | Method::DELETE),
+                user.is_some_and(|(id, _)| id.len() > MAX_USER_ID_LEN && method == Method::GET)
+                    || long(plan(&method, canonical)),
                 "{what}"
             );
         }

@@ -152,7 +152,8 @@ impl UserRoute {
                 parts.headers.get(CONTENT_TYPE).map(own),
                 parts.headers.contains_key(CONTENT_ENCODING),
                 ttl,
-            ))
+            )
+            .with_date(parts.headers.get(http::header::DATE)))
         } else {
             Err(Ok(Response::from_parts(parts, full(bytes))))
         }

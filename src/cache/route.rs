@@ -260,11 +260,11 @@ impl Alone {
 
 /// A stored user as a response (no cache headers yet).
 pub(super) fn stored_response(u: &CachedUser) -> Response<BoxBody> {
-    stored_with(u, u.body().clone())
+    stored_with(u, u.body(), u.date())
 }
 
 /// [`stored_response`] with `body`, `u`'s body, already in hand.
-fn stored_with(u: &CachedUser, body: Bytes) -> Response<BoxBody> {
+fn stored_with(u: &CachedUser, body: Bytes, date: Option<HeaderValue>) -> Response<BoxBody> {
     let len = body.len() as u64;
     let mut r = Response::new(full(body));
     // Room for everything a hit gets (cache headers, request id, rate
@@ -276,6 +276,11 @@ fn stored_with(u: &CachedUser, body: Bytes) -> Response<BoxBody> {
     }
     if let Some(ce) = u.content_encoding() {
         h.insert(CONTENT_ENCODING, ce);
+    }
+    // The stored response's `Date`, beside `Age` (RFC 9111 §4.2.3); hyper
+    // adds its own only when there is none.
+    if let Some(date) = date {
+        h.insert(http::header::DATE, date);
     }
     h.insert(CONTENT_LENGTH, int_value(len));
     r
@@ -300,8 +305,8 @@ pub(super) fn fetched_response(
 /// this user writes) twice more.
 pub fn hit_response(mut u: CachedUser) -> Response<BoxBody> {
     let now = Instant::now();
-    let body = u.take_body();
-    let mut r = stored_with(&u, body);
+    let (body, date) = u.take_body();
+    let mut r = stored_with(&u, body, date);
     // Age floors to whole seconds; ttl is counted from the same figure so
     // that age + ttl always equals the stored TTL.
     let age = u.age_secs(now);
@@ -524,5 +529,41 @@ pub(super) mod tests {
         let long = hit_status(100_000);
         assert_eq!(long, "openai-admin-gateway; hit; ttl=100000");
         assert_eq!(r.headers()[CONTENT_LENGTH], "2");
+    }
+
+    #[tokio::test]
+    async fn hits_and_stored_responses_keep_the_upstream_date() {
+        let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+        let u = CachedUser::new(
+            Bytes::from_static(b"{\"id\":\"u\"}"),
+            None,
+            false,
+            Duration::from_secs(300),
+        )
+        .with_date(Some(&date))
+        .backdated(Duration::from_secs(10));
+        assert_eq!(u.body().as_ref(), b"{\"id\":\"u\"}");
+        assert_eq!(u.thread_copy().date(), Some(date.clone()));
+        let stored = stored_response(&u);
+        assert_eq!(stored.headers()[http::header::DATE], date);
+        let r = hit_response(u);
+        assert_eq!(r.headers()[http::header::DATE], date);
+        assert_eq!(r.headers()["age"], "10");
+        assert_eq!(r.headers()[CONTENT_LENGTH], "10");
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .expect("body");
+        assert_eq!(body.to_bytes().as_ref(), b"{\"id\":\"u\"}");
+        // Without one, none is made up here (hyper adds the current date).
+        let plain = CachedUser::new(
+            Bytes::from_static(b"{}"),
+            None,
+            false,
+            Duration::from_secs(1),
+        );
+        assert!(hit_response(plain)
+            .headers()
+            .get(http::header::DATE)
+            .is_none());
     }
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use moka::future::Cache;
 use moka::Expiry;
@@ -53,7 +53,8 @@ type Shard = Cache<CacheKey, CachedUser, KeyBits>;
 /// (the value lives inline in moka's entry; no allocation of its own).
 #[derive(Debug, Clone)]
 pub struct CachedUser {
-    /// The upstream body, byte for byte.
+    /// The upstream's `Date` (its first `date_len` bytes), then the
+    /// upstream body, byte for byte: one allocation, no room in the entry.
     body: Bytes,
     /// When it was stored, in ms on the process clock ([`clock_ms`]).
     stored_ms: u64,
@@ -62,6 +63,9 @@ pub struct CachedUser {
     /// The upstream said `content-encoding: identity` (no other encoding
     /// is ever stored: a compressed body cannot be checked).
     identity: bool,
+    /// Length of the upstream's `Date` at the front of `body` (0: none). A
+    /// hit sends it again beside `Age` (RFC 9111 §4.2.3).
+    date_len: u8,
     /// The upstream `content-type`.
     content_type: ContentType,
 }
@@ -123,13 +127,46 @@ impl CachedUser {
             stored_ms: clock_ms(Instant::now()),
             ttl_secs: ttl.as_secs().min(u64::from(u32::MAX)) as u32,
             identity,
+            date_len: 0,
             content_type,
         }
     }
 
-    /// Moves the body out (a looked-up copy about to become a response).
-    pub fn take_body(&mut self) -> Bytes {
-        std::mem::take(&mut self.body)
+    /// The same entry with the upstream's `Date` kept in front of its body
+    /// (a value longer than 255 bytes, which no HTTP date is, is dropped).
+    pub fn with_date(mut self, date: Option<&HeaderValue>) -> Self {
+        let Some(date) = date.filter(|d| (1..=255).contains(&d.len())) else {
+            return self;
+        };
+        let mut both = BytesMut::with_capacity(date.len() + self.body.len() - self.date_len());
+        both.extend_from_slice(date.as_bytes());
+        both.extend_from_slice(&self.body[self.date_len()..]);
+        self.body = both.freeze();
+        self.date_len = date.len() as u8;
+        self
+    }
+
+    fn date_len(&self) -> usize {
+        usize::from(self.date_len)
+    }
+
+    /// Moves the body and the `Date` out (a looked-up copy about to become
+    /// a response).
+    pub fn take_body(&mut self) -> (Bytes, Option<HeaderValue>) {
+        let mut body = std::mem::take(&mut self.body);
+        if self.date_len == 0 {
+            return (body, None);
+        }
+        let date = body.split_to(self.date_len());
+        (body, HeaderValue::from_maybe_shared(date).ok())
+    }
+
+    /// The upstream's `Date`, when it sent one.
+    pub fn date(&self) -> Option<HeaderValue> {
+        let date = self.body.slice(..self.date_len());
+        (self.date_len > 0)
+            .then(|| HeaderValue::from_maybe_shared(date).ok())
+            .flatten()
     }
 
     /// The same entry, as if stored `age` earlier (tests and benches).
@@ -139,9 +176,9 @@ impl CachedUser {
         self
     }
 
-    /// The stored body.
-    pub fn body(&self) -> &Bytes {
-        &self.body
+    /// The stored body (a new reference to its bytes).
+    pub fn body(&self) -> Bytes {
+        self.body.slice(self.date_len()..)
     }
 
     /// The stored `content-type`.
@@ -542,7 +579,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            rt.block_on(async { cache.get(&key).await.map(|u| u.body().clone()) })
+            rt.block_on(async { cache.get(&key).await.map(|u| u.body()) })
         })
         .join()
         .unwrap()

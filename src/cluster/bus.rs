@@ -200,6 +200,11 @@ impl Bus {
         self.outbox.push(Item::User(id.to_owned()), now_us());
     }
 
+    /// [`Bus::all_evicted`] for code that can not await (a guard's drop).
+    pub fn all_evicted_now(&self) {
+        self.outbox.push(Item::All, now_us());
+    }
+
     /// Publishes the outbox in order, forever, retrying each failed
     /// publish with backoff.
     async fn send_outbox(self) {

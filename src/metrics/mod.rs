@@ -116,6 +116,15 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EvictionLabels {
+    /// Which kind of row of the dependency table matched (`user_path`,
+    /// `user_body`, `all`, `all_unlisted`, `all_body_unread`).
+    rule: &'static str,
+    /// `applied` (2xx) or `unknown` (no answer, broken off, 5xx).
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
     trigger: &'static str,
@@ -162,6 +171,9 @@ pub struct Metrics {
     /// Connections closed because a response made no progress to the
     /// client for `server.send_timeout_ms`.
     send_timeouts: Counter,
+    /// Writes that evicted cached users, by dependency-table rule and
+    /// outcome (`applied`, `unknown`).
+    write_evictions: Family<EvictionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -192,6 +204,7 @@ impl Metrics {
             invalidation_outbox: Gauge::default(),
             invalidations_dropped: Family::default(),
             send_timeouts: Counter::default(),
+            write_evictions: Family::default(),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -271,6 +284,11 @@ impl Metrics {
             "gateway_invalidation_bus_connected",
             "1 while the invalidation bus subscription is live (hits are served), else 0",
             m.bus_connected.clone(),
+        );
+        r.register(
+            "gateway_write_evictions",
+            "Writes that evicted cached users, by dependency rule (user_path, user_body; all, all_unlisted and all_body_unread empty the cache, so each costs a refill) and outcome (applied, unknown)",
+            m.write_evictions.clone(),
         );
         r.register(
             "gateway_cache_epoch_resets",
@@ -397,7 +415,15 @@ impl Metrics {
         self.local.cache_miss();
     }
 
-    /// Counts an invalidation (`write`, `purge`, `purge_all`).
+    /// Counts a write's eviction by the kind of rule that matched and the
+    /// write's outcome (the `all*` rules each cost a refill of the cache).
+    pub fn write_eviction(&self, rule: &'static str, outcome: &'static str) {
+        self.write_evictions
+            .get_or_create(&EvictionLabels { rule, outcome })
+            .inc();
+    }
+
+    /// Counts an invalidation (`write`, `write_all`, `purge`, `purge_all`).
     pub fn invalidation(&self, reason: &'static str) {
         self.cache_invalidations
             .get_or_create(&ReasonLabels { reason })

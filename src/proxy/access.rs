@@ -351,6 +351,7 @@ impl Drop for Access {
                 path,
                 self.upstream_status,
                 status,
+                "none",
             );
         }
     }
@@ -358,9 +359,11 @@ impl Drop for Access {
 
 /// The audit line of a request that may have changed something upstream.
 /// `upstream_status` 0: no response (error, timeout, the client left first,
-/// or the process stopped first: then `status` is the 504 its client gets). `outcome`: `applied` (2xx), `refused`
-/// (another answer below 500) or `unknown` (no answer, or a 5xx: the change
-/// may or may not have happened).
+/// or the process stopped first: then `status` is the 504 its client gets).
+/// `outcome`: `applied` (2xx), `refused` (another answer below 500) or
+/// `unknown` (no answer, or a 5xx: the change may or may not have
+/// happened). `evict` says which rule of the dependency table matched:
+/// `user:ID`, `all` or `none`.
 pub(super) fn audit(
     request_id: &str,
     client: &str,
@@ -368,6 +371,7 @@ pub(super) fn audit(
     path: &str,
     upstream_status: Option<StatusCode>,
     status: u16,
+    evict: &str,
 ) {
     let outcome = match upstream_status {
         Some(s) if s.is_success() => "applied",
@@ -383,6 +387,7 @@ pub(super) fn audit(
         upstream_status = upstream_status.map_or(0, |s| s.as_u16()),
         status,
         outcome,
+        evict,
     );
 }
 

@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::access::{audit, Access, Connection};
 use super::canon::{canonicalize, decode_segment};
+use super::eviction::{resolve, Eviction, Outcome, Planned};
 use super::route::{allowed_method, classify, strip_prefix, Route};
 use super::unfinished::Unfinished;
 use super::Gateway;
@@ -124,10 +125,10 @@ impl Gateway {
             // Boxed: a write's and a forward's futures (body buffering, the
             // upstream exchange) would otherwise make every hit's future
             // larger.
-            Route::UserWrite { user_id } => {
-                let id = decode_segment(user_id).map(Cow::into_owned);
-                Box::pin(self.write_user(req, target, id, access)).await
-            }
+            Route::Write { plan } => match Planned::of(plan) {
+                Some(plan) => Box::pin(self.write_user(req, target, plan, access)).await,
+                None => Box::pin(self.forward(req, target, access)).await,
+            },
             Route::GetUserUncached | Route::Forward => {
                 Box::pin(self.forward(req, target, access)).await
             }
@@ -171,22 +172,23 @@ impl Gateway {
         Ok(with_cache_status(resp, CacheStatus::Bypass))
     }
 
-    /// A `POST` or `DELETE` of a user. The exchange and everything that must
-    /// follow it (the evictions, the audit line) run on a task of their
-    /// own, so a client that hangs up can not undo them; this request only
-    /// awaits the result. The id's generation is bumped before the write is
-    /// sent and again once it answers 2xx, so no fill racing the write can
-    /// store the old user.
+    /// A write that can change cached users (see `evict`). The exchange
+    /// and everything that must follow it (the evictions, the audit line)
+    /// run on a task of their own, so a client that hangs up can not undo
+    /// them; this request only awaits the result. The evicted generations
+    /// (or the epoch) are bumped before the write is sent and again once it
+    /// answers 2xx or its outcome is unknown (see `eviction`), so no fill
+    /// racing the write can store the old user.
     async fn write_user<B: RequestBody>(
         &self,
         req: Request<B>,
         target: &Target<'_>,
-        id: Option<String>,
+        plan: Planned,
         access: &mut Access,
     ) -> Result<Response<BoxBody>> {
         let write = Write {
             gateway: self.clone(),
-            id,
+            plan,
             raw: target.raw.to_owned(),
             query: target.query.map(str::to_owned),
             audit_path: access.take_audit(),
@@ -239,9 +241,8 @@ fn cacheable_id<'a>(user_id: &'a str, headers: &HeaderMap) -> Option<Cow<'a, str
 struct Write {
     /// The gateway (cache, upstream, bus, metrics).
     gateway: Gateway,
-    /// The decoded id whose generation to bump (`None`: an id that can not
-    /// be cached, so there is nothing to evict).
-    id: Option<String>,
+    /// What the write evicts, as read from its path.
+    plan: Planned,
     /// The path after the prefix as sent.
     raw: String,
     /// The raw query.
@@ -265,24 +266,25 @@ struct Written {
 impl Write {
     async fn run<B: RequestBody>(self, req: Request<B>) -> Written {
         let shared = &*self.gateway.shared;
-        let cache = shared.users.cache();
         let (parts, body) = req.into_parts();
         let method = parts.method.clone();
+        let window = shared.upstream.timeout();
         // Evicts and audits the write if this task is dropped unfinished.
         let mut unfinished = Unfinished::new(
             &self.gateway,
-            self.id.as_deref(),
             &method,
             self.audit_path.as_deref(),
             &self.client,
         );
-        if let Some(id) = &self.id {
-            cache.invalidate(id).await;
-        }
         let mut upstream_status = None;
+        let (mut eviction, mut outcome) = (Eviction::Nothing, Outcome::NotSent);
         let result = async {
             let upstream = &shared.upstream;
-            let body = buffer::request(body, &parts.headers, upstream.timeout()).await?;
+            let (body, e) = resolve(&self.plan, body, &parts.headers, window).await?;
+            eviction = e;
+            unfinished.eviction = eviction.clone();
+            eviction.before(&self.gateway).await;
+            outcome = Outcome::Unknown;
             let resp = upstream
                 .send(
                     parts.method,
@@ -293,17 +295,12 @@ impl Write {
                 )
                 .await?;
             upstream_status = Some(resp.status());
+            outcome = Outcome::of(upstream_status);
             Ok::<_, GatewayError>(resp)
         }
         .await;
         unfinished.upstream_status = upstream_status;
-        if upstream_status.is_some_and(|s| s.is_success()) {
-            if let Some(id) = &self.id {
-                cache.invalidate(id).await;
-                self.gateway.published(id).await;
-            }
-            shared.metrics.invalidation("write");
-        }
+        eviction.after(&self.gateway, outcome, window).await;
         let result = match result {
             Ok(resp) => buffer::response(resp).await,
             Err(e) => Err(e),
@@ -331,6 +328,7 @@ impl Write {
                 path,
                 upstream_status,
                 status,
+                &eviction.audit(),
             );
         }
         unfinished.finished();

@@ -8,6 +8,9 @@
 //!   runs: 1 route, 2 authenticate, 3 the client's rate limit and scope,
 //!   4 serve (the cached route, a write then its eviction, or a forward).
 //!   Errors become OpenAI-shaped responses.
+//! - `evict`: the dependency table, which write evicts which cached users
+//!   ([`RULES`]); `eviction` carries one write's row out (body `user_id`,
+//!   generations before and after, the bus, unknown outcomes).
 //! - `access`: the per-request account (metrics, in-flight gauge, access
 //!   and audit lines), written once on every exit, cancellation included.
 //! - `unfinished`: the guard of a write's task, which evicts and audits a
@@ -19,11 +22,14 @@
 //! `docs/ledger.md` lists each one, and `tests/cancellation.rs` checks it.
 //!
 //! Public surface: [`Gateway`], [`canonicalize`], [`classify`], [`Route`],
-//! [`RouteClass`], [`user_id_of`], and the pieces the benches and fuzzers
+//! [`RouteClass`], [`user_id_of`], the dependency table ([`RULES`],
+//! [`plan`]), and the pieces the benches and fuzzers
 //! drive alone.
 
 mod access;
 mod canon;
+mod evict;
+mod eviction;
 mod handle;
 mod route;
 mod unfinished;
@@ -49,6 +55,7 @@ use crate::upstream::Upstream;
 
 pub use access::{Connection, CANCEL_WINDOW, CLIENT_CLOSED, MAX_CANCELLED_FORWARDS, SEND_TIMEOUT};
 pub use canon::{canonicalize, decode_segment, user_id_of};
+pub use evict::{is_write, plan, Evicts, Plan, Rule, RULES};
 pub use route::{allowed_method, classify, strip_prefix, Route, RouteClass, MAX_USER_ID_LEN};
 
 /// State shared by every request.
@@ -196,6 +203,15 @@ impl Gateway {
         self.cache().forget(id);
         if let Some(bus) = &self.shared.bus {
             bus.user_evicted_now(id);
+        }
+    }
+
+    /// Every cached user evicted here and queued for every replica, without
+    /// awaiting (for a guard's drop).
+    fn all_evicted_now(&self) {
+        self.cache().invalidate_all();
+        if let Some(bus) = &self.shared.bus {
+            bus.all_evicted_now();
         }
     }
 }

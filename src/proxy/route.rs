@@ -7,6 +7,7 @@
 
 use http::Method;
 
+use super::evict::{is_write, plan, Plan};
 use crate::error::{GatewayError, Result};
 
 /// What the gateway does with a request.
@@ -20,11 +21,14 @@ pub enum Route<'a> {
     /// `GET` of a user that must not use the cache (a query string, or a
     /// trailing `/`): forwarded as sent.
     GetUserUncached,
-    /// `POST`/`DELETE` of a user (with or without a trailing `/`):
-    /// forwarded, and the id is evicted before and after.
-    UserWrite {
-        /// The id segment, canonical (unreserved escapes decoded).
-        user_id: &'a str,
+    /// A write that can change cached users (a row of
+    /// [`super::evict::RULES`], or an unnamed write where users live):
+    /// forwarded on its own task, and what it changes is evicted before
+    /// and after. Writes that change no user are `Forward`.
+    Write {
+        /// What it evicts (a `User` id segment is canonical, unreserved
+        /// escapes decoded).
+        plan: Plan<'a>,
     },
     /// Anything else under the prefix, forwarded unchanged.
     Forward,
@@ -35,7 +39,7 @@ pub enum Route<'a> {
 pub enum RouteClass {
     /// The cached retrieve-user route.
     GetUser,
-    /// A user modify/delete.
+    /// A write that evicts cached users.
     UserWrite,
     /// Plain forwarding (including `GetUserUncached`).
     Forward,
@@ -60,7 +64,7 @@ impl Route<'_> {
     pub fn class(&self) -> RouteClass {
         match self {
             Route::GetUser { .. } => RouteClass::GetUser,
-            Route::UserWrite { .. } => RouteClass::UserWrite,
+            Route::Write { .. } => RouteClass::UserWrite,
             Route::GetUserUncached | Route::Forward => RouteClass::Forward,
         }
     }
@@ -98,13 +102,19 @@ pub fn allowed_method(method: &Method) -> bool {
 /// Classifies a request. `rest` is the canonical path after the prefix
 /// (no query), `has_query` whether a query string was present.
 pub fn classify<'a>(method: &Method, rest: &'a str, has_query: bool) -> Result<Route<'a>> {
+    if is_write(method) {
+        return match plan(method, rest) {
+            Plan::Nothing => Ok(Route::Forward),
+            Plan::User(id) if id.len() > MAX_USER_ID_LEN => Err(GatewayError::InvalidUserId),
+            plan => Ok(Route::Write { plan }),
+        };
+    }
     let Some((user_id, trailing_slash)) = user_segment(rest) else {
         return Ok(Route::Forward);
     };
     let route = match *method {
         Method::GET if has_query || trailing_slash => Route::GetUserUncached,
         Method::GET => Route::GetUser { user_id },
-        Method::POST | Method::DELETE => Route::UserWrite { user_id },
         _ => return Ok(Route::Forward),
     };
     if user_id.len() > MAX_USER_ID_LEN {
@@ -165,15 +175,20 @@ mod tests {
 
     #[test]
     fn writes_are_user_writes_with_or_without_a_trailing_slash() {
+        let user = Ok(Route::Write {
+            plan: Plan::User("u1"),
+        });
+        assert_eq!(c(Method::POST, "/organization/users/u1"), user);
+        assert_eq!(c(Method::DELETE, "/organization/users/u1/"), user);
+        // Not in the spec, but where users live: everything is evicted.
         assert_eq!(
-            c(Method::POST, "/organization/users/u1"),
-            Ok(Route::UserWrite { user_id: "u1" })
+            c(Method::PUT, "/organization/users/u1"),
+            Ok(Route::Write {
+                plan: Plan::All { listed: false }
+            })
         );
-        assert_eq!(
-            c(Method::DELETE, "/organization/users/u1/"),
-            Ok(Route::UserWrite { user_id: "u1" })
-        );
-        assert_eq!(c(Method::PUT, "/organization/users/u1"), Ok(Route::Forward));
+        // A write that changes no user is a plain forward.
+        assert_eq!(c(Method::POST, "/organization/invites"), Ok(Route::Forward));
         assert_eq!(
             c(Method::HEAD, "/organization/users/u1"),
             Ok(Route::Forward)
@@ -186,6 +201,9 @@ mod tests {
         assert!(c(Method::GET, &ok).is_ok());
         let long = format!("/organization/users/{}", "a".repeat(257));
         assert_eq!(c(Method::GET, &long), Err("invalid_user_id"));
+        assert_eq!(c(Method::DELETE, &long), Err("invalid_user_id"));
+        let member = format!("/organization/projects/p1/users/{}", "a".repeat(257));
+        assert_eq!(c(Method::POST, &member), Err("invalid_user_id"));
     }
 
     #[test]

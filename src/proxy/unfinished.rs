@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 use tracing::warn;
 
 use super::access::audit;
+use super::eviction::Eviction;
 use super::Gateway;
 use crate::metrics::ClientLabel;
 
@@ -16,8 +17,9 @@ use crate::metrics::ClientLabel;
 pub(super) struct Unfinished {
     /// The gateway (cache, bus, request ids).
     gateway: Gateway,
-    /// The decoded id to evict (`None`: nothing cacheable to evict).
-    id: Option<String>,
+    /// What the write evicts, once its plan is resolved (before it is
+    /// sent; until then nothing was sent, so nothing to evict).
+    pub(super) eviction: Eviction,
     /// The write's method, for the audit line.
     method: Method,
     /// The path for the audit line (`None`: not audited).
@@ -31,17 +33,16 @@ pub(super) struct Unfinished {
 }
 
 impl Unfinished {
-    /// Arms the guard for a write of `id` by `client`.
+    /// Arms the guard for a write by `client`.
     pub(super) fn new(
         gateway: &Gateway,
-        id: Option<&str>,
         method: &Method,
         audit_path: Option<&str>,
         client: &ClientLabel,
     ) -> Unfinished {
         Unfinished {
             gateway: gateway.clone(),
-            id: id.map(str::to_owned),
+            eviction: Eviction::Nothing,
             method: method.clone(),
             audit_path: audit_path.map(str::to_owned),
             client: client.clone(),
@@ -63,9 +64,16 @@ impl Drop for Unfinished {
             return;
         }
         let shared = &*self.gateway.shared;
-        if let Some(id) = &self.id {
-            self.gateway.evicted_now(id);
-            shared.metrics.invalidation("write");
+        match &self.eviction {
+            Eviction::User(id, _) => {
+                self.gateway.evicted_now(id);
+                shared.metrics.invalidation("write");
+            }
+            Eviction::All(_) => {
+                self.gateway.all_evicted_now();
+                shared.metrics.invalidation("write_all");
+            }
+            Eviction::Nothing => {}
         }
         warn!(
             method = %self.method,
@@ -81,6 +89,7 @@ impl Drop for Unfinished {
                 path,
                 self.upstream_status,
                 StatusCode::GATEWAY_TIMEOUT.as_u16(),
+                &self.eviction.audit(),
             );
         }
     }

@@ -108,6 +108,28 @@ where
     }
 }
 
+/// [`request`], also handing back the bytes when the body was read whole
+/// (a write whose body says what it changes). Never holds up a body that
+/// [`request`] would stream.
+pub async fn request_read<B>(
+    body: B,
+    headers: &HeaderMap,
+    window: Duration,
+) -> Result<(BoxBody, Option<Bytes>)>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(len) = small(headers) else {
+        return Ok((client_body(body), None));
+    };
+    match read(body, len, Some(window)).await {
+        Read::Whole(data, trailers) => Ok((whole(data.clone(), trailers), Some(data))),
+        Read::Partial(data, rest) => Ok((prefixed(data, client_body(rest)), None)),
+        Read::Broken(..) => Err(GatewayError::IncompleteBody),
+    }
+}
+
 /// An upstream response, ready to send: a small declared body is read
 /// whole first. One that breaks off before its end is 502
 /// `upstream_unavailable`: nothing has reached the client yet, and a 200

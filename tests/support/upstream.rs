@@ -7,6 +7,7 @@
 //!   delete; unknown id → 404. The id is percent-decoded; a retrieve with
 //!   `OpenAI-Organization: X` answers the user with `(as seen by X)` after its name.
 //! - `GET /v1/organization/users/{id}/roles`: a role list.
+//! - project, group and role-assignment writes, and each user's `projects`: see [`projects`].
 //! - `GET /v1/_test/sse?n=&interval_ms=&gate=`: `n` SSE events; with `gate` the first event is
 //!   sent at once and the rest only after the gate opens.
 //! - `GET /v1/_test/bytes?n=&chunk=&gate=&break_after=`: `n` bytes of [`pattern_chunk`] with a
@@ -50,6 +51,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::body::{channel_body, full, TestBody};
+
+pub mod projects;
 use super::ADMIN_KEY;
 
 /// What the echo route reports instead of the admin key (so the echo never leaks it).
@@ -62,6 +65,8 @@ pub const REDACTED_ADMIN_AUTH: &str = "Bearer <the-admin-key>";
 pub struct Fault {
     /// Wait this long before sending response headers.
     pub delay: Option<Duration>,
+    /// Wait this long before handling the request at all (a write applied late).
+    pub apply_after: Option<Duration>,
     /// Wait for this named gate to open before sending response headers.
     pub gate: Option<String>,
     /// Answer with this status and an OpenAI error body (429 adds `retry-after`).
@@ -101,6 +106,10 @@ impl Fault {
     }
     pub fn delay_ms(mut self, ms: u64) -> Self {
         self.delay = Some(Duration::from_millis(ms));
+        self
+    }
+    pub fn apply_after_ms(mut self, ms: u64) -> Self {
+        self.apply_after = Some(Duration::from_millis(ms));
         self
     }
     pub fn gate(mut self, name: &str) -> Self {
@@ -279,6 +288,8 @@ pub struct Recorded {
 pub struct State {
     /// The organization's users by id, as `User` JSON objects.
     users: Mutex<BTreeMap<String, Value>>,
+    /// Projects and groups, which each user's `projects` reflects.
+    org: Mutex<projects::Org>,
     /// Requests received (any route, any outcome).
     total: AtomicUsize,
     /// Requests that did not carry exactly one `Authorization: Bearer ADMIN_KEY`.
@@ -349,6 +360,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 }
 
 impl State {
+    /// `user` with its `projects` as they are now.
+    fn with_projects(&self, id: &str, user: &Value) -> Value {
+        let mut user = user.clone();
+        user["projects"] = self.org.lock().unwrap().projects_of(id);
+        user
+    }
+
     fn seeded() -> Self {
         let mut users = BTreeMap::new();
         let mut add = |id: &str, name: &str, role: &str, added_at: i64| {
@@ -367,6 +385,7 @@ impl State {
         }
         State {
             users: Mutex::new(users),
+            org: Mutex::new(projects::Org::seeded()),
             total: AtomicUsize::new(0),
             bad_auth: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
@@ -546,7 +565,7 @@ impl Upstream {
     pub fn user_body(&self, id: &str) -> Bytes {
         let users = self.state.users.lock().unwrap();
         let user = users.get(id).unwrap_or_else(|| panic!("no user {id}"));
-        json_bytes(user)
+        json_bytes(&self.state.with_projects(id, user))
     }
 }
 
@@ -609,6 +628,21 @@ async fn respond(
     let Some(fault) = fault else {
         return route(state, index, req).await;
     };
+    if let Some(wait) = fault.apply_after {
+        // Applied on a task of its own, so that it lands even when the client has gone.
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let state = state.clone();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            apply_late(&state, &parts.method, parts.uri.path(), &body).await
+        });
+        return late.await.map_err(io::Error::other);
+    }
     // The response (and with it the user's state) is taken before waiting, as a real server
     // that read the database and then stalled would do.
     let resp = match (fault.refusal, fault.status) {
@@ -643,6 +677,14 @@ async fn route(state: &Arc<State>, index: usize, req: Request<Incoming>) -> io::
     }
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method().clone();
+    // Percent-decoded, as the real API's router does.
+    let decoded: Vec<String> = segments.iter().map(|s| decode(s)).collect();
+    let decoded: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    if let ["v1", rest @ ..] = decoded.as_slice() {
+        if projects::handles(rest, &method) {
+            return Ok(projects::route(state, rest, req).await);
+        }
+    }
     Ok(match (segments.as_slice(), &method) {
         (["v1", "organization", "users"], &Method::GET) => list_users(state, req.uri().query()),
         (["v1", "organization", "users"], _) => not_allowed(),
@@ -666,6 +708,22 @@ async fn route(state: &Arc<State>, index: usize, req: Request<Incoming>) -> io::
         (["v1", "_test", "upload"], _) => upload(state, req).await,
         _ => echo(state, index, req).await,
     })
+}
+
+/// A write to a user, a project or a group, from its parts (see [`Fault::apply_after`]).
+async fn apply_late(state: &Arc<State>, method: &Method, path: &str, body: &Bytes) -> Resp {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (segments.as_slice(), method) {
+        (["v1", "organization", "users", id], &Method::POST) => {
+            modify_user_with(state, &decode(id), body)
+        }
+        (["v1", "organization", "users", id], &Method::DELETE) => delete_user(state, &decode(id)),
+        (["v1", rest @ ..], _) if projects::handles(rest, method) => {
+            let value = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+            projects::route_with(state, rest, method, &value)
+        }
+        _ => not_allowed(),
+    }
 }
 
 /// A percent-decoded path segment (invalid escapes and non-UTF-8 kept as they are).
@@ -760,23 +818,26 @@ fn get_user(state: &State, id: &str, org: Option<&str>) -> Resp {
     match state.users.lock().unwrap().get(id) {
         Some(user) => match org {
             Some(org) => {
-                let mut seen = user.clone();
+                let mut seen = state.with_projects(id, user);
                 let name = seen["name"].as_str().unwrap_or_default().to_string();
                 seen["name"] = json!(format!("{name} (as seen by {org})"));
                 json_response(StatusCode::OK, &seen)
             }
-            None => json_response(StatusCode::OK, user),
+            None => json_response(StatusCode::OK, &state.with_projects(id, user)),
         },
         None => user_not_found(id),
     }
 }
 
 async fn modify_user(state: &State, id: &str, req: Request<Incoming>) -> Resp {
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::BAD_REQUEST, "Unreadable body", "bad_body"),
-    };
-    let role = serde_json::from_slice::<Value>(&body)
+    match req.into_body().collect().await {
+        Ok(b) => modify_user_with(state, id, &b.to_bytes()),
+        Err(_) => error(StatusCode::BAD_REQUEST, "Unreadable body", "bad_body"),
+    }
+}
+
+fn modify_user_with(state: &State, id: &str, body: &Bytes) -> Resp {
+    let role = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("role").and_then(Value::as_str).map(str::to_string));
     let Some(role) = role.filter(|r| ["owner", "reader", "member"].contains(&r.as_str())) else {
