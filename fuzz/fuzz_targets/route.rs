@@ -123,7 +123,10 @@ fuzz_target!(|text: &str| {
         }
         Ok(Route::Forward) => {
             assert!(user.is_none() || !matches!(method, Method::GET), "{what}");
-            assert!(!is_write(&method) || plan(&method, canonical) == Plan::Nothing, "{what}");
+            assert!(
+                !is_write(&method) || plan(&method, canonical) == Plan::Nothing,
+                "{what}"
+            );
         }
         Err(ref e) => {
             assert_eq!(e.kind().1, "invalid_user_id", "{what}");
