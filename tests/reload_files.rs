@@ -359,6 +359,7 @@ async fn a_key_file_moved_to_another_directory_is_watched_there() {
     wait_reloads(&run, "ok", 2.0).await;
     let seen = key_seen_upstream(&run, &upstream, "/v1/echo/after-move").await;
     assert_eq!(seen, format!("Bearer {ROTATED_KEY}"));
+    assert_settled(run.admin, "after the key moved").await;
 
     let status = run.gw.terminate(30);
     let log = run.gw.stderr_text();
@@ -407,6 +408,7 @@ async fn a_key_file_saved_with_a_byte_order_mark_is_refused_and_the_running_key_
         seen.headers["authorization"].as_bytes(),
         format!("Bearer {ADMIN_KEY}").as_bytes()
     );
+    assert_settled(run.admin, "after the refused key").await;
 
     let status = run.gw.terminate(30);
     let log = run.gw.stderr_text();

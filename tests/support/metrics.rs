@@ -56,7 +56,7 @@ pub async fn config_reloads(admin: SocketAddr, result: &str) -> f64 {
 }
 
 /// Polls `/metrics` on the admin listener at `admin` (for up to 5 s) until
-/// `gateway_requests_in_flight` and `gateway_upstream_in_flight` both read 0: every request's
+/// `gateway_requests_in_flight`, `gateway_upstream_in_flight` and `gateway_upstream_queued` all read 0: every request's
 /// account was settled (accounts settle when response bodies drop, a moment after the client
 /// has read them). `what` names the situation in the failure message.
 pub async fn assert_settled(admin: SocketAddr, what: &str) {
@@ -68,12 +68,13 @@ pub async fn assert_settled(admin: SocketAddr, what: &str) {
         let text = resp.text();
         let requests = metric(&text, "gateway_requests_in_flight", &[]);
         let upstream = metric(&text, "gateway_upstream_in_flight", &[]);
-        if requests == 0.0 && upstream == 0.0 {
+        let queued = metric(&text, "gateway_upstream_queued", &[]);
+        if requests == 0.0 && upstream == 0.0 && queued == 0.0 {
             return;
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(5),
-            "{what}: in-flight gauges still at requests={requests} upstream={upstream}:\n{text}"
+            "{what}: in-flight gauges still at requests={requests} upstream={upstream} queued={queued}:\n{text}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
