@@ -18,8 +18,8 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
+use super::entry::CachedUser;
 use super::route::{Settings, UserRoute};
-use super::store::CachedUser;
 use crate::body::{empty, full, prefixed, BoxBody};
 use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;

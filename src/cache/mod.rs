@@ -1,8 +1,12 @@
 //! The retrieve-user cache and the cached route.
 //!
-//! - [`store`]: [`UserCache`], moka with a TTL per entry, a size bound,
-//!   single flight, and write generations so a fetch that began before a
-//!   write can never store the old user.
+//! - [`store`]: [`UserCache`], moka split in shards, with a size bound,
+//!   single flight, and the per-thread fronts kept in step.
+//! - `entry`: [`CachedUser`], the stored user and its clock (the
+//!   upstream's `Date` kept in front of the body).
+//! - `key`: [`CacheKey`], the hashing, and the write generations, so a
+//!   fetch that began before a write can never store the old user.
+//! - `expiry`: the TTL policy (each entry's TTL plus the stale window).
 //! - `front`: a per-thread table of copies of fresh users in front of
 //!   moka, so most hits write nothing another core writes.
 //! - `route`: [`UserRoute`], `GET {prefix}/organization/users/{id}`
@@ -19,19 +23,24 @@
 //!
 //! Public surface: the re-exports below.
 
+mod entry;
+mod expiry;
 mod fill;
 mod front;
+mod key;
 mod request;
 mod route;
 mod stale;
 mod status;
 mod store;
 
+pub use entry::CachedUser;
 pub use fill::{fill_headers, is_user};
+pub use key::{CacheKey, KeyBits};
 pub use request::{bypasses, directive, Directive};
 pub use route::{Settings, UserRoute};
 pub use status::{stale_status, CacheStatus, CACHE_STATUS};
-pub use store::{CacheKey, CachedUser, KeyBits, Lookup, UserCache};
+pub use store::{Lookup, UserCache};
 
 /// The hit response for a stored user (benches measure it alone).
 pub use route::hit_response;

@@ -18,10 +18,12 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response};
 
+use super::entry::CachedUser;
 use super::fill::FillFailed;
+use super::key::CacheKey;
 use super::request::{directive, Directive};
 use super::status::{hit_status, CacheStatus, CACHE_STATUS};
-use super::store::{CacheKey, CachedUser, Lookup, UserCache};
+use super::store::{Lookup, UserCache};
 use crate::body::{full, BoxBody};
 use crate::config::CacheConfig;
 use crate::error::Result;

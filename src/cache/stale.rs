@@ -20,10 +20,12 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::entry::CachedUser;
 use super::fill::FillFailed;
+use super::key::CacheKey;
 use super::route::{fetched_response, hit_response, stored_response, UserRoute};
 use super::status::{stale_status, CacheStatus, CACHE_STATUS};
-use super::store::{CacheKey, CachedUser, Lookup, UserCache};
+use super::store::{Lookup, UserCache};
 use crate::body::BoxBody;
 use crate::error::Result;
 use crate::headers::int_value;
