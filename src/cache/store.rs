@@ -181,6 +181,29 @@ impl UserCache {
         }
     }
 
+    /// [`fetch_once`](Self::fetch_once) for a fetch that also yields what
+    /// only the request running it may see: `fetch` gives the user to store
+    /// (or the failure every waiter shares) and what its runner keeps, which
+    /// comes back here when this caller ran it (it led the single flight).
+    pub(super) async fn fetch_once_keeping<F, E, K>(
+        &self,
+        key: CacheKey,
+        fetch: F,
+    ) -> (Lookup<E>, Option<K>)
+    where
+        F: Future<Output = (Result<CachedUser, E>, K)>,
+        E: Send + Sync + 'static,
+    {
+        let mut kept = None;
+        let shared = async {
+            let (shared, own) = fetch.await;
+            kept = Some(own);
+            shared
+        };
+        let lookup = self.fetch_once(key, shared).await;
+        (lookup, kept)
+    }
+
     /// Stores `user` under `key` (a forced refresh). Copies of the old
     /// entry in the per-thread fronts are dropped at their next read.
     pub async fn insert(&self, key: CacheKey, user: CachedUser) {
