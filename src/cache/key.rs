@@ -42,6 +42,7 @@ impl CacheKey {
     }
 
     /// The id's hash (the high half): its stripe and its shard.
+    #[inline]
     pub(super) fn id_hash(self) -> u64 {
         (self.0 >> 64) as u64
     }
@@ -112,16 +113,20 @@ impl Keys {
         }
     }
 
+    #[inline]
     fn stripe(&self, id_hash: u64) -> &AtomicU64 {
         &self.gens[(id_hash as usize) % STRIPES]
     }
 
+    #[inline]
     fn key_at(&self, id: &str, id_hash: u64, generation: u64, epoch: u64) -> CacheKey {
         let low = self.gen_hasher.hash_one((generation, epoch, id));
         CacheKey(u128::from(id_hash) << 64 | u128::from(low))
     }
 
-    /// The key for `id` as of now.
+    /// The key for `id` as of now. Every hit takes one: `#[inline]` keeps
+    /// it in [`UserCache::key`](super::UserCache::key), whose body it was.
+    #[inline]
     pub(super) fn key(&self, id: &str) -> CacheKey {
         let h = self.id_hasher.hash_one(id);
         let generation = self.stripe(h).load(Ordering::Acquire);
