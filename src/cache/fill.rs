@@ -7,6 +7,12 @@
 //! that parses as an `organization.user` with the requested id, within
 //! `cache.max_body_bytes` and not compressed, is stored, as the upstream's
 //! bytes.
+//!
+//! [`Filler`] holds what a fill needs (the upstream, metrics, the live
+//! settings) and returns what it got by value: a [`Fetched`] user, or this
+//! request's answer ([`Unstored`]). For a shared fill it also splits that
+//! into what the waiters see ([`FillFailed`]) and what the request that
+//! ran it keeps ([`Kept`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
