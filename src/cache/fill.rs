@@ -7,9 +7,17 @@
 //! that parses as an `organization.user` with the requested id, within
 //! `cache.max_body_bytes` and not compressed, is stored, as the upstream's
 //! bytes.
+//!
+//! [`Filler`] holds what a fill needs (the upstream, metrics, the live
+//! settings) and returns what it got by value: a [`Fetched`] user, or this
+//! request's answer ([`Unstored`]). For a shared fill it also splits that
+//! into what the waiters see ([`FillFailed`]) and what the request that
+//! ran it keeps ([`Kept`]).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header::{
     HeaderValue, ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
@@ -18,11 +26,32 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
-use super::route::{Settings, UserRoute};
-use super::store::CachedUser;
+use super::entry::CachedUser;
+use super::response::fetched_response;
+use super::settings::Settings;
 use crate::body::{empty, full, prefixed, BoxBody};
 use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// A user a fetch got, to store.
+#[derive(Debug)]
+pub(super) struct Fetched {
+    /// The user, as it is stored.
+    user: CachedUser,
+    /// The upstream's `x-request-id` (the response of the request that
+    /// fetched it keeps it, as a forwarded response would).
+    upstream_id: Option<HeaderValue>,
+}
+
+impl Fetched {
+    /// The answer for the request that fetched it, and the user to store.
+    pub(super) fn answer(self) -> (Response<BoxBody>, CachedUser) {
+        let Self { user, upstream_id } = self;
+        (fetched_response(&user, upstream_id), user)
+    }
+}
 
 /// What a fetch got that is not a user to store: the answer for the
 /// request that made it (the upstream's response, streamed on when large or
@@ -42,27 +71,71 @@ pub(super) enum FillFailed {
     Answer(StatusCode),
 }
 
-impl UserRoute {
-    /// The shared fill: a [`fetch`](Self::fetch) whose user is stored and
-    /// shared; anything else is kept in `mine` for the request that ran it
-    /// (only it, the leader, runs this), and what the waiters learn is a
-    /// [`FillFailed`].
+/// What the request that ran a shared fill keeps for itself: the requests
+/// that waited on it never see it.
+#[derive(Debug)]
+pub(super) enum Kept {
+    /// The user was stored; the upstream's `x-request-id` with it.
+    UpstreamId(Option<HeaderValue>),
+    /// The upstream's answer, not a user: this request answers with it.
+    Answer(Response<BoxBody>),
+    /// No answer: the error every request shares.
+    Nothing,
+}
+
+impl Kept {
+    /// The upstream's request id of a stored user's response.
+    pub(super) fn upstream_id(self) -> Option<HeaderValue> {
+        match self {
+            Self::UpstreamId(id) => id,
+            Self::Answer(_) | Self::Nothing => None,
+        }
+    }
+}
+
+/// Fetches users from the upstream for the cache: everything a fill needs
+/// and nothing else of the route. Cheap to share (its parts are `Arc`s).
+#[derive(Debug)]
+pub(super) struct Filler {
+    /// Where users are fetched; it adds the admin key.
+    upstream: Arc<Upstream>,
+    /// Counts a body that stalls past the deadline.
+    metrics: Arc<Metrics>,
+    /// The body bound and the TTL to store with, shared with the route
+    /// (reloads replace them) and read when an answer's headers arrive.
+    settings: Arc<ArcSwap<Settings>>,
+}
+
+impl Filler {
+    /// A filler over `upstream` with the route's live `settings`.
+    pub(super) fn new(
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        settings: Arc<ArcSwap<Settings>>,
+    ) -> Self {
+        Self {
+            upstream,
+            metrics,
+            settings,
+        }
+    }
+
+    /// The shared fill: a [`fetch`](Self::fetch) split into what every
+    /// request waiting on it sees (the user to store, or a [`FillFailed`])
+    /// and what the request that ran it keeps ([`Kept`]).
     pub(super) async fn fill(
         &self,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
-        upstream_id: &mut Option<HeaderValue>,
-        mine: &mut Option<Response<BoxBody>>,
-    ) -> std::result::Result<CachedUser, FillFailed> {
-        match self.fetch(headers, rest, id, upstream_id).await {
-            Ok(u) => Ok(u),
-            Err(Err(e)) => Err(FillFailed::Error(e)),
-            Err(Ok(answer)) => {
-                let status = answer.status();
-                *mine = Some(answer);
-                Err(FillFailed::Answer(status))
-            }
+    ) -> (std::result::Result<CachedUser, FillFailed>, Kept) {
+        match self.fetch(headers, rest, id).await {
+            Ok(Fetched { user, upstream_id }) => (Ok(user), Kept::UpstreamId(upstream_id)),
+            Err(Err(e)) => (Err(FillFailed::Error(e)), Kept::Nothing),
+            Err(Ok(answer)) => (
+                Err(FillFailed::Answer(answer.status())),
+                Kept::Answer(answer),
+            ),
         }
     }
 
@@ -72,22 +145,21 @@ impl UserRoute {
     /// waits for its slot and headers until it (a headers timeout, counted
     /// by the exchange), the body is read until it (a body timeout). The
     /// body is read up to `cache.max_body_bytes`; a 200 that is the user
-    /// asked for comes back as a [`CachedUser`], anything else as this
-    /// request's answer. Records the upstream's request id for the caller.
+    /// asked for comes back as [`Fetched`], anything else as this
+    /// request's answer.
     pub(super) async fn fetch(
         &self,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
-        upstream_id: &mut Option<HeaderValue>,
-    ) -> std::result::Result<CachedUser, Unstored> {
+    ) -> std::result::Result<Fetched, Unstored> {
         let deadline = tokio::time::Instant::now() + self.upstream.timeout();
         let resp = self
             .upstream
             .send_by(deadline, Method::GET, rest, fill_headers(headers), empty())
             .await
             .map_err(Err)?;
-        match tokio::time::timeout_at(deadline, self.read_fill(resp, id, upstream_id)).await {
+        match tokio::time::timeout_at(deadline, self.read_fill(resp, id)).await {
             Ok(r) => r,
             Err(_) => {
                 self.metrics.upstream_timeout("body");
@@ -101,8 +173,7 @@ impl UserRoute {
         &self,
         resp: Response<BoxBody>,
         id: &str,
-        upstream_id: &mut Option<HeaderValue>,
-    ) -> std::result::Result<CachedUser, Unstored> {
+    ) -> std::result::Result<Fetched, Unstored> {
         // Copy what is needed instead of holding the reload guard across awaits.
         let Settings {
             max_body_bytes: max,
@@ -110,7 +181,7 @@ impl UserRoute {
             ..
         } = **self.settings.load();
         let (parts, mut body) = resp.into_parts();
-        *upstream_id = parts.headers.get(X_REQUEST_ID).cloned();
+        let upstream_id = parts.headers.get(X_REQUEST_ID).cloned();
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -147,13 +218,14 @@ impl UserRoute {
             buf.freeze()
         };
         if parts.status == StatusCode::OK && is_user(&bytes, id) && !encoded(&parts.headers) {
-            Ok(CachedUser::new(
+            let user = CachedUser::new(
                 bytes,
                 parts.headers.get(CONTENT_TYPE).map(own),
                 parts.headers.contains_key(CONTENT_ENCODING),
                 ttl,
             )
-            .with_date(parts.headers.get(http::header::DATE)))
+            .with_date(parts.headers.get(http::header::DATE));
+            Ok(Fetched { user, upstream_id })
         } else {
             Err(Ok(Response::from_parts(parts, full(bytes))))
         }
@@ -224,5 +296,43 @@ pub fn is_user(body: &[u8], user_id: &str) -> bool {
             u.object == "organization.user" && u.id == user_id
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_bodies_are_recognised() {
+        let ok = br#"{"object":"organization.user","id":"user_abc","name":"A","email":"a@x","role":"owner","added_at":1711471533}"#;
+        assert!(is_user(ok, "user_abc"));
+        assert!(!is_user(ok, "user_other"), "wrong id");
+        assert!(!is_user(
+            br#"{"object":"organization.user.deleted","id":"user_abc"}"#,
+            "user_abc"
+        ));
+        assert!(
+            !is_user(
+                br#"{"object":"organization.user","id":"user_abc""#,
+                "user_abc"
+            ),
+            "truncated"
+        );
+        assert!(
+            !is_user(
+                br#"{"object":"organization.user","id":"user_abc","added_at":"x"}"#,
+                "user_abc"
+            ),
+            "bad type"
+        );
+        assert!(!is_user(b"[]", "user_abc"));
+        assert!(
+            is_user(
+                br#"{"object":"organization.user","id":"user\u005fabc"}"#,
+                "user_abc"
+            ),
+            "escaped id"
+        );
     }
 }

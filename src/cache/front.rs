@@ -32,7 +32,8 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use super::store::{CacheKey, CachedUser};
+use super::entry::CachedUser;
+use super::key::CacheKey;
 
 /// Most entries a thread's front holds.
 pub(super) const SLOTS: usize = 1 << 15;

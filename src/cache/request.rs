@@ -46,3 +46,39 @@ pub fn bypasses(headers: &HeaderMap) -> bool {
         || headers.contains_key("openai-project")
         || headers.keys().any(|k| k.as_str().starts_with("if-"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn cache_control_directives() {
+        let mut h = HeaderMap::new();
+        assert_eq!(directive(&h), Directive::Normal);
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-age=0, No-Cache"),
+        );
+        assert_eq!(directive(&h), Directive::Refresh);
+        h.append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert_eq!(directive(&h), Directive::NoStore);
+    }
+
+    /// Found by `fuzz/` (cache_control): a non-ASCII byte elsewhere in the
+    /// value made the whole value unreadable as text, and its `no-store` was
+    /// ignored, so the response was stored.
+    #[test]
+    fn no_store_beside_a_non_ascii_byte_is_honoured() {
+        for (raw, want) in [
+            (&b"\x9e,No-Store"[..], Directive::NoStore),
+            (b"ncache\xf6\x92=0, No-Store", Directive::NoStore),
+            (b"no-cache, x=\xff", Directive::Refresh),
+            (b"\xff", Directive::Normal),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(CACHE_CONTROL, HeaderValue::from_bytes(raw).unwrap());
+            assert_eq!(directive(&h), want, "{raw:?}");
+        }
+    }
+}

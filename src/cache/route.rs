@@ -2,64 +2,32 @@
 //!
 //! A miss runs one upstream fetch shared by every concurrent request for the
 //! id. That fetch is the gateway's own request, with a fixed set of headers
-//! ([`fill_headers`]), so no client's headers shape another client's answer.
+//! ([`fill_headers`](super::fill_headers)), so no client's headers shape another client's answer.
 //! It reads the body up to `cache.max_body_bytes`; only a 200 that parses
 //! as an `organization.user` with the requested id is stored, as the
 //! upstream's bytes, and only such a user is shared with the requests that
 //! waited on it. Anything else answers the request that fetched it, and
 //! each waiter fetches for itself.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response};
 
-use super::fill::FillFailed;
+use super::entry::CachedUser;
+use super::fill::{FillFailed, Filler, Kept};
+use super::key::CacheKey;
 use super::request::{directive, Directive};
-use super::status::{hit_status, CacheStatus, CACHE_STATUS};
-use super::store::{CacheKey, CachedUser, Lookup, UserCache};
-use crate::body::{full, BoxBody};
-use crate::config::CacheConfig;
+use super::response::{fetched_response, hit_response};
+use super::settings::Settings;
+use super::stale::{Expired, Refreshing, Stale};
+use super::status::CacheStatus;
+use super::store::{Lookup, UserCache};
+use crate::body::BoxBody;
 use crate::error::Result;
-use crate::headers::{int_value, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
-
-/// The cached route's reloadable settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    /// TTL for newly stored users.
-    pub ttl: Duration,
-    /// Larger user responses are passed through unstored.
-    pub max_body_bytes: usize,
-    /// How long past its TTL an entry may be served when the refetch fails.
-    pub stale_if_error: Duration,
-    /// How long past its TTL an entry is served at once while one
-    /// background refresh runs.
-    pub stale_while_revalidate: Duration,
-}
-
-impl Settings {
-    /// How long entries outlive their TTL: the longer stale window.
-    pub fn stale_window(&self) -> Duration {
-        self.stale_if_error.max(self.stale_while_revalidate)
-    }
-}
-
-impl From<&CacheConfig> for Settings {
-    fn from(c: &CacheConfig) -> Self {
-        Self {
-            ttl: c.ttl,
-            max_body_bytes: c.max_body_bytes,
-            stale_if_error: c.stale_if_error,
-            stale_while_revalidate: c.stale_while_revalidate,
-        }
-    }
-}
 
 /// The cached route and everything it needs: the cache, the upstream it
 /// fills from, metrics and its live settings. Nothing else of the gateway.
@@ -72,25 +40,18 @@ pub struct UserRoute {
 
 /// What [`UserRoute`] holds.
 #[derive(Debug)]
-pub struct Inner {
+struct Inner {
     /// The stored users.
-    pub(super) cache: UserCache,
-    /// Where misses are fetched.
-    pub(super) upstream: Arc<Upstream>,
+    cache: UserCache,
+    /// Fetches misses and refreshes from the upstream.
+    filler: Filler,
     /// Hit and miss counters.
-    pub(super) metrics: Arc<Metrics>,
-    /// TTL, body bound and stale windows, replaced on reload.
-    pub(super) settings: ArcSwap<Settings>,
+    metrics: Arc<Metrics>,
+    /// TTL, body bound and stale windows, replaced on reload (shared with
+    /// the filler).
+    settings: Arc<ArcSwap<Settings>>,
     /// Ids (keys) with a background refresh running: one per id.
-    pub(super) refreshing: Mutex<HashSet<u128>>,
-}
-
-impl std::ops::Deref for UserRoute {
-    type Target = Inner;
-
-    fn deref(&self) -> &Inner {
-        &self.inner
-    }
+    refreshing: Refreshing,
 }
 
 impl UserRoute {
@@ -102,53 +63,56 @@ impl UserRoute {
         settings: Settings,
     ) -> Self {
         cache.set_stale_window(settings.stale_window());
+        let settings = Arc::new(ArcSwap::from_pointee(settings));
         Self {
             inner: Arc::new(Inner {
                 cache,
-                upstream,
+                filler: Filler::new(upstream, metrics.clone(), settings.clone()),
                 metrics,
-                settings: ArcSwap::from_pointee(settings),
-                refreshing: Mutex::new(HashSet::new()),
+                settings,
+                refreshing: Refreshing::default(),
             }),
         }
     }
 
     /// The cache (purges, the entry gauge, evictions after writes).
     pub fn cache(&self) -> &UserCache {
-        &self.cache
+        &self.inner.cache
     }
 
     /// Applies reloaded settings; entries already stored keep their TTL.
     pub fn set_settings(&self, settings: Settings) {
-        self.cache.set_stale_window(settings.stale_window());
-        self.settings.store(Arc::new(settings));
+        self.inner.cache.set_stale_window(settings.stale_window());
+        self.inner.settings.store(Arc::new(settings));
     }
 
     /// Serves the cached route for `id` (decoded); `rest` is the path as
     /// the client spelled it. Only `Cache-Control` and a valid
     /// `x-request-id` are read from `headers`: a fill is the gateway's own
-    /// request (see [`fill_headers`]), and requests whose headers would
-    /// change the answer never get here ([`bypasses`]).
+    /// request (see [`fill_headers`](super::fill_headers)), and requests
+    /// whose headers would change the answer never get here
+    /// ([`bypasses`](super::bypasses)).
     pub async fn get_user(
         &self,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
+        let inner = &*self.inner;
         // The fetch paths are boxed: their futures (the upstream exchange,
         // moka's single-flight entry) are kilobytes, and inline they would make
         // every hit's request future that large too.
-        if !self.cache.serving() {
+        if !inner.cache.serving() {
             // The invalidation bus is down: entries may be stale, so answer
             // as a replica without a cache would.
             return Box::pin(self.fetch_alone(headers, rest, id, Alone::Offline)).await;
         }
         match directive(headers) {
             Directive::Normal => {
-                let key = self.cache.key(id);
-                if let Some(u) = self.cache.get(&key).await {
+                let key = inner.cache.key(id);
+                if let Some(u) = inner.cache.get(&key).await {
                     if u.is_fresh(Instant::now()) {
-                        self.metrics.cache_hit();
+                        inner.metrics.cache_hit();
                         return Ok((hit_response(u), CacheStatus::Hit));
                     }
                     return Box::pin(self.stale(headers, rest, id, key, u)).await;
@@ -175,29 +139,29 @@ impl UserRoute {
         id: &str,
         key: CacheKey,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
-        let mut upstream_id = None;
-        let mut mine: Option<Response<BoxBody>> = None;
-        let fill = self.fill(headers, rest, id, &mut upstream_id, &mut mine);
+        let inner = &*self.inner;
+        let fill = inner.filler.fill(headers, rest, id);
         // get_user has just looked the key up: go straight to the shared fetch.
-        match self.cache.fetch_once(key, fill).await {
-            Lookup::Hit(u) => {
-                self.metrics.cache_hit();
+        match inner.cache.fetch_once_keeping(key, fill).await {
+            (Lookup::Hit(u), _) => {
+                inner.metrics.cache_hit();
                 Ok((hit_response(u), CacheStatus::Hit))
             }
-            Lookup::Filled(u) => {
-                self.metrics.cache_miss();
+            (Lookup::Filled(u), kept) => {
+                inner.metrics.cache_miss();
+                let upstream_id = kept.and_then(Kept::upstream_id);
                 Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
             }
-            Lookup::Failed(failed) => match (&*failed, mine) {
+            (Lookup::Failed(failed), kept) => match (&*failed, kept) {
                 (FillFailed::Error(e), _) => {
-                    self.metrics.cache_miss();
+                    inner.metrics.cache_miss();
                     Err(e.clone())
                 }
-                (FillFailed::Answer(_), Some(answer)) => {
-                    self.metrics.cache_miss();
+                (FillFailed::Answer(_), Some(Kept::Answer(answer))) => {
+                    inner.metrics.cache_miss();
                     Ok((answer, CacheStatus::Miss))
                 }
-                (FillFailed::Answer(_), None) => {
+                (FillFailed::Answer(_), _) => {
                     self.fetch_alone(headers, rest, id, Alone::Waiter).await
                 }
             },
@@ -207,36 +171,85 @@ impl UserRoute {
     /// A fetch for this request alone: `no-cache`, `no-store`, or a waiter
     /// whose shared fill got nothing to share. A user it gets is stored
     /// unless `no-store` asked otherwise.
-    pub(super) async fn fetch_alone(
+    async fn fetch_alone(
         &self,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
         why: Alone,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
-        let key = self.cache.key(id);
-        let mut upstream_id = None;
+        let inner = &*self.inner;
+        let key = inner.cache.key(id);
         let (stored, unstored) = why.statuses();
         if matches!(why, Alone::Waiter | Alone::Offline) {
-            self.metrics.cache_miss();
+            inner.metrics.cache_miss();
         }
-        match self.fetch(headers, rest, id, &mut upstream_id).await {
-            Ok(u) => {
-                let r = fetched_response(&u, upstream_id);
+        match inner.filler.fetch(headers, rest, id).await {
+            Ok(fetched) => {
+                let (r, u) = fetched.answer();
                 if matches!(why, Alone::NoStore | Alone::Offline) {
                     return Ok((r, unstored));
                 }
-                self.cache.insert(key, u).await;
+                inner.cache.insert(key, u).await;
                 Ok((r, stored))
             }
             Err(unstored_answer) => Ok((unstored_answer?, unstored)),
         }
     }
+
+    /// Serves `old`, which is past its TTL, under `key` (see
+    /// [`stale`](super::stale)).
+    async fn stale(
+        &self,
+        headers: &HeaderMap,
+        rest: &str,
+        id: &str,
+        key: CacheKey,
+        old: CachedUser,
+    ) -> Result<(Response<BoxBody>, CacheStatus)> {
+        let old = Expired::new(old);
+        let settings = **self.inner.settings.load();
+        let stale = self.stale_path();
+        if let Some(served) = stale.revalidating(&old, &settings) {
+            self.revalidate(rest, id, key);
+            return Ok(served);
+        }
+        match stale
+            .refetched(headers, rest, id, key, &old, &settings)
+            .await
+        {
+            Some(served) => Ok(served),
+            // Outside the window, or another request's answer: this
+            // request asks the upstream for itself.
+            None => Box::pin(self.fetch_alone(headers, rest, id, Alone::Waiter)).await,
+        }
+    }
+
+    /// Starts the one background refresh of `key` unless it runs already.
+    fn revalidate(&self, rest: &str, id: &str, key: CacheKey) {
+        // The guard exists before the task does: a task dropped before its
+        // first poll (its runtime shut down) still frees the id.
+        let Some(running) = self.inner.refreshing.start(key) else {
+            return;
+        };
+        let route = self.clone();
+        let (rest, id) = (rest.to_owned(), id.to_owned());
+        tokio::spawn(async move {
+            let _running = running;
+            route.stale_path().refresh(&rest, &id, key).await;
+        });
+    }
+
+    /// The parts the stale path uses.
+    fn stale_path(&self) -> Stale<'_> {
+        let inner = &*self.inner;
+        Stale::new(&inner.cache, &inner.filler, &inner.metrics)
+    }
 }
 
 /// Why a request fetches for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Alone {
+enum Alone {
     /// `Cache-Control: no-cache`: fetch, then store.
     Refresh,
     /// `Cache-Control: no-store`: fetch, don't store.
@@ -258,91 +271,33 @@ impl Alone {
     }
 }
 
-/// A stored user as a response (no cache headers yet).
-pub(super) fn stored_response(u: &CachedUser) -> Response<BoxBody> {
-    stored_with(u, u.body(), u.date())
-}
-
-/// [`stored_response`] with `body`, `u`'s body, already in hand.
-fn stored_with(u: &CachedUser, body: Bytes, date: Option<HeaderValue>) -> Response<BoxBody> {
-    let len = body.len() as u64;
-    let mut r = Response::new(full(body));
-    // Room for everything a hit gets (cache headers, request id, rate
-    // limit headers) without growing the map.
-    *r.headers_mut() = HeaderMap::with_capacity(8);
-    let h = r.headers_mut();
-    if let Some(ct) = u.content_type() {
-        h.insert(CONTENT_TYPE, ct);
-    }
-    if let Some(ce) = u.content_encoding() {
-        h.insert(CONTENT_ENCODING, ce);
-    }
-    // The stored response's `Date`, beside `Age` (RFC 9111 §4.2.3); hyper
-    // adds its own only when there is none.
-    if let Some(date) = date {
-        h.insert(http::header::DATE, date);
-    }
-    h.insert(CONTENT_LENGTH, int_value(len));
-    r
-}
-
-/// A user this request fetched: the stored form, with the upstream's
-/// request id (a forwarded response keeps it).
-pub(super) fn fetched_response(
-    u: &CachedUser,
-    upstream_id: Option<HeaderValue>,
-) -> Response<BoxBody> {
-    let mut r = stored_response(u);
-    if let Some(id) = upstream_id {
-        r.headers_mut().insert(X_REQUEST_ID, id);
-    }
-    r
-}
-
-/// A hit: the stored bytes plus `Cache-Status: ...; hit; ttl=N` and `Age`.
-/// Takes the looked-up copy, whose body moves into the response: cloning it
-/// again would write the body's reference count (a line every core reading
-/// this user writes) twice more.
-pub fn hit_response(mut u: CachedUser) -> Response<BoxBody> {
-    let now = Instant::now();
-    let (body, date) = u.take_body();
-    let mut r = stored_with(&u, body, date);
-    // Age floors to whole seconds; ttl is counted from the same figure so
-    // that age + ttl always equals the stored TTL.
-    let age = u.age_secs(now);
-    let ttl = u.ttl().as_secs().saturating_sub(age);
-    let h = r.headers_mut();
-    h.insert(CACHE_STATUS, hit_status(ttl));
-    h.insert(http::header::AGE, int_value(age));
-    r
-}
-
 impl crate::cluster::Evict for UserRoute {
     fn evict<'a>(
         &'a self,
         id: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        Box::pin(self.cache.invalidate(id))
+        Box::pin(self.inner.cache.invalidate(id))
     }
 
     fn evict_all(&self) {
-        self.cache.invalidate_all();
+        self.inner.cache.invalidate_all();
     }
 
     fn set_serving(&self, serving: bool) {
-        self.cache.set_serving(serving);
+        self.inner.cache.set_serving(serving);
     }
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::super::fill::is_user;
     use super::*;
     use bytes::Bytes;
-    use http::header::CACHE_CONTROL;
+    use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
     use http::StatusCode;
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -388,7 +343,7 @@ pub(super) mod tests {
     }
 
     /// The cached route alone: a cache, an upstream client, metrics.
-    pub(in crate::cache) async fn route() -> (UserRoute, Arc<AtomicUsize>) {
+    async fn route() -> (UserRoute, Arc<AtomicUsize>) {
         let (base, calls) = upstream().await;
         let text = format!("[upstream]\nbase_url = \"{base}\"\n");
         let cfg = crate::config::Config::parse(&text, std::path::Path::new("."), &|n| {
@@ -448,122 +403,70 @@ pub(super) mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
-    #[test]
-    fn user_bodies_are_recognised() {
-        let ok = br#"{"object":"organization.user","id":"user_abc","name":"A","email":"a@x","role":"owner","added_at":1711471533}"#;
-        assert!(is_user(ok, "user_abc"));
-        assert!(!is_user(ok, "user_other"), "wrong id");
-        assert!(!is_user(
-            br#"{"object":"organization.user.deleted","id":"user_abc"}"#,
-            "user_abc"
-        ));
-        assert!(
-            !is_user(
-                br#"{"object":"organization.user","id":"user_abc""#,
-                "user_abc"
-            ),
-            "truncated"
-        );
-        assert!(
-            !is_user(
-                br#"{"object":"organization.user","id":"user_abc","added_at":"x"}"#,
-                "user_abc"
-            ),
-            "bad type"
-        );
-        assert!(!is_user(b"[]", "user_abc"));
-        assert!(
-            is_user(
-                br#"{"object":"organization.user","id":"user\u005fabc"}"#,
-                "user_abc"
-            ),
-            "escaped id"
-        );
-    }
-
-    #[test]
-    fn cache_control_directives() {
-        let mut h = HeaderMap::new();
-        assert_eq!(directive(&h), Directive::Normal);
-        h.insert(
-            CACHE_CONTROL,
-            HeaderValue::from_static("max-age=0, No-Cache"),
-        );
-        assert_eq!(directive(&h), Directive::Refresh);
-        h.append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        assert_eq!(directive(&h), Directive::NoStore);
-    }
-
-    /// Found by `fuzz/` (cache_control): a non-ASCII byte elsewhere in the
-    /// value made the whole value unreadable as text, and its `no-store` was
-    /// ignored, so the response was stored.
-    #[test]
-    fn no_store_beside_a_non_ascii_byte_is_honoured() {
-        for (raw, want) in [
-            (&b"\x9e,No-Store"[..], Directive::NoStore),
-            (b"ncache\xf6\x92=0, No-Store", Directive::NoStore),
-            (b"no-cache, x=\xff", Directive::Refresh),
-            (b"\xff", Directive::Normal),
-        ] {
-            let mut h = HeaderMap::new();
-            h.insert(CACHE_CONTROL, HeaderValue::from_bytes(raw).unwrap());
-            assert_eq!(directive(&h), want, "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn hit_response_carries_ttl_and_age() {
-        let u = CachedUser::new(
-            Bytes::from_static(b"{}"),
-            Some(HeaderValue::from_static("application/json")),
-            false,
-            std::time::Duration::from_secs(300),
-        )
-        .backdated(std::time::Duration::from_secs(10));
-        let r = hit_response(u);
-        assert_eq!(
-            r.headers()[CACHE_STATUS],
-            "openai-admin-gateway; hit; ttl=290"
-        );
-        assert_eq!(r.headers()["age"], "10");
-        let long = hit_status(100_000);
-        assert_eq!(long, "openai-admin-gateway; hit; ttl=100000");
-        assert_eq!(r.headers()[CONTENT_LENGTH], "2");
-    }
-
     #[tokio::test]
-    async fn hits_and_stored_responses_keep_the_upstream_date() {
-        let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
-        let u = CachedUser::new(
-            Bytes::from_static(b"{\"id\":\"u\"}"),
-            None,
-            false,
-            Duration::from_secs(300),
-        )
-        .with_date(Some(&date))
-        .backdated(Duration::from_secs(10));
-        assert_eq!(u.body().as_ref(), b"{\"id\":\"u\"}");
-        assert_eq!(u.thread_copy().date(), Some(date.clone()));
-        let stored = stored_response(&u);
-        assert_eq!(stored.headers()[http::header::DATE], date);
-        let r = hit_response(u);
-        assert_eq!(r.headers()[http::header::DATE], date);
-        assert_eq!(r.headers()["age"], "10");
-        assert_eq!(r.headers()[CONTENT_LENGTH], "10");
-        let body = http_body_util::BodyExt::collect(r.into_body())
+    async fn an_expired_refresh_entry_left_behind_is_not_taken_for_a_refetch() {
+        let (route, calls) = route().await;
+        let settings = Settings {
+            stale_if_error: Duration::from_secs(600),
+            ..**route.inner.settings.load()
+        };
+        route.set_settings(settings);
+        let expired = |name: &str| {
+            let body = format!(
+                r#"{{"object":"organization.user","id":"u1","name":"{name}","email":"n@x","role":"reader","added_at":1}}"#
+            );
+            CachedUser::new(Bytes::from(body), None, false, Duration::from_secs(1))
+                .backdated(Duration::from_secs(5))
+        };
+        // The entry is past its TTL, and a refetch of it that was cancelled between its fill
+        // and its cleanup left its (now expired too) result under the refresh key.
+        let key = route.inner.cache.key("u1");
+        route.inner.cache.insert(key, expired("Old")).await;
+        route
+            .inner
+            .cache
+            .insert(UserCache::refresh_key(key), expired("Left"))
+            .await;
+        let (resp, status) = route
+            .get_user(&HeaderMap::new(), "/organization/users/u1", "u1")
             .await
-            .expect("body");
-        assert_eq!(body.to_bytes().as_ref(), b"{\"id\":\"u\"}");
-        // Without one, none is made up here (hyper adds the current date).
-        let plain = CachedUser::new(
-            Bytes::from_static(b"{}"),
-            None,
-            false,
-            Duration::from_secs(1),
+            .expect("an answer");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(
+            (status, calls.load(Ordering::SeqCst)),
+            (CacheStatus::MissStored, 1),
+            "the refetch must ask the upstream, not serve the leftover: {body:?}"
         );
-        assert!(hit_response(plain)
-            .headers()
-            .get(http::header::DATE)
-            .is_none());
+        assert!(body.windows(5).any(|w| w == b"\"N\",\""), "{body:?}");
+    }
+
+    #[test]
+    fn a_refresh_whose_task_never_ran_frees_its_id() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let text = "[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        let cfg = crate::config::Config::parse(text, std::path::Path::new("."), &|n| {
+            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
+        })
+        .expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Arc::new(Upstream::new(&cfg.upstream, metrics.clone()).expect("client"));
+        let route = UserRoute::new(
+            UserCache::new(100),
+            upstream,
+            metrics,
+            Settings::from(&cfg.cache),
+        );
+        let key = route.inner.cache.key("u1");
+        // The refresh is spawned, and its runtime shuts down before it runs.
+        rt.block_on(async { route.revalidate("/organization/users/u1", "u1", key) });
+        assert!(route.inner.refreshing.contains(key));
+        drop(rt);
+        assert!(
+            route.inner.refreshing.is_empty(),
+            "the id stays marked as refreshing: it would never be refreshed again"
+        );
     }
 }

@@ -16,17 +16,21 @@
 //! Refreshes obey the write generations: they store under the key taken
 //! before they began, which a write during the refresh has already retired.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use super::fill::FillFailed;
-use super::route::{fetched_response, hit_response, stored_response, UserRoute};
-use super::status::{stale_status, CacheStatus, CACHE_STATUS};
-use super::store::{CacheKey, CachedUser, Lookup, UserCache};
+use super::entry::CachedUser;
+use super::fill::{FillFailed, Filler, Kept};
+use super::key::CacheKey;
+use super::response::{fetched_response, hit_response, stale_response};
+use super::settings::Settings;
+use super::status::CacheStatus;
+use super::store::{Lookup, UserCache};
 use crate::body::BoxBody;
-use crate::error::Result;
-use crate::headers::int_value;
+use crate::metrics::Metrics;
 
 /// How a refetch of an expired entry ended.
 enum Refetched {
@@ -40,43 +44,90 @@ enum Refetched {
     Unshared,
 }
 
-impl UserRoute {
-    /// Serves `old`, which is past its TTL, under `key`.
-    pub(super) async fn stale(
+/// An entry found past its TTL, and by how much when it was found.
+pub(super) struct Expired {
+    /// The stored user.
+    user: CachedUser,
+    /// Whole seconds past its TTL (at least 1).
+    past: u64,
+}
+
+impl Expired {
+    /// `user`, found past its TTL now.
+    pub(super) fn new(user: CachedUser) -> Self {
+        let past = user.ttl_left(Instant::now()).unsigned_abs().max(1);
+        Self { user, past }
+    }
+}
+
+/// The parts of the cached route that serve expired entries, borrowed for
+/// one request or one background refresh.
+pub(super) struct Stale<'a> {
+    /// The stored users.
+    cache: &'a UserCache,
+    /// Refetches the user.
+    filler: &'a Filler,
+    /// Hit, miss, stale and refresh counters.
+    metrics: &'a Metrics,
+}
+
+impl<'a> Stale<'a> {
+    /// The stale path over the route's parts.
+    pub(super) fn new(cache: &'a UserCache, filler: &'a Filler, metrics: &'a Metrics) -> Self {
+        Self {
+            cache,
+            filler,
+            metrics,
+        }
+    }
+
+    /// `old`, past its TTL, served at once when it is within
+    /// `stale_while_revalidate`; the caller starts the background refresh.
+    pub(super) fn revalidating(
+        &self,
+        old: &Expired,
+        settings: &Settings,
+    ) -> Option<(Response<BoxBody>, CacheStatus)> {
+        if old.past > settings.stale_while_revalidate.as_secs() {
+            return None;
+        }
+        self.metrics.stale_served("revalidate");
+        Some((
+            stale_response(&old.user, old.past, None, true),
+            CacheStatus::StaleRevalidate,
+        ))
+    }
+
+    /// Refetches `old`, past its TTL, under `key`: the fresh user, the
+    /// upstream's answer, or `old` itself when the refetch failed within
+    /// `stale_if_error`. `None`: outside the window, or another request's
+    /// answer: this request asks the upstream for itself.
+    pub(super) async fn refetched(
         &self,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
         key: CacheKey,
-        old: CachedUser,
-    ) -> Result<(Response<BoxBody>, CacheStatus)> {
-        let past = seconds_past(&old);
-        let settings = **self.settings.load();
-        if past <= settings.stale_while_revalidate.as_secs() {
-            self.revalidate(rest, id, key);
-            self.metrics.stale_served("revalidate");
-            return Ok((
-                stale_response(&old, past, None, true),
-                CacheStatus::StaleRevalidate,
-            ));
-        }
-        let within = past <= settings.stale_if_error.as_secs();
+        old: &Expired,
+        settings: &Settings,
+    ) -> Option<(Response<BoxBody>, CacheStatus)> {
+        let within = old.past <= settings.stale_if_error.as_secs();
         match self.refetch(headers, rest, id, key).await {
             Refetched::User(u, leader, upstream_id) => {
                 if leader {
                     self.metrics.cache_miss();
-                    Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
+                    Some((fetched_response(&u, upstream_id), CacheStatus::MissStored))
                 } else {
                     // The user another request's refetch just stored.
                     self.metrics.cache_hit();
-                    Ok((hit_response(u), CacheStatus::Hit))
+                    Some((hit_response(u), CacheStatus::Hit))
                 }
             }
             Refetched::Failed(status) if within => {
                 self.metrics.stale_served("error");
                 let code = status.map(|s| s.as_u16());
-                Ok((
-                    stale_response(&old, past, code, false),
+                Some((
+                    stale_response(&old.user, old.past, code, false),
                     CacheStatus::StaleIfError,
                 ))
             }
@@ -85,12 +136,18 @@ impl UserRoute {
                 if is_gone(answer.status()) {
                     self.cache.remove(&key).await;
                 }
-                Ok((answer, CacheStatus::Miss))
+                Some((answer, CacheStatus::Miss))
             }
-            Refetched::Failed(_) | Refetched::Unshared => {
-                // Outside the window, or another request's answer: this
-                // request asks the upstream for itself.
-                Box::pin(self.fetch_alone(headers, rest, id, super::route::Alone::Waiter)).await
+            Refetched::Failed(_) | Refetched::Unshared => None,
+        }
+    }
+
+    /// The background refresh of `key`: a refetch (which counts itself);
+    /// a 404/4xx drops the entry.
+    pub(super) async fn refresh(&self, rest: &str, id: &str, key: CacheKey) {
+        if let Refetched::Answer(answer) = self.refetch(&HeaderMap::new(), rest, id, key).await {
+            if is_gone(answer.status()) {
+                self.cache.remove(&key).await;
             }
         }
     }
@@ -101,13 +158,9 @@ impl UserRoute {
     /// `gateway_cache_refreshes_total`, once however many shared it.
     async fn refetch(&self, headers: &HeaderMap, rest: &str, id: &str, key: CacheKey) -> Refetched {
         let rkey = UserCache::refresh_key(key);
-        let (mut upstream_id, mut mine, mut leader) = (None, None, false);
-        let fill = async {
-            leader = true;
-            self.fill(headers, rest, id, &mut upstream_id, &mut mine)
-                .await
-        };
-        let outcome = self.cache.fetch_once(rkey, fill).await;
+        let fill = self.filler.fill(headers, rest, id);
+        let (outcome, kept) = self.cache.fetch_once_keeping(rkey, fill).await;
+        let leader = kept.is_some();
         let refetched = match outcome {
             // An expired user under the refresh key is no refetch's result:
             // it was left by a refetch cancelled between its fill and the
@@ -120,13 +173,13 @@ impl UserRoute {
             Lookup::Filled(u) | Lookup::Hit(u) => {
                 self.cache.insert(key, u.clone()).await;
                 self.cache.remove(&rkey).await;
-                Refetched::User(u, leader, upstream_id)
+                Refetched::User(u, leader, kept.and_then(Kept::upstream_id))
             }
-            Lookup::Failed(failed) => match (&*failed, mine) {
+            Lookup::Failed(failed) => match (&*failed, kept) {
                 (FillFailed::Error(_), _) => Refetched::Failed(None),
                 (FillFailed::Answer(s), _) if is_failure(*s) => Refetched::Failed(Some(*s)),
-                (FillFailed::Answer(_), Some(answer)) => Refetched::Answer(answer),
-                (FillFailed::Answer(_), None) => Refetched::Unshared,
+                (FillFailed::Answer(_), Some(Kept::Answer(answer))) => Refetched::Answer(answer),
+                (FillFailed::Answer(_), _) => Refetched::Unshared,
             },
         };
         if leader {
@@ -139,50 +192,55 @@ impl UserRoute {
         }
         refetched
     }
+}
 
-    /// Starts the one background refresh of `key` unless it runs already.
-    fn revalidate(&self, rest: &str, id: &str, key: CacheKey) {
+/// Ids (keys) with a background refresh running: one refresh per id.
+#[derive(Debug, Default)]
+pub(super) struct Refreshing {
+    /// The keys' bits; shared with each refresh's [`Running`] guard.
+    keys: Arc<Mutex<HashSet<u128>>>,
+}
+
+impl Refreshing {
+    /// Marks `key` as refreshing, unless it is already (`None`). The mark
+    /// lasts as long as the returned guard.
+    pub(super) fn start(&self, key: CacheKey) -> Option<Running> {
         let started = self
-            .refreshing
+            .keys
             .lock()
             .map(|mut set| set.insert(key.raw()))
             .unwrap_or(false);
-        if !started {
-            return;
-        }
-        // The guard exists before the task does: a task dropped before its
-        // first poll (its runtime shut down) still frees the id.
-        let running = Running {
-            route: self.clone(),
+        started.then(|| Running {
+            keys: self.keys.clone(),
             key,
-        };
-        let (rest, id) = (rest.to_owned(), id.to_owned());
-        tokio::spawn(async move {
-            let route = &running.route;
-            // refetch counts the refresh; a 404/4xx drops the entry.
-            if let Refetched::Answer(answer) =
-                route.refetch(&HeaderMap::new(), &rest, &id, key).await
-            {
-                if is_gone(answer.status()) {
-                    route.cache.remove(&key).await;
-                }
-            }
-        });
+        })
+    }
+
+    /// True while `key` is marked.
+    #[cfg(test)]
+    pub(super) fn contains(&self, key: CacheKey) -> bool {
+        self.keys.lock().expect("set").contains(&key.raw())
+    }
+
+    /// True when no key is marked.
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.keys.lock().expect("set").is_empty()
     }
 }
 
 /// Marks `key`'s background refresh done however its task ends, including
 /// a task that never ran.
-struct Running {
-    /// The route whose `refreshing` set holds `key`.
-    route: UserRoute,
+pub(super) struct Running {
+    /// The set of keys being refreshed.
+    keys: Arc<Mutex<HashSet<u128>>>,
     /// The entry being refreshed.
     key: CacheKey,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.route.refreshing.lock() {
+        if let Ok(mut set) = self.keys.lock() {
             set.remove(&self.key.raw());
         }
     }
@@ -197,105 +255,4 @@ fn is_failure(status: StatusCode) -> bool {
 /// The upstream says the user is not there (any 4xx but 429).
 fn is_gone(status: StatusCode) -> bool {
     status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS
-}
-
-/// Whole seconds past the entry's TTL (at least 1: it is expired).
-fn seconds_past(u: &CachedUser) -> u64 {
-    u.ttl_left(Instant::now()).unsigned_abs().max(1)
-}
-
-/// An expired entry as a response: its bytes, its true `Age`, and a
-/// `Cache-Status` with the negative `ttl`.
-fn stale_response(
-    u: &CachedUser,
-    past: u64,
-    fwd_status: Option<u16>,
-    revalidating: bool,
-) -> Response<BoxBody> {
-    let mut r = stored_response(u);
-    let h = r.headers_mut();
-    h.insert(CACHE_STATUS, stale_status(past, fwd_status, revalidating));
-    h.insert(http::header::AGE, int_value(u.age_secs(Instant::now())));
-    r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use bytes::Bytes;
-    use http_body_util::BodyExt;
-
-    use crate::cache::Settings;
-    use crate::metrics::Metrics;
-    use crate::upstream::Upstream;
-
-    #[tokio::test]
-    async fn an_expired_refresh_entry_left_behind_is_not_taken_for_a_refetch() {
-        let (route, calls) = crate::cache::route::tests::route().await;
-        let settings = Settings {
-            stale_if_error: Duration::from_secs(600),
-            ..**route.settings.load()
-        };
-        route.set_settings(settings);
-        let expired = |name: &str| {
-            let body = format!(
-                r#"{{"object":"organization.user","id":"u1","name":"{name}","email":"n@x","role":"reader","added_at":1}}"#
-            );
-            CachedUser::new(Bytes::from(body), None, false, Duration::from_secs(1))
-                .backdated(Duration::from_secs(5))
-        };
-        // The entry is past its TTL, and a refetch of it that was cancelled between its fill
-        // and its cleanup left its (now expired too) result under the refresh key.
-        let key = route.cache.key("u1");
-        route.cache.insert(key, expired("Old")).await;
-        route
-            .cache
-            .insert(UserCache::refresh_key(key), expired("Left"))
-            .await;
-        let (resp, status) = route
-            .get_user(&HeaderMap::new(), "/organization/users/u1", "u1")
-            .await
-            .expect("an answer");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert_eq!(
-            (status, calls.load(Ordering::SeqCst)),
-            (CacheStatus::MissStored, 1),
-            "the refetch must ask the upstream, not serve the leftover: {body:?}"
-        );
-        assert!(body.windows(5).any(|w| w == b"\"N\",\""), "{body:?}");
-    }
-
-    #[test]
-    fn a_refresh_whose_task_never_ran_frees_its_id() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let text = "[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
-        let cfg = crate::config::Config::parse(text, std::path::Path::new("."), &|n| {
-            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
-        })
-        .expect("config");
-        let metrics = Arc::new(Metrics::new());
-        let upstream = Arc::new(Upstream::new(&cfg.upstream, metrics.clone()).expect("client"));
-        let route = UserRoute::new(
-            UserCache::new(100),
-            upstream,
-            metrics,
-            Settings::from(&cfg.cache),
-        );
-        let key = route.cache.key("u1");
-        // The refresh is spawned, and its runtime shuts down before it runs.
-        rt.block_on(async { route.revalidate("/organization/users/u1", "u1", key) });
-        assert!(route.refreshing.lock().expect("set").contains(&key.raw()));
-        drop(rt);
-        assert!(
-            route.refreshing.lock().expect("set").is_empty(),
-            "the id stays marked as refreshing: it would never be refreshed again"
-        );
-    }
 }

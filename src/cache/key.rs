@@ -1,0 +1,169 @@
+//! Cache keys: which key names an id now, and moka's hasher for them.
+//!
+//! A key is the id's hash (the high half) and a hash of the id with its
+//! write generation and the purge epoch (the low half). A write to a user
+//! (or a purge) moves its generation (the epoch) on *before* evicting, so
+//! a fetch that started earlier fills a key nobody reads any more.
+//! Generations live in a fixed array of striped counters (ids hash onto
+//! stripes), so memory stays bounded; two ids sharing a stripe only cost
+//! each other an extra miss.
+
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Number of generation stripes (and of version stripes in the store).
+pub(super) const STRIPES: usize = 4096;
+
+/// A cache key: 128 bits of two independently keyed SipHashes of the id
+/// (and its write generation). Two live keys collide with probability
+/// about n²/2¹²⁹ (10⁻²⁷ for a million entries), and the per-process
+/// random keys leave no way to aim for a collision. A key is a plain
+/// `u128`, so moka stores no string and a lookup allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKey(u128);
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a keyed hash: hand moka 64 of its bits.
+        state.write_u64(self.0 as u64 ^ (self.0 >> 64) as u64);
+    }
+}
+
+impl CacheKey {
+    /// The key's bits (a set of keys being refreshed holds these).
+    pub fn raw(self) -> u128 {
+        self.0
+    }
+
+    /// The key with these bits (tests).
+    #[cfg(test)]
+    pub(super) fn from_raw(bits: u128) -> Self {
+        Self(bits)
+    }
+
+    /// The id's hash (the high half): its stripe and its shard.
+    #[inline]
+    pub(super) fn id_hash(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+
+    /// The key under which this key's refresh runs its single flight: a
+    /// refresh must not find the stale entry it is replacing.
+    pub(super) fn refresh(self) -> Self {
+        Self(self.0 ^ 1)
+    }
+}
+
+/// moka's hasher for [`CacheKey`]: the key's bits are the hash.
+#[derive(Debug, Clone, Default)]
+pub struct KeyBits;
+
+/// See [`KeyBits`].
+#[derive(Debug, Default)]
+pub struct KeyBitsHasher(u64);
+
+impl BuildHasher for KeyBits {
+    type Hasher = KeyBitsHasher;
+
+    fn build_hasher(&self) -> KeyBitsHasher {
+        KeyBitsHasher(0)
+    }
+}
+
+impl Hasher for KeyBitsHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if a key hashes more than its u64 (it does not);
+        // stay correct anyway.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Names each id's current key: per-stripe write generations, the purge
+/// epoch, and the two per-process hash keys.
+#[derive(Debug)]
+pub(super) struct Keys {
+    /// Per-stripe write generations.
+    gens: Box<[AtomicU64]>,
+    /// Bumped by a full purge.
+    epoch: AtomicU64,
+    /// Hashes an id (its stripe, and the key's high half).
+    id_hasher: RandomState,
+    /// Hashes (id, generation, epoch): the key's low half.
+    gen_hasher: RandomState,
+}
+
+impl Keys {
+    /// Every id at generation 0, epoch 0, under fresh hash keys.
+    pub(super) fn new() -> Self {
+        Self {
+            gens: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+            id_hasher: RandomState::new(),
+            gen_hasher: RandomState::new(),
+        }
+    }
+
+    #[inline]
+    fn stripe(&self, id_hash: u64) -> &AtomicU64 {
+        &self.gens[(id_hash as usize) % STRIPES]
+    }
+
+    #[inline]
+    fn key_at(&self, id: &str, id_hash: u64, generation: u64, epoch: u64) -> CacheKey {
+        let low = self.gen_hasher.hash_one((generation, epoch, id));
+        CacheKey(u128::from(id_hash) << 64 | u128::from(low))
+    }
+
+    /// The key for `id` as of now. Every hit takes one: `#[inline]` keeps
+    /// it in [`UserCache::key`](super::UserCache::key), whose body it was.
+    #[inline]
+    pub(super) fn key(&self, id: &str) -> CacheKey {
+        let h = self.id_hasher.hash_one(id);
+        let generation = self.stripe(h).load(Ordering::Acquire);
+        self.key_at(id, h, generation, self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Moves `id` to its next generation, and returns the key it had.
+    pub(super) fn retire(&self, id: &str) -> CacheKey {
+        let h = self.id_hasher.hash_one(id);
+        let old = self.stripe(h).fetch_add(1, Ordering::AcqRel);
+        self.key_at(id, h, old, self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Moves `id` to its next generation (nothing to evict by key).
+    pub(super) fn forget(&self, id: &str) {
+        let h = self.id_hasher.hash_one(id);
+        self.stripe(h).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Moves every id to a new epoch: no key taken before is made again.
+    pub(super) fn retire_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_id_generation_and_epoch() {
+        let c = Keys::new();
+        let a = c.key("user_a");
+        assert_eq!(a, c.key("user_a"), "stable while nothing changes");
+        assert_ne!(a, c.key("user_b"));
+        let h = c.id_hasher.hash_one("user_a");
+        assert_ne!(a, c.key_at("user_a", h, 1, 0), "generation");
+        assert_ne!(a, c.key_at("user_a", h, 0, 1), "epoch");
+    }
+}

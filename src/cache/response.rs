@@ -1,0 +1,149 @@
+//! A stored user as a response: a hit, a user this request fetched, an
+//! expired entry served stale.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Response};
+
+use super::entry::CachedUser;
+use super::status::{hit_status, stale_status, CACHE_STATUS};
+use crate::body::{full, BoxBody};
+use crate::headers::{int_value, X_REQUEST_ID};
+
+/// A stored user as a response (no cache headers yet).
+pub(super) fn stored_response(u: &CachedUser) -> Response<BoxBody> {
+    stored_with(u, u.body(), u.date())
+}
+
+/// [`stored_response`] with `body`, `u`'s body, already in hand.
+fn stored_with(u: &CachedUser, body: Bytes, date: Option<HeaderValue>) -> Response<BoxBody> {
+    let len = body.len() as u64;
+    let mut r = Response::new(full(body));
+    // Room for everything a hit gets (cache headers, request id, rate
+    // limit headers) without growing the map.
+    *r.headers_mut() = HeaderMap::with_capacity(8);
+    let h = r.headers_mut();
+    if let Some(ct) = u.content_type() {
+        h.insert(CONTENT_TYPE, ct);
+    }
+    if let Some(ce) = u.content_encoding() {
+        h.insert(CONTENT_ENCODING, ce);
+    }
+    // The stored response's `Date`, beside `Age` (RFC 9111 §4.2.3); hyper
+    // adds its own only when there is none.
+    if let Some(date) = date {
+        h.insert(http::header::DATE, date);
+    }
+    h.insert(CONTENT_LENGTH, int_value(len));
+    r
+}
+
+/// A user this request fetched: the stored form, with the upstream's
+/// request id (a forwarded response keeps it).
+pub(super) fn fetched_response(
+    u: &CachedUser,
+    upstream_id: Option<HeaderValue>,
+) -> Response<BoxBody> {
+    let mut r = stored_response(u);
+    if let Some(id) = upstream_id {
+        r.headers_mut().insert(X_REQUEST_ID, id);
+    }
+    r
+}
+
+/// A hit: the stored bytes plus `Cache-Status: ...; hit; ttl=N` and `Age`.
+/// Takes the looked-up copy, whose body moves into the response: cloning it
+/// again would write the body's reference count (a line every core reading
+/// this user writes) twice more.
+pub fn hit_response(mut u: CachedUser) -> Response<BoxBody> {
+    let now = Instant::now();
+    let (body, date) = u.take_body();
+    let mut r = stored_with(&u, body, date);
+    // Age floors to whole seconds; ttl is counted from the same figure so
+    // that age + ttl always equals the stored TTL.
+    let age = u.age_secs(now);
+    let ttl = u.ttl().as_secs().saturating_sub(age);
+    let h = r.headers_mut();
+    h.insert(CACHE_STATUS, hit_status(ttl));
+    h.insert(http::header::AGE, int_value(age));
+    r
+}
+
+/// An expired entry as a response: its bytes, its true `Age`, and a
+/// `Cache-Status` with the negative `ttl`.
+pub(super) fn stale_response(
+    u: &CachedUser,
+    past: u64,
+    fwd_status: Option<u16>,
+    revalidating: bool,
+) -> Response<BoxBody> {
+    let mut r = stored_response(u);
+    let h = r.headers_mut();
+    h.insert(CACHE_STATUS, stale_status(past, fwd_status, revalidating));
+    h.insert(http::header::AGE, int_value(u.age_secs(Instant::now())));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn hit_response_carries_ttl_and_age() {
+        let u = CachedUser::new(
+            Bytes::from_static(b"{}"),
+            Some(HeaderValue::from_static("application/json")),
+            false,
+            std::time::Duration::from_secs(300),
+        )
+        .backdated(std::time::Duration::from_secs(10));
+        let r = hit_response(u);
+        assert_eq!(
+            r.headers()[CACHE_STATUS],
+            "openai-admin-gateway; hit; ttl=290"
+        );
+        assert_eq!(r.headers()["age"], "10");
+        let long = hit_status(100_000);
+        assert_eq!(long, "openai-admin-gateway; hit; ttl=100000");
+        assert_eq!(r.headers()[CONTENT_LENGTH], "2");
+    }
+
+    #[tokio::test]
+    async fn hits_and_stored_responses_keep_the_upstream_date() {
+        let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+        let u = CachedUser::new(
+            Bytes::from_static(b"{\"id\":\"u\"}"),
+            None,
+            false,
+            Duration::from_secs(300),
+        )
+        .with_date(Some(&date))
+        .backdated(Duration::from_secs(10));
+        assert_eq!(u.body().as_ref(), b"{\"id\":\"u\"}");
+        assert_eq!(u.thread_copy().date(), Some(date.clone()));
+        let stored = stored_response(&u);
+        assert_eq!(stored.headers()[http::header::DATE], date);
+        let r = hit_response(u);
+        assert_eq!(r.headers()[http::header::DATE], date);
+        assert_eq!(r.headers()["age"], "10");
+        assert_eq!(r.headers()[CONTENT_LENGTH], "10");
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .expect("body");
+        assert_eq!(body.to_bytes().as_ref(), b"{\"id\":\"u\"}");
+        // Without one, none is made up here (hyper adds the current date).
+        let plain = CachedUser::new(
+            Bytes::from_static(b"{}"),
+            None,
+            false,
+            Duration::from_secs(1),
+        );
+        assert!(hit_response(plain)
+            .headers()
+            .get(http::header::DATE)
+            .is_none());
+    }
+}
