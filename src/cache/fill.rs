@@ -90,7 +90,8 @@ impl UserRoute {
         match tokio::time::timeout_at(deadline, self.read_fill(resp, id, upstream_id)).await {
             Ok(r) => r,
             Err(_) => {
-                self.metrics.upstream_timeout("body");
+                self.metrics
+                    .upstream_timeout(crate::metrics::TimeoutPhase::Body);
                 Err(Err(GatewayError::UpstreamTimeout))
             }
         }

@@ -54,7 +54,8 @@ impl UserRoute {
         let settings = **self.settings.load();
         if past <= settings.stale_while_revalidate.as_secs() {
             self.revalidate(rest, id, key);
-            self.metrics.stale_served("revalidate");
+            self.metrics
+                .stale_served(crate::metrics::StaleReason::Revalidate);
             return Ok((
                 stale_response(&old, past, None, true),
                 CacheStatus::StaleRevalidate,
@@ -73,7 +74,8 @@ impl UserRoute {
                 }
             }
             Refetched::Failed(status) if within => {
-                self.metrics.stale_served("error");
+                self.metrics
+                    .stale_served(crate::metrics::StaleReason::Error);
                 let code = status.map(|s| s.as_u16());
                 Ok((
                     stale_response(&old, past, code, false),
@@ -131,10 +133,12 @@ impl UserRoute {
         };
         if leader {
             self.metrics.refresh(match &refetched {
-                Refetched::User(..) => "ok",
-                Refetched::Failed(_) => "error",
-                Refetched::Answer(a) if is_gone(a.status()) => "gone",
-                Refetched::Answer(_) | Refetched::Unshared => "unstorable",
+                Refetched::User(..) => crate::metrics::RefreshResult::Ok,
+                Refetched::Failed(_) => crate::metrics::RefreshResult::Error,
+                Refetched::Answer(a) if is_gone(a.status()) => crate::metrics::RefreshResult::Gone,
+                Refetched::Answer(_) | Refetched::Unshared => {
+                    crate::metrics::RefreshResult::Unstorable
+                }
             });
         }
         refetched

@@ -8,6 +8,7 @@
 //! and summed at scrape (`local`); the rest are plain `prometheus-client`
 //! metrics, written rarely.
 
+mod labels;
 mod local;
 
 use std::fmt::Write as _;
@@ -15,14 +16,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 
-use local::Local;
+use labels::{
+    AuthFailureLabels, ClientLabels, DroppedLabels, EvictionLabels, InvalidationLabels,
+    PhaseLabels, PublishLabels, RefreshLabels, ReloadLabels, StaleLabels,
+};
+pub use labels::{
+    DropReason, EvictionRule, Invalidation, PublishResult, RefreshResult, ReloadResult,
+    ReloadTrigger, RouteClass, StaleReason, TimeoutPhase, WriteOutcome,
+};
 pub use local::Opened;
+use local::{Local, BOUNDS};
 use prometheus_client::registry::Registry;
 
 /// A client's name as a metric label (cheap to clone).
@@ -76,68 +85,8 @@ impl EncodeLabelValue for UpstreamOutcome {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RequestLabels {
-    route: &'static str,
-    method: &'static str,
-    status: u16,
-    client: ClientLabel,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RouteLabels {
-    route: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct UpstreamLabels {
-    status: UpstreamOutcome,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct AuthFailureLabels {
-    /// 401 or 403.
-    status: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ClientLabels {
-    client: ClientLabel,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct EvictionLabels {
-    /// Which kind of row of the dependency table matched (`user_path`,
-    /// `user_body`, `all`, `all_unlisted`, `all_body_unread`).
-    rule: &'static str,
-    /// `applied` (2xx) or `unknown` (no answer, broken off, 5xx).
-    outcome: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReloadLabels {
-    result: &'static str,
-    trigger: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct PhaseLabels {
-    phase: &'static str,
-}
-
 fn latency_histogram() -> Histogram {
-    // 50 µs .. ~26 s
-    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+    Histogram::new(BOUNDS)
 }
 
 /// All gateway metrics and their registry.
@@ -147,19 +96,33 @@ pub struct Metrics {
     registry: Registry,
     /// Written on every request: per thread, summed at scrape.
     local: Local,
+    /// Users held in the cache, sampled at each scrape.
     cache_entries: Gauge,
-    cache_invalidations: Family<ReasonLabels, Counter>,
+    /// Users evicted here by writes and purges, by reason.
+    cache_invalidations: Family<InvalidationLabels, Counter>,
+    /// Upstream refusals of the admin key, by status (401 or 403).
     upstream_auth_failures: Family<AuthFailureLabels, Counter>,
+    /// Requests refused with 429 by a client's rate limit, by client.
     rate_limited: Family<ClientLabels, Counter>,
+    /// Configuration reloads, by result and trigger.
     reloads: Family<ReloadLabels, Counter>,
+    /// Shared rate-limit checks that fell back to the local limiter.
     ratelimit_store_errors: Counter,
-    stale_served: Family<ReasonLabels, Counter>,
-    refreshes: Family<ResultLabels, Counter>,
+    /// Expired users served, by reason.
+    stale_served: Family<StaleLabels, Counter>,
+    /// Refetches of expired users, by result.
+    refreshes: Family<RefreshLabels, Counter>,
+    /// Upstream deadlines passed, by phase.
     upstream_timeouts: Family<PhaseLabels, Counter>,
-    invalidations_published: Family<ResultLabels, Counter>,
+    /// Attempts to publish an eviction to the other replicas, by result.
+    invalidations_published: Family<PublishLabels, Counter>,
+    /// Evictions received from other replicas and applied.
     invalidations_received: Counter,
+    /// Time from an eviction on the sending replica to its apply here.
     invalidation_delay: Histogram,
+    /// 1 while the invalidation bus subscription is live, else 0.
     bus_connected: Gauge,
+    /// Caches emptied because the invalidation bus came back after a loss.
     cache_epoch_resets: Counter,
     /// Requests waiting for an upstream slot (written only off the fast
     /// path: a request that gets a slot at once never touches it).
@@ -167,7 +130,7 @@ pub struct Metrics {
     /// Evictions waiting to be published to the other replicas.
     invalidation_outbox: Gauge,
     /// Queued evictions given up, by reason (`expired`, `collapsed`).
-    invalidations_dropped: Family<ReasonLabels, Counter>,
+    invalidations_dropped: Family<DroppedLabels, Counter>,
     /// Connections closed because a response made no progress to the
     /// client for `server.send_timeout_ms`.
     send_timeouts: Counter,
@@ -262,7 +225,7 @@ impl Metrics {
             "Upstream deadlines passed: waiting for headers, or for a body (fill, buffered or idle)",
             m.upstream_timeouts.clone(),
         );
-        for phase in ["headers", "body"] {
+        for &phase in TimeoutPhase::ALL {
             let _series = m.upstream_timeouts.get_or_create(&PhaseLabels { phase });
         }
         r.register(
@@ -331,16 +294,16 @@ impl Metrics {
 
     /// Counts queued evictions given up (`expired`) or folded into one
     /// evict-all (`collapsed`).
-    pub fn invalidations_dropped(&self, reason: &'static str, n: usize) {
+    pub fn invalidations_dropped(&self, reason: DropReason, n: usize) {
         self.invalidations_dropped
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&DroppedLabels { reason })
             .inc_by(n as u64);
     }
 
     /// Counts an attempt to publish an eviction (`ok`, `error`, `timeout`).
-    pub fn invalidation_published(&self, result: &'static str) {
+    pub fn invalidation_published(&self, result: PublishResult) {
         self.invalidations_published
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&PublishLabels { result })
             .inc();
     }
 
@@ -362,19 +325,21 @@ impl Metrics {
     }
 
     /// Counts an expired user served (`error` or `revalidate`).
-    pub fn stale_served(&self, reason: &'static str) {
+    pub fn stale_served(&self, reason: StaleReason) {
         self.stale_served
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&StaleLabels { reason })
             .inc();
     }
 
     /// Counts a refetch of an expired user (`ok`, `error`, `gone`, `unstorable`).
-    pub fn refresh(&self, result: &'static str) {
-        self.refreshes.get_or_create(&ResultLabels { result }).inc();
+    pub fn refresh(&self, result: RefreshResult) {
+        self.refreshes
+            .get_or_create(&RefreshLabels { result })
+            .inc();
     }
 
     /// Counts a passed upstream deadline (`headers` or `body`).
-    pub fn upstream_timeout(&self, phase: &'static str) {
+    pub fn upstream_timeout(&self, phase: TimeoutPhase) {
         self.upstream_timeouts
             .get_or_create(&PhaseLabels { phase })
             .inc();
@@ -385,7 +350,7 @@ impl Metrics {
     pub fn request(
         &self,
         opened: Opened,
-        route: &'static str,
+        route: RouteClass,
         method: &Method,
         status: StatusCode,
         client: &ClientLabel,
@@ -417,16 +382,16 @@ impl Metrics {
 
     /// Counts a write's eviction by the kind of rule that matched and the
     /// write's outcome (the `all*` rules each cost a refill of the cache).
-    pub fn write_eviction(&self, rule: &'static str, outcome: &'static str) {
+    pub fn write_eviction(&self, rule: EvictionRule, outcome: WriteOutcome) {
         self.write_evictions
             .get_or_create(&EvictionLabels { rule, outcome })
             .inc();
     }
 
     /// Counts an invalidation (`write`, `write_all`, `purge`, `purge_all`).
-    pub fn invalidation(&self, reason: &'static str) {
+    pub fn invalidation(&self, reason: Invalidation) {
         self.cache_invalidations
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&InvalidationLabels { reason })
             .inc();
     }
 
@@ -470,7 +435,7 @@ impl Metrics {
     }
 
     /// Counts a reload (`ok` or `error`; `signal` or `file`).
-    pub fn reload(&self, result: &'static str, trigger: &'static str) {
+    pub fn reload(&self, result: ReloadResult, trigger: ReloadTrigger) {
         self.reloads
             .get_or_create(&ReloadLabels { result, trigger })
             .inc();
@@ -510,7 +475,7 @@ mod tests {
         let opened = m.request_opened();
         m.request(
             opened,
-            "get_user",
+            RouteClass::GetUser,
             &Method::GET,
             StatusCode::OK,
             &ClientLabel::new("dash"),
