@@ -5,10 +5,9 @@
 //! the alerts read; it never changes.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-
-use super::{ClientLabel, UpstreamOutcome};
 
 /// Declares a closed label enum: its variants, each value's text
 /// (`as_str`), every value in order (`ALL`), and its encoding.
@@ -43,6 +42,57 @@ macro_rules! label_enum {
             }
         }
     };
+}
+
+/// A client's name as a metric label (cheap to clone).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientLabel(Arc<str>);
+
+impl ClientLabel {
+    /// Wraps a configured client name.
+    pub fn new(name: &str) -> Self {
+        Self(name.into())
+    }
+
+    /// The label for requests that never authenticated.
+    pub fn anonymous() -> Self {
+        Self("-".into())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EncodeLabelValue for ClientLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// Outcome of one upstream exchange, as the `status` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamOutcome {
+    /// The upstream answered with this status.
+    Status(u16),
+    /// Connection or protocol failure.
+    Error,
+    /// No response headers within the timeout.
+    Timeout,
+    /// The client's request body broke mid-exchange (the client's fault).
+    ClientAborted,
+}
+
+impl EncodeLabelValue for UpstreamOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        match self {
+            Self::Status(s) => write!(encoder, "{s}"),
+            Self::Error => encoder.write_str("error"),
+            Self::Timeout => encoder.write_str("timeout"),
+            Self::ClientAborted => encoder.write_str("client_aborted"),
+        }
+    }
 }
 
 label_enum! {
@@ -280,4 +330,96 @@ pub(super) struct ReloadLabels {
 pub(super) struct PhaseLabels {
     /// Which deadline passed.
     pub(super) phase: TimeoutPhase,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value of `all`, as exposed.
+    fn texts<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> Vec<&'static str> {
+        all.iter().copied().map(as_str).collect()
+    }
+
+    #[test]
+    fn every_label_value_keeps_its_exposed_text() {
+        // The dashboards, alerts and the README's table read these texts.
+        let table: [(Vec<&str>, &[&str]); 11] = [
+            (
+                texts(RouteClass::ALL, RouteClass::as_str),
+                &["get_user", "user_write", "forward", "rejected"],
+            ),
+            (
+                texts(Invalidation::ALL, Invalidation::as_str),
+                &["write", "write_all", "purge", "purge_all"],
+            ),
+            (
+                texts(StaleReason::ALL, StaleReason::as_str),
+                &["error", "revalidate"],
+            ),
+            (
+                texts(RefreshResult::ALL, RefreshResult::as_str),
+                &["ok", "error", "gone", "unstorable"],
+            ),
+            (
+                texts(TimeoutPhase::ALL, TimeoutPhase::as_str),
+                &["headers", "body"],
+            ),
+            (
+                texts(PublishResult::ALL, PublishResult::as_str),
+                &["ok", "error", "timeout"],
+            ),
+            (
+                texts(DropReason::ALL, DropReason::as_str),
+                &["expired", "collapsed"],
+            ),
+            (
+                texts(EvictionRule::ALL, EvictionRule::as_str),
+                &[
+                    "user_path",
+                    "user_body",
+                    "all",
+                    "all_unlisted",
+                    "all_body_unread",
+                ],
+            ),
+            (
+                texts(WriteOutcome::ALL, WriteOutcome::as_str),
+                &["applied", "unknown"],
+            ),
+            (
+                texts(ReloadResult::ALL, ReloadResult::as_str),
+                &["ok", "error"],
+            ),
+            (
+                texts(ReloadTrigger::ALL, ReloadTrigger::as_str),
+                &["signal", "file"],
+            ),
+        ];
+        for (got, want) in table {
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_label_value_encodes_as_its_text() {
+        let family = prometheus_client::metrics::family::Family::<
+            EvictionLabels,
+            prometheus_client::metrics::counter::Counter,
+        >::default();
+        family
+            .get_or_create(&EvictionLabels {
+                rule: EvictionRule::AllBodyUnread,
+                outcome: WriteOutcome::Unknown,
+            })
+            .inc();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("e", "e", family);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains("e_total{rule=\"all_body_unread\",outcome=\"unknown\"} 1"),
+            "{out}"
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //!
 //! Labels are bounded: route class, method (known methods, else `OTHER`),
 //! status code, client name (from config). Never user ids, paths or keys.
+//! Every other label value is a closed enum (`labels`), so no caller can
+//! add a series the enums do not list.
 //!
 //! What every request writes (requests, their latency, the in-flight
 //! gauges, cache hits and misses, upstream exchanges) is counted per thread
@@ -11,12 +13,9 @@
 mod labels;
 mod local;
 
-use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,63 +26,13 @@ use labels::{
     PhaseLabels, PublishLabels, RefreshLabels, ReloadLabels, StaleLabels,
 };
 pub use labels::{
-    DropReason, EvictionRule, Invalidation, PublishResult, RefreshResult, ReloadResult,
-    ReloadTrigger, RouteClass, StaleReason, TimeoutPhase, WriteOutcome,
+    ClientLabel, DropReason, EvictionRule, Invalidation, PublishResult, RefreshResult,
+    ReloadResult, ReloadTrigger, RouteClass, StaleReason, TimeoutPhase, UpstreamOutcome,
+    WriteOutcome,
 };
 pub use local::Opened;
 use local::{Local, BOUNDS};
 use prometheus_client::registry::Registry;
-
-/// A client's name as a metric label (cheap to clone).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientLabel(Arc<str>);
-
-impl ClientLabel {
-    /// Wraps a configured client name.
-    pub fn new(name: &str) -> Self {
-        Self(name.into())
-    }
-
-    /// The label for requests that never authenticated.
-    pub fn anonymous() -> Self {
-        Self("-".into())
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl EncodeLabelValue for ClientLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(&self.0)
-    }
-}
-
-/// Outcome of one upstream exchange, as the `status` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UpstreamOutcome {
-    /// The upstream answered with this status.
-    Status(u16),
-    /// Connection or protocol failure.
-    Error,
-    /// No response headers within the timeout.
-    Timeout,
-    /// The client's request body broke mid-exchange (the client's fault).
-    ClientAborted,
-}
-
-impl EncodeLabelValue for UpstreamOutcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        match self {
-            Self::Status(s) => write!(encoder, "{s}"),
-            Self::Error => encoder.write_str("error"),
-            Self::Timeout => encoder.write_str("timeout"),
-            Self::ClientAborted => encoder.write_str("client_aborted"),
-        }
-    }
-}
 
 fn latency_histogram() -> Histogram {
     Histogram::new(BOUNDS)
@@ -508,5 +457,41 @@ mod tests {
     #[test]
     fn unknown_methods_are_bounded() {
         assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
+    }
+
+    /// The `le` bounds of one histogram family in `text`.
+    fn bounds_of<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+        let prefix = format!("{family}_bucket{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect()
+    }
+
+    #[test]
+    fn per_thread_and_shared_histograms_have_the_same_buckets() {
+        let m = Metrics::new();
+        let opened = m.request_opened();
+        let client = ClientLabel::new("dash");
+        let ms = Duration::from_millis(1);
+        m.request(
+            opened,
+            RouteClass::GetUser,
+            &Method::GET,
+            StatusCode::OK,
+            &client,
+            ms,
+        );
+        m.upstream(UpstreamOutcome::Status(200), ms);
+        m.invalidation_received(ms);
+        let text = m.encode(0);
+        let shared = bounds_of(&text, "gateway_invalidation_delay_seconds");
+        assert_eq!(shared.len(), BOUNDS.len() + 1, "{text}");
+        for local in [
+            "gateway_request_duration_seconds",
+            "gateway_upstream_duration_seconds",
+        ] {
+            assert_eq!(bounds_of(&text, local), shared, "{text}");
+        }
     }
 }
