@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 /// Declares a closed label enum: its variants, each value's text
@@ -106,6 +107,45 @@ label_enum! {
         Forward => "forward",
         /// Rejected before routing (outside prefix, bad path).
         Rejected => "rejected",
+    }
+}
+
+label_enum! {
+    /// A request's method (`gateway_requests{method}`): the known ones,
+    /// else `OTHER`.
+    MethodLabel {
+        /// GET.
+        Get => "GET",
+        /// POST.
+        Post => "POST",
+        /// PUT.
+        Put => "PUT",
+        /// PATCH.
+        Patch => "PATCH",
+        /// DELETE.
+        Delete => "DELETE",
+        /// HEAD.
+        Head => "HEAD",
+        /// OPTIONS.
+        Options => "OPTIONS",
+        /// Any other method.
+        Other => "OTHER",
+    }
+}
+
+impl MethodLabel {
+    /// The label of `m`.
+    pub fn of(m: &Method) -> Self {
+        match *m {
+            Method::GET => Self::Get,
+            Method::POST => Self::Post,
+            Method::PUT => Self::Put,
+            Method::PATCH => Self::Patch,
+            Method::DELETE => Self::Delete,
+            Method::HEAD => Self::Head,
+            Method::OPTIONS => Self::Options,
+            _ => Self::Other,
+        }
     }
 }
 
@@ -237,7 +277,7 @@ pub(super) struct RequestLabels {
     /// The route class.
     pub(super) route: RouteClass,
     /// The method (known methods, else `OTHER`).
-    pub(super) method: &'static str,
+    pub(super) method: MethodLabel,
     /// The status answered.
     pub(super) status: u16,
     /// The client (`-` before authentication).
@@ -344,7 +384,13 @@ mod tests {
     #[test]
     fn every_label_value_keeps_its_exposed_text() {
         // The dashboards, alerts and the README's table read these texts.
-        let table: [(Vec<&str>, &[&str]); 11] = [
+        let table: [(Vec<&str>, &[&str]); 12] = [
+            (
+                texts(MethodLabel::ALL, MethodLabel::as_str),
+                &[
+                    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER",
+                ],
+            ),
             (
                 texts(RouteClass::ALL, RouteClass::as_str),
                 &["get_user", "user_write", "forward", "rejected"],
@@ -399,6 +445,14 @@ mod tests {
         for (got, want) in table {
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn unknown_methods_are_bounded() {
+        assert_eq!(
+            MethodLabel::of(&Method::from_bytes(b"BREW").unwrap()).as_str(),
+            "OTHER"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use super::labels::{RequestLabels, RouteClass, RouteLabels, UpstreamLabels};
+use super::labels::{MethodLabel, RequestLabels, RouteClass, RouteLabels, UpstreamLabels};
 use super::{ClientLabel, UpstreamOutcome};
 use crate::shard::PerThread;
 
@@ -81,7 +81,7 @@ impl Buckets {
 }
 
 /// Route, method and status of an answered request.
-type RequestKey = (RouteClass, &'static str, u16);
+type RequestKey = (RouteClass, MethodLabel, u16);
 
 /// What one slot counted behind its mutex.
 #[derive(Debug, Default)]
@@ -338,7 +338,7 @@ impl Collector for Local {
 fn request_order(
     ((route, method, status), client): &(RequestKey, ClientLabel),
 ) -> (&str, &str, u16, &str) {
-    (route.as_str(), method, *status, client.as_str())
+    (route.as_str(), method.as_str(), *status, client.as_str())
 }
 
 /// A stable order for the upstream outcomes in the exposition.
@@ -373,7 +373,7 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..1000 {
                         let opened = local.request_opened();
-                        let key = (RouteClass::GetUser, "GET", 200);
+                        let key = (RouteClass::GetUser, MethodLabel::Get, 200);
                         local.request(opened, key, &dash, Duration::ZERO);
                         local.cache_hit();
                     }
@@ -381,7 +381,10 @@ mod tests {
             }
         });
         let t = local.totals();
-        assert_eq!(t.requests[&((RouteClass::GetUser, "GET", 200), dash)], 8000);
+        assert_eq!(
+            t.requests[&((RouteClass::GetUser, MethodLabel::Get, 200), dash)],
+            8000
+        );
         assert_eq!(local.sum_u64(|s| &s.cache_hits), 8000);
         assert_eq!(local.sum_i64(|s| &s.in_flight), 0);
         assert_eq!(t.durations[&RouteClass::GetUser].counts[0], 8000);

@@ -26,7 +26,7 @@ use labels::{
     PhaseLabels, PublishLabels, RefreshLabels, ReloadLabels, StaleLabels,
 };
 pub use labels::{
-    ClientLabel, DropReason, EvictionRule, Invalidation, PublishResult, RefreshResult,
+    ClientLabel, DropReason, EvictionRule, Invalidation, MethodLabel, PublishResult, RefreshResult,
     ReloadResult, ReloadTrigger, RouteClass, StaleReason, TimeoutPhase, UpstreamOutcome,
     WriteOutcome,
 };
@@ -307,7 +307,7 @@ impl Metrics {
     ) {
         self.local.request(
             opened,
-            (route, method_label(method), status.as_u16()),
+            (route, MethodLabel::of(method), status.as_u16()),
             client,
             elapsed,
         );
@@ -400,20 +400,6 @@ impl Metrics {
     }
 }
 
-/// Bounded method label.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,11 +438,6 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
-    }
-
-    #[test]
-    fn unknown_methods_are_bounded() {
-        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
     }
 
     /// The `le` bounds of one histogram family in `text`.
