@@ -162,7 +162,8 @@ impl Filler {
         match tokio::time::timeout_at(deadline, self.read_fill(resp, id)).await {
             Ok(r) => r,
             Err(_) => {
-                self.metrics.upstream_timeout("body");
+                self.metrics
+                    .upstream_timeout(crate::metrics::TimeoutPhase::Body);
                 Err(Err(GatewayError::UpstreamTimeout))
             }
         }

@@ -91,7 +91,8 @@ impl<'a> Stale<'a> {
         if old.past > settings.stale_while_revalidate.as_secs() {
             return None;
         }
-        self.metrics.stale_served("revalidate");
+        self.metrics
+            .stale_served(crate::metrics::StaleReason::Revalidate);
         Some((
             stale_response(&old.user, old.past, None, true),
             CacheStatus::StaleRevalidate,
@@ -124,7 +125,8 @@ impl<'a> Stale<'a> {
                 }
             }
             Refetched::Failed(status) if within => {
-                self.metrics.stale_served("error");
+                self.metrics
+                    .stale_served(crate::metrics::StaleReason::Error);
                 let code = status.map(|s| s.as_u16());
                 Some((
                     stale_response(&old.user, old.past, code, false),
@@ -184,10 +186,12 @@ impl<'a> Stale<'a> {
         };
         if leader {
             self.metrics.refresh(match &refetched {
-                Refetched::User(..) => "ok",
-                Refetched::Failed(_) => "error",
-                Refetched::Answer(a) if is_gone(a.status()) => "gone",
-                Refetched::Answer(_) | Refetched::Unshared => "unstorable",
+                Refetched::User(..) => crate::metrics::RefreshResult::Ok,
+                Refetched::Failed(_) => crate::metrics::RefreshResult::Error,
+                Refetched::Answer(a) if is_gone(a.status()) => crate::metrics::RefreshResult::Gone,
+                Refetched::Answer(_) | Refetched::Unshared => {
+                    crate::metrics::RefreshResult::Unstorable
+                }
             });
         }
         refetched

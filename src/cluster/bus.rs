@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use super::outbox::{Item, Outbox, Queued};
 use crate::config::RedisConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PublishResult};
 
 /// How often each replica publishes a heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
@@ -254,9 +254,12 @@ impl Bus {
         let mut conn = self.conn.clone();
         let sent = conn.publish::<_, _, i64>(&self.channel, msg);
         let (label, result) = match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok(_)) => ("ok", Ok(())),
-            Ok(Err(e)) => ("error", Err(e.to_string())),
-            Err(_) => ("timeout", Err("no answer within redis.timeout_ms".into())),
+            Ok(Ok(_)) => (PublishResult::Ok, Ok(())),
+            Ok(Err(e)) => (PublishResult::Error, Err(e.to_string())),
+            Err(_) => (
+                PublishResult::Timeout,
+                Err("no answer within redis.timeout_ms".into()),
+            ),
         };
         self.metrics.invalidation_published(label);
         result

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 
 /// Most evictions queued at once; past it the queue collapses to one
 /// evict-all.
@@ -121,7 +121,7 @@ impl Outbox {
         if s.queue.len() >= CAPACITY {
             // Full: one evict-all covers everything queued.
             self.metrics
-                .invalidations_dropped("collapsed", s.queue.len());
+                .invalidations_dropped(DropReason::Collapsed, s.queue.len());
             tracing::warn!(
                 queued = s.queue.len(),
                 "invalidation outbox full; replacing it with one evict-all"
@@ -158,7 +158,8 @@ impl Outbox {
         s.queue.retain(|q| q.since.elapsed() < lifetime);
         let expired = before - s.queue.len();
         if expired > 0 {
-            self.metrics.invalidations_dropped("expired", expired);
+            self.metrics
+                .invalidations_dropped(DropReason::Expired, expired);
             tracing::warn!(
                 expired,
                 "invalidations never published and no longer needed (every copy they evict has expired)"

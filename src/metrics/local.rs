@@ -21,7 +21,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use super::{ClientLabel, RequestLabels, RouteLabels, UpstreamLabels, UpstreamOutcome};
+use super::labels::{MethodLabel, RequestLabels, RouteClass, RouteLabels, UpstreamLabels};
+use super::{ClientLabel, UpstreamOutcome};
 use crate::shard::PerThread;
 
 /// One request counted in flight. Only [`Local::request_opened`] makes
@@ -31,8 +32,10 @@ use crate::shard::PerThread;
 #[derive(Debug)]
 pub struct Opened(());
 
-/// Upper bounds of the latency buckets: 50 µs doubling to ~26 s (then +Inf).
-const BOUNDS: [f64; 20] = {
+/// Upper bounds of every latency histogram's buckets: 50 µs doubling to
+/// ~26 s (then +Inf). The one definition, for these per-thread histograms
+/// and for the `prometheus-client` ones in `super`.
+pub(super) const BOUNDS: [f64; 20] = {
     let mut b = [0.0; 20];
     let mut i = 0;
     let mut v = 0.000_05;
@@ -78,7 +81,7 @@ impl Buckets {
 }
 
 /// Route, method and status of an answered request.
-type RequestKey = (&'static str, &'static str, u16);
+type RequestKey = (RouteClass, MethodLabel, u16);
 
 /// What one slot counted behind its mutex.
 #[derive(Debug, Default)]
@@ -86,7 +89,7 @@ struct Counts {
     /// Answered requests by client, then (route, method, status).
     requests: HashMap<ClientLabel, Vec<(RequestKey, u64)>>,
     /// Time to response headers by route.
-    durations: Vec<(&'static str, Buckets)>,
+    durations: Vec<(RouteClass, Buckets)>,
     /// Upstream exchanges by outcome.
     upstream: Vec<(UpstreamOutcome, u64)>,
     /// Upstream time to headers.
@@ -214,7 +217,7 @@ fn bump(v: &mut Vec<(RequestKey, u64)>, key: RequestKey) {
 #[derive(Default)]
 struct Totals {
     requests: HashMap<(RequestKey, ClientLabel), u64>,
-    durations: HashMap<&'static str, Buckets>,
+    durations: HashMap<RouteClass, Buckets>,
     upstream: HashMap<UpstreamOutcome, u64>,
     upstream_duration: Buckets,
 }
@@ -230,7 +233,7 @@ impl Local {
                 }
             }
             for (route, b) in &c.durations {
-                t.durations.entry(route).or_default().add(b);
+                t.durations.entry(*route).or_default().add(b);
             }
             for (o, n) in &c.upstream {
                 *t.upstream.entry(*o).or_default() += n;
@@ -246,7 +249,7 @@ impl Collector for Local {
         let t = self.totals();
 
         let mut requests: Vec<_> = t.requests.into_iter().collect();
-        requests.sort_by(|a, b| (a.0 .0, a.0 .1.as_str()).cmp(&(b.0 .0, b.0 .1.as_str())));
+        requests.sort_by(|(a, _), (b, _)| request_order(a).cmp(&request_order(b)));
         let mut m = encoder.encode_descriptor(
             "gateway_requests",
             "Requests answered, by route class, method, status and client",
@@ -264,7 +267,7 @@ impl Collector for Local {
         }
 
         let mut durations: Vec<_> = t.durations.into_iter().collect();
-        durations.sort_by_key(|(r, _)| *r);
+        durations.sort_by_key(|(r, _)| r.as_str());
         let mut m = encoder.encode_descriptor(
             "gateway_request_duration_seconds",
             "Time from request to response headers",
@@ -331,6 +334,13 @@ impl Collector for Local {
     }
 }
 
+/// A stable order for the requests in the exposition: by the label texts.
+fn request_order(
+    ((route, method, status), client): &(RequestKey, ClientLabel),
+) -> (&str, &str, u16, &str) {
+    (route.as_str(), method.as_str(), *status, client.as_str())
+}
+
 /// A stable order for the upstream outcomes in the exposition.
 fn outcome_order(o: UpstreamOutcome) -> (u8, u16) {
     match o {
@@ -363,16 +373,20 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..1000 {
                         let opened = local.request_opened();
-                        local.request(opened, ("get_user", "GET", 200), &dash, Duration::ZERO);
+                        let key = (RouteClass::GetUser, MethodLabel::Get, 200);
+                        local.request(opened, key, &dash, Duration::ZERO);
                         local.cache_hit();
                     }
                 });
             }
         });
         let t = local.totals();
-        assert_eq!(t.requests[&(("get_user", "GET", 200), dash)], 8000);
+        assert_eq!(
+            t.requests[&((RouteClass::GetUser, MethodLabel::Get, 200), dash)],
+            8000
+        );
         assert_eq!(local.sum_u64(|s| &s.cache_hits), 8000);
         assert_eq!(local.sum_i64(|s| &s.in_flight), 0);
-        assert_eq!(t.durations["get_user"].counts[0], 8000);
+        assert_eq!(t.durations[&RouteClass::GetUser].counts[0], 8000);
     }
 }

@@ -2,142 +2,40 @@
 //!
 //! Labels are bounded: route class, method (known methods, else `OTHER`),
 //! status code, client name (from config). Never user ids, paths or keys.
+//! Every other label value is a closed enum (`labels`), so no caller can
+//! add a series the enums do not list.
 //!
 //! What every request writes (requests, their latency, the in-flight
 //! gauges, cache hits and misses, upstream exchanges) is counted per thread
 //! and summed at scrape (`local`); the rest are plain `prometheus-client`
 //! metrics, written rarely.
 
+mod labels;
 mod local;
 
-use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 
-use local::Local;
+use labels::{
+    AuthFailureLabels, ClientLabels, DroppedLabels, EvictionLabels, InvalidationLabels,
+    PhaseLabels, PublishLabels, RefreshLabels, ReloadLabels, StaleLabels,
+};
+pub use labels::{
+    ClientLabel, DropReason, EvictionRule, Invalidation, MethodLabel, PublishResult, RefreshResult,
+    ReloadResult, ReloadTrigger, RouteClass, StaleReason, TimeoutPhase, UpstreamOutcome,
+    WriteOutcome,
+};
 pub use local::Opened;
+use local::{Local, BOUNDS};
 use prometheus_client::registry::Registry;
 
-/// A client's name as a metric label (cheap to clone).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientLabel(Arc<str>);
-
-impl ClientLabel {
-    /// Wraps a configured client name.
-    pub fn new(name: &str) -> Self {
-        Self(name.into())
-    }
-
-    /// The label for requests that never authenticated.
-    pub fn anonymous() -> Self {
-        Self("-".into())
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl EncodeLabelValue for ClientLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(&self.0)
-    }
-}
-
-/// Outcome of one upstream exchange, as the `status` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UpstreamOutcome {
-    /// The upstream answered with this status.
-    Status(u16),
-    /// Connection or protocol failure.
-    Error,
-    /// No response headers within the timeout.
-    Timeout,
-    /// The client's request body broke mid-exchange (the client's fault).
-    ClientAborted,
-}
-
-impl EncodeLabelValue for UpstreamOutcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        match self {
-            Self::Status(s) => write!(encoder, "{s}"),
-            Self::Error => encoder.write_str("error"),
-            Self::Timeout => encoder.write_str("timeout"),
-            Self::ClientAborted => encoder.write_str("client_aborted"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RequestLabels {
-    route: &'static str,
-    method: &'static str,
-    status: u16,
-    client: ClientLabel,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RouteLabels {
-    route: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct UpstreamLabels {
-    status: UpstreamOutcome,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct AuthFailureLabels {
-    /// 401 or 403.
-    status: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ClientLabels {
-    client: ClientLabel,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct EvictionLabels {
-    /// Which kind of row of the dependency table matched (`user_path`,
-    /// `user_body`, `all`, `all_unlisted`, `all_body_unread`).
-    rule: &'static str,
-    /// `applied` (2xx) or `unknown` (no answer, broken off, 5xx).
-    outcome: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReloadLabels {
-    result: &'static str,
-    trigger: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct PhaseLabels {
-    phase: &'static str,
-}
-
 fn latency_histogram() -> Histogram {
-    // 50 µs .. ~26 s
-    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+    Histogram::new(BOUNDS)
 }
 
 /// All gateway metrics and their registry.
@@ -147,19 +45,33 @@ pub struct Metrics {
     registry: Registry,
     /// Written on every request: per thread, summed at scrape.
     local: Local,
+    /// Users held in the cache, sampled at each scrape.
     cache_entries: Gauge,
-    cache_invalidations: Family<ReasonLabels, Counter>,
+    /// Users evicted here by writes and purges, by reason.
+    cache_invalidations: Family<InvalidationLabels, Counter>,
+    /// Upstream refusals of the admin key, by status (401 or 403).
     upstream_auth_failures: Family<AuthFailureLabels, Counter>,
+    /// Requests refused with 429 by a client's rate limit, by client.
     rate_limited: Family<ClientLabels, Counter>,
+    /// Configuration reloads, by result and trigger.
     reloads: Family<ReloadLabels, Counter>,
+    /// Shared rate-limit checks that fell back to the local limiter.
     ratelimit_store_errors: Counter,
-    stale_served: Family<ReasonLabels, Counter>,
-    refreshes: Family<ResultLabels, Counter>,
+    /// Expired users served, by reason.
+    stale_served: Family<StaleLabels, Counter>,
+    /// Refetches of expired users, by result.
+    refreshes: Family<RefreshLabels, Counter>,
+    /// Upstream deadlines passed, by phase.
     upstream_timeouts: Family<PhaseLabels, Counter>,
-    invalidations_published: Family<ResultLabels, Counter>,
+    /// Attempts to publish an eviction to the other replicas, by result.
+    invalidations_published: Family<PublishLabels, Counter>,
+    /// Evictions received from other replicas and applied.
     invalidations_received: Counter,
+    /// Time from an eviction on the sending replica to its apply here.
     invalidation_delay: Histogram,
+    /// 1 while the invalidation bus subscription is live, else 0.
     bus_connected: Gauge,
+    /// Caches emptied because the invalidation bus came back after a loss.
     cache_epoch_resets: Counter,
     /// Requests waiting for an upstream slot (written only off the fast
     /// path: a request that gets a slot at once never touches it).
@@ -167,7 +79,7 @@ pub struct Metrics {
     /// Evictions waiting to be published to the other replicas.
     invalidation_outbox: Gauge,
     /// Queued evictions given up, by reason (`expired`, `collapsed`).
-    invalidations_dropped: Family<ReasonLabels, Counter>,
+    invalidations_dropped: Family<DroppedLabels, Counter>,
     /// Connections closed because a response made no progress to the
     /// client for `server.send_timeout_ms`.
     send_timeouts: Counter,
@@ -262,7 +174,7 @@ impl Metrics {
             "Upstream deadlines passed: waiting for headers, or for a body (fill, buffered or idle)",
             m.upstream_timeouts.clone(),
         );
-        for phase in ["headers", "body"] {
+        for &phase in TimeoutPhase::ALL {
             let _series = m.upstream_timeouts.get_or_create(&PhaseLabels { phase });
         }
         r.register(
@@ -331,16 +243,16 @@ impl Metrics {
 
     /// Counts queued evictions given up (`expired`) or folded into one
     /// evict-all (`collapsed`).
-    pub fn invalidations_dropped(&self, reason: &'static str, n: usize) {
+    pub fn invalidations_dropped(&self, reason: DropReason, n: usize) {
         self.invalidations_dropped
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&DroppedLabels { reason })
             .inc_by(n as u64);
     }
 
     /// Counts an attempt to publish an eviction (`ok`, `error`, `timeout`).
-    pub fn invalidation_published(&self, result: &'static str) {
+    pub fn invalidation_published(&self, result: PublishResult) {
         self.invalidations_published
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&PublishLabels { result })
             .inc();
     }
 
@@ -362,19 +274,21 @@ impl Metrics {
     }
 
     /// Counts an expired user served (`error` or `revalidate`).
-    pub fn stale_served(&self, reason: &'static str) {
+    pub fn stale_served(&self, reason: StaleReason) {
         self.stale_served
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&StaleLabels { reason })
             .inc();
     }
 
     /// Counts a refetch of an expired user (`ok`, `error`, `gone`, `unstorable`).
-    pub fn refresh(&self, result: &'static str) {
-        self.refreshes.get_or_create(&ResultLabels { result }).inc();
+    pub fn refresh(&self, result: RefreshResult) {
+        self.refreshes
+            .get_or_create(&RefreshLabels { result })
+            .inc();
     }
 
     /// Counts a passed upstream deadline (`headers` or `body`).
-    pub fn upstream_timeout(&self, phase: &'static str) {
+    pub fn upstream_timeout(&self, phase: TimeoutPhase) {
         self.upstream_timeouts
             .get_or_create(&PhaseLabels { phase })
             .inc();
@@ -385,7 +299,7 @@ impl Metrics {
     pub fn request(
         &self,
         opened: Opened,
-        route: &'static str,
+        route: RouteClass,
         method: &Method,
         status: StatusCode,
         client: &ClientLabel,
@@ -393,7 +307,7 @@ impl Metrics {
     ) {
         self.local.request(
             opened,
-            (route, method_label(method), status.as_u16()),
+            (route, MethodLabel::of(method), status.as_u16()),
             client,
             elapsed,
         );
@@ -417,16 +331,16 @@ impl Metrics {
 
     /// Counts a write's eviction by the kind of rule that matched and the
     /// write's outcome (the `all*` rules each cost a refill of the cache).
-    pub fn write_eviction(&self, rule: &'static str, outcome: &'static str) {
+    pub fn write_eviction(&self, rule: EvictionRule, outcome: WriteOutcome) {
         self.write_evictions
             .get_or_create(&EvictionLabels { rule, outcome })
             .inc();
     }
 
     /// Counts an invalidation (`write`, `write_all`, `purge`, `purge_all`).
-    pub fn invalidation(&self, reason: &'static str) {
+    pub fn invalidation(&self, reason: Invalidation) {
         self.cache_invalidations
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&InvalidationLabels { reason })
             .inc();
     }
 
@@ -470,7 +384,7 @@ impl Metrics {
     }
 
     /// Counts a reload (`ok` or `error`; `signal` or `file`).
-    pub fn reload(&self, result: &'static str, trigger: &'static str) {
+    pub fn reload(&self, result: ReloadResult, trigger: ReloadTrigger) {
         self.reloads
             .get_or_create(&ReloadLabels { result, trigger })
             .inc();
@@ -486,20 +400,6 @@ impl Metrics {
     }
 }
 
-/// Bounded method label.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,7 +410,7 @@ mod tests {
         let opened = m.request_opened();
         m.request(
             opened,
-            "get_user",
+            RouteClass::GetUser,
             &Method::GET,
             StatusCode::OK,
             &ClientLabel::new("dash"),
@@ -540,8 +440,39 @@ mod tests {
         }
     }
 
+    /// The `le` bounds of one histogram family in `text`.
+    fn bounds_of<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+        let prefix = format!("{family}_bucket{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect()
+    }
+
     #[test]
-    fn unknown_methods_are_bounded() {
-        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
+    fn per_thread_and_shared_histograms_have_the_same_buckets() {
+        let m = Metrics::new();
+        let opened = m.request_opened();
+        let client = ClientLabel::new("dash");
+        let ms = Duration::from_millis(1);
+        m.request(
+            opened,
+            RouteClass::GetUser,
+            &Method::GET,
+            StatusCode::OK,
+            &client,
+            ms,
+        );
+        m.upstream(UpstreamOutcome::Status(200), ms);
+        m.invalidation_received(ms);
+        let text = m.encode(0);
+        let shared = bounds_of(&text, "gateway_invalidation_delay_seconds");
+        assert_eq!(shared.len(), BOUNDS.len() + 1, "{text}");
+        for local in [
+            "gateway_request_duration_seconds",
+            "gateway_upstream_duration_seconds",
+        ] {
+            assert_eq!(bounds_of(&text, local), shared, "{text}");
+        }
     }
 }

@@ -307,7 +307,7 @@ impl Drop for Access {
         let route = self.route.as_str();
         if let Some(opened) = self.opened.take() {
             self.metrics
-                .request(opened, route, &self.method, counted, client, elapsed);
+                .request(opened, self.route, &self.method, counted, client, elapsed);
         }
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);

@@ -62,9 +62,9 @@ impl Planned {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Eviction {
     /// One user, and the rule that named it (`user_path`, `user_body`).
-    User(String, &'static str),
+    User(String, crate::metrics::EvictionRule),
     /// Every cached user, and why (`all`, `all_unlisted`, `all_body_unread`).
-    All(&'static str),
+    All(crate::metrics::EvictionRule),
     /// Nothing.
     Nothing,
 }
@@ -94,13 +94,13 @@ impl Outcome {
         }
     }
 
-    /// Label for the metric.
-    fn as_str(self) -> &'static str {
+    /// The metric's label, for the outcomes that evict (a write refused
+    /// or never sent changed nothing).
+    fn label(self) -> Option<crate::metrics::WriteOutcome> {
         match self {
-            Outcome::Applied => "applied",
-            Outcome::Refused => "refused",
-            Outcome::Unknown => "unknown",
-            Outcome::NotSent => "not_sent",
+            Outcome::Applied => Some(crate::metrics::WriteOutcome::Applied),
+            Outcome::Unknown => Some(crate::metrics::WriteOutcome::Unknown),
+            Outcome::Refused | Outcome::NotSent => None,
         }
     }
 }
@@ -122,14 +122,21 @@ pub(super) async fn resolve<B: RequestBody>(
     match planned {
         Planned::User(Some(id)) => {
             let body = buffer::request(body, headers, window).await?;
-            Ok((body, Eviction::User(id.clone(), "user_path")))
+            Ok((
+                body,
+                Eviction::User(id.clone(), crate::metrics::EvictionRule::UserPath),
+            ))
         }
         Planned::User(None) => Ok((
             buffer::request(body, headers, window).await?,
             Eviction::Nothing,
         )),
         Planned::All { listed } => {
-            let why = if *listed { "all" } else { "all_unlisted" };
+            let why = if *listed {
+                crate::metrics::EvictionRule::All
+            } else {
+                crate::metrics::EvictionRule::AllUnlisted
+            };
             Ok((
                 buffer::request(body, headers, window).await?,
                 Eviction::All(why),
@@ -146,8 +153,10 @@ pub(super) async fn resolve<B: RequestBody>(
 fn body_user(bytes: Option<&Bytes>) -> Eviction {
     let member = bytes.and_then(|b| serde_json::from_slice::<Member>(b).ok());
     match member {
-        Some(m) if !m.user_id.is_empty() => Eviction::User(m.user_id, "user_body"),
-        _ => Eviction::All("all_body_unread"),
+        Some(m) if !m.user_id.is_empty() => {
+            Eviction::User(m.user_id, crate::metrics::EvictionRule::UserBody)
+        }
+        _ => Eviction::All(crate::metrics::EvictionRule::AllBodyUnread),
     }
 }
 
@@ -178,10 +187,10 @@ impl Eviction {
             Eviction::User(_, rule) | Eviction::All(rule) => *rule,
             Eviction::Nothing => return,
         };
-        if matches!(outcome, Outcome::Refused | Outcome::NotSent) {
+        let Some(label) = outcome.label() else {
             return;
-        }
-        gw.shared.metrics.write_eviction(rule, outcome.as_str());
+        };
+        gw.shared.metrics.write_eviction(rule, label);
         self.everywhere(gw).await;
         if outcome == Outcome::Unknown {
             let (again, gw) = (self.clone(), gw.clone());
@@ -199,12 +208,16 @@ impl Eviction {
         match self {
             Eviction::User(id, _) => {
                 shared.users.cache().invalidate(id).await;
-                shared.metrics.invalidation("write");
+                shared
+                    .metrics
+                    .invalidation(crate::metrics::Invalidation::Write);
                 gw.published(id).await;
             }
             Eviction::All(_) => {
                 shared.users.cache().invalidate_all();
-                shared.metrics.invalidation("write_all");
+                shared
+                    .metrics
+                    .invalidation(crate::metrics::Invalidation::WriteAll);
                 if let Some(bus) = &shared.bus {
                     bus.all_evicted().await;
                 }
@@ -223,7 +236,7 @@ mod tests {
         let ok = Bytes::from_static(br#"{"user_id":"user_1","role":"owner"}"#);
         assert_eq!(
             body_user(Some(&ok)),
-            Eviction::User("user_1".into(), "user_body")
+            Eviction::User("user_1".into(), crate::metrics::EvictionRule::UserBody)
         );
         for bad in [
             &br#"{"role":"owner"}"#[..],
@@ -232,10 +245,16 @@ mod tests {
             br#"{"user_id":7}"#,
         ] {
             let b = Bytes::copy_from_slice(bad);
-            assert_eq!(body_user(Some(&b)), Eviction::All("all_body_unread"));
+            assert_eq!(
+                body_user(Some(&b)),
+                Eviction::All(crate::metrics::EvictionRule::AllBodyUnread)
+            );
         }
         // Streamed (no small declared length): not read.
-        assert_eq!(body_user(None), Eviction::All("all_body_unread"));
+        assert_eq!(
+            body_user(None),
+            Eviction::All(crate::metrics::EvictionRule::AllBodyUnread)
+        );
     }
 
     #[test]

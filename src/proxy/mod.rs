@@ -176,14 +176,18 @@ impl Gateway {
     /// Evicts `id` here and on every replica (admin purge).
     pub async fn purge(&self, id: &str) {
         self.cache().invalidate(id).await;
-        self.shared.metrics.invalidation("purge");
+        self.shared
+            .metrics
+            .invalidation(crate::metrics::Invalidation::Purge);
         self.published(id).await;
     }
 
     /// Evicts everything here and on every replica (admin purge-all).
     pub async fn purge_all(&self) {
         self.cache().invalidate_all();
-        self.shared.metrics.invalidation("purge_all");
+        self.shared
+            .metrics
+            .invalidation(crate::metrics::Invalidation::PurgeAll);
         if let Some(bus) = &self.shared.bus {
             bus.all_evicted().await;
         }

@@ -34,30 +34,9 @@ pub enum Route<'a> {
     Forward,
 }
 
-/// The route class label used in logs and metrics (bounded set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteClass {
-    /// The cached retrieve-user route.
-    GetUser,
-    /// A write that evicts cached users.
-    UserWrite,
-    /// Plain forwarding (including `GetUserUncached`).
-    Forward,
-    /// Rejected before routing (outside prefix, bad path).
-    Rejected,
-}
-
-impl RouteClass {
-    /// Stable name for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::GetUser => "get_user",
-            Self::UserWrite => "user_write",
-            Self::Forward => "forward",
-            Self::Rejected => "rejected",
-        }
-    }
-}
+/// The route class, which logs and metrics label requests with (a closed
+/// set, defined with the other metric labels).
+pub use crate::metrics::RouteClass;
 
 impl Route<'_> {
     /// This route's class.

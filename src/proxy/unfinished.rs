@@ -67,11 +67,15 @@ impl Drop for Unfinished {
         match &self.eviction {
             Eviction::User(id, _) => {
                 self.gateway.evicted_now(id);
-                shared.metrics.invalidation("write");
+                shared
+                    .metrics
+                    .invalidation(crate::metrics::Invalidation::Write);
             }
             Eviction::All(_) => {
                 self.gateway.all_evicted_now();
-                shared.metrics.invalidation("write_all");
+                shared
+                    .metrics
+                    .invalidation(crate::metrics::Invalidation::WriteAll);
             }
             Eviction::Nothing => {}
         }

@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use super::tls::CertStore;
 use crate::config::{CacheConfig, Config, ServerConfig, UpstreamConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Gateway;
 
 /// Applies a new configuration to a running server. Cheap to clone.
@@ -32,24 +32,9 @@ pub struct Reloader {
     files: Arc<watch::Sender<Vec<PathBuf>>>,
 }
 
-/// What asked for a reload (the `trigger` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// SIGHUP.
-    Signal,
-    /// A watched file changed.
-    File,
-}
-
-impl Trigger {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Signal => "signal",
-            Self::File => "file",
-        }
-    }
-}
+/// What asked for a reload: SIGHUP or a watched file (the metric's
+/// `trigger` label, defined with the other metric labels).
+pub use crate::metrics::ReloadTrigger as Trigger;
 
 /// Why a reload was refused (the running config stays).
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +74,7 @@ impl Reloader {
     pub fn apply(&self, config: Config, trigger: Trigger) -> Result<(), ReloadError> {
         if let (Some(store), Some(files)) = (&self.certs, &config.server.tls) {
             if let Err(e) = store.reload(files) {
-                self.metrics.reload("error", trigger.as_str());
+                self.metrics.reload(ReloadResult::Error, trigger);
                 return Err(ReloadError::Tls(e));
             }
         }
@@ -101,7 +86,7 @@ impl Reloader {
             *now = files;
             changed
         });
-        self.metrics.reload("ok", trigger.as_str());
+        self.metrics.reload(ReloadResult::Ok, trigger);
         info!(
             clients = config.clients.len(),
             ttl_secs = config.cache.ttl.as_secs(),
@@ -119,7 +104,7 @@ impl Reloader {
     /// Counts a reload that failed before reaching [`Reloader::reload`]
     /// (an invalid file).
     pub fn rejected(&self, trigger: Trigger) {
-        self.metrics.reload("error", trigger.as_str());
+        self.metrics.reload(ReloadResult::Error, trigger);
     }
 
     /// Re-reads the file at `path` (and the admin key file it names) and

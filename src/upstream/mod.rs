@@ -49,7 +49,7 @@ use crate::body::{is_client_body_error, BoxBody, BoxError};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
-use crate::metrics::{Metrics, UpstreamOutcome};
+use crate::metrics::{Metrics, TimeoutPhase, UpstreamOutcome};
 use crate::secret::AdminKey;
 
 use auth::Forbidden;
@@ -228,7 +228,7 @@ impl Upstream {
             }
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(e).into())),
             Err(_) => {
-                self.metrics.upstream_timeout("headers");
+                self.metrics.upstream_timeout(TimeoutPhase::Headers);
                 return Err(GatewayError::UpstreamTimeout);
             }
         };

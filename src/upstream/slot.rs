@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TimeoutPhase};
 
 /// Holds a concurrency slot until the response body is done or dropped.
 pub(super) struct Slot {
@@ -107,7 +107,7 @@ impl Body for SlotBody {
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     this.done = true;
-                    this.slot.metrics.upstream_timeout("body");
+                    this.slot.metrics.upstream_timeout(TimeoutPhase::Body);
                     return Poll::Ready(Some(Err(Box::new(BodyIdle))));
                 }
                 Poll::Pending
