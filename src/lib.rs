@@ -39,6 +39,9 @@
 //! - [`shard`]: per-thread slots and handles, so that the hit path writes
 //!   no cache line another core writes.
 //! - [`secret`]: the admin key that never prints, and key digests.
+//! - [`path`]: [`path::CanonicalPath`], the path after the prefix in its
+//!   one spelling (made only by [`proxy::canonicalize`]), which routing, the
+//!   dependency table and scopes take instead of a `&str`.
 
 pub mod body;
 pub mod cache;
@@ -47,6 +50,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod secret;

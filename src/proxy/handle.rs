@@ -18,6 +18,7 @@ use crate::body::{BoxBody, RequestBody};
 use crate::cache::{bypasses, CacheStatus, CACHE_STATUS};
 use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;
+use crate::path::CanonicalPath;
 use crate::policy::Decision;
 use crate::upstream::{buffer, spawn_lasting};
 
@@ -89,7 +90,7 @@ impl Gateway {
     async fn admit<B: RequestBody>(
         &self,
         req: &Request<B>,
-        canonical: &str,
+        canonical: &CanonicalPath<'_>,
         access: &mut Access,
     ) -> Result<()> {
         let client = self.shared.clients.load().authenticate(req.headers())?;
