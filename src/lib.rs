@@ -36,8 +36,9 @@
 //! - [`headers`]: hop-by-hop header rules, request ids, shared values.
 //! - [`metrics`]: Prometheus metrics (those every request writes are kept
 //!   per thread and summed at scrape).
-//! - [`shard`]: per-thread slots and handles, so that the hit path writes
-//!   no cache line another core writes.
+//! - [`per_thread`]: per-thread slots and handles, so that the hit path
+//!   writes no cache line another core writes. ("Shard" is kept for
+//!   moka's key partitions in `cache/`.)
 //! - [`secret`]: the admin key that never prints, and key digests.
 //! - [`path`]: [`path::CanonicalPath`], the path after the prefix in its
 //!   one spelling (made only by [`proxy::canonicalize`]), which routing, the
@@ -51,11 +52,11 @@ pub mod error;
 pub mod headers;
 pub mod metrics;
 pub mod path;
+pub mod per_thread;
 pub mod policy;
 pub mod proxy;
 pub mod secret;
 pub mod server;
-pub mod shard;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

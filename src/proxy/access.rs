@@ -33,8 +33,8 @@ use crate::body::{BoxBody, BoxError};
 use crate::cache::CacheStatus;
 use crate::headers::{RequestIds, X_REQUEST_ID};
 use crate::metrics::{ClientLabel, Metrics, Opened};
+use crate::per_thread::{Handle, Handles};
 use crate::policy::{Client, Decision};
-use crate::shard::{Handle, Handles};
 
 use super::route::RouteClass;
 

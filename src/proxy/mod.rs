@@ -49,8 +49,8 @@ use crate::cluster::{Bus, Evict, SharedLimits};
 use crate::config::Config;
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
+use crate::per_thread::Handles;
 use crate::policy::ClientTable;
-use crate::shard::Handles;
 use crate::upstream::Upstream;
 
 pub use access::{Connection, CANCEL_WINDOW, CLIENT_CLOSED, MAX_CANCELLED_FORWARDS, SEND_TIMEOUT};

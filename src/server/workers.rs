@@ -131,7 +131,7 @@ fn run(
         .enable_all()
         .build()?;
     worker::enter(index, lasting);
-    crate::shard::claim(index);
+    crate::per_thread::claim(index);
     let served = runtime.block_on(serve(index, listener, acceptor, stop, grace));
     // What is left (pooled connections, a blocking DNS lookup) must not
     // keep the process past its deadline.
