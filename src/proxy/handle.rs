@@ -20,7 +20,8 @@ use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;
 use crate::path::CanonicalPath;
 use crate::policy::Decision;
-use crate::upstream::{buffer, spawn_lasting};
+use crate::runtime::spawn_lasting;
+use crate::upstream::buffer;
 
 /// What a request's phases need to know about where it is going.
 struct Target<'a> {

@@ -58,7 +58,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::upstream::worker::Lasting;
+use crate::runtime::Lasting;
 
 use accept::Acceptor;
 use admin::Admin;
@@ -151,7 +151,7 @@ impl Server {
         let gateway_for_exit = gateway.clone();
         let acceptor = Arc::new(Acceptor::new(&settings, gateway, tls));
         // Writes whose clients left run here, on the runtime that outlives
-        // the workers (see `upstream::spawn_lasting`).
+        // the workers (see `runtime::spawn_lasting`).
         let lasting = Lasting::current();
         let mut workers = match Workers::start(public, acceptor, settings.shutdown_grace, &lasting)
         {
