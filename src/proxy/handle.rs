@@ -3,12 +3,11 @@
 //! 2 authenticate, 3 the client's rate limit and scope, 4 serve.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use http::{HeaderMap, Request, Response, StatusCode};
 use tracing::debug;
 
-use super::access::{audit, Access, Connection};
+use super::access::{audit, Access, ConnectionRef};
 use super::canon::{canonicalize, decode_segment};
 use super::eviction::{resolve, Eviction, Outcome, Planned};
 use super::route::{allowed_method, classify, strip_prefix, Route};
@@ -44,7 +43,7 @@ impl Gateway {
     pub async fn handle_on<B: RequestBody>(
         &self,
         req: Request<B>,
-        conn: Option<Arc<Connection>>,
+        conn: Option<ConnectionRef>,
     ) -> Response<BoxBody> {
         let shared = &*self.shared;
         let mut access = Access::open(
