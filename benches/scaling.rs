@@ -52,7 +52,7 @@ const WRITES: &[&str] = &[
     "in-flight gauge: the thread's own slot",
     "cache hit counter: the thread's own slot",
     "request id: the thread's own sequence counter",
-    "client and metrics handles: the thread's own reference count (shard::Handles)",
+    "client and metrics handles: the thread's own reference count (per_thread::Handles)",
     "Cache-Status and Age values: static, their clones write nothing",
     "the user: the thread's own front copy (body, reference count); moka is read only when the front misses",
     "on a front miss only: moka's read log (one per cache shard), the entry's access time and count, the copy into the front",

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::shard::{self, PerThread};
+use crate::per_thread::{self, PerThread};
 
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
@@ -48,7 +48,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct RequestIds {
     /// Random per process.
     prefix: u64,
-    /// Next sequence number, per thread (see [`crate::shard`]): a shared
+    /// Next sequence number, per thread (see [`crate::per_thread`]): a shared
     /// counter would be a line every core writes on every request.
     next: PerThread<AtomicU64>,
 }
@@ -74,10 +74,10 @@ impl RequestIds {
     /// the slot's sequence number times the number of slots plus the slot,
     /// so no two threads hand out the same one.
     pub fn next(&self) -> HeaderValue {
-        let slot = shard::slot();
+        let slot = per_thread::slot();
         let seq = self.next.local().fetch_add(1, Ordering::Relaxed);
         let n = seq
-            .wrapping_mul(shard::slots() as u64)
+            .wrapping_mul(per_thread::slots() as u64)
             .wrapping_add(slot as u64);
         let mut buf = *b"req_0000000000000000000000000000";
         hex_into(&mut buf[4..20], self.prefix);

@@ -22,8 +22,7 @@
 //! - [`cache`]: the moka user cache (write generations, single flight) and
 //!   the cached retrieve-user route.
 //! - [`upstream`]: the pooled rustls client (one pool per worker),
-//!   timeouts, the concurrency cap, small-body buffering, and
-//!   [`upstream::spawn_lasting`] for work a worker's shutdown must not cut.
+//!   timeouts, the concurrency cap, small-body buffering.
 //! - [`cluster`]: everything that talks to Redis (shared rate limits, and
 //!   the invalidation bus, whose outbox retries a failed publish).
 //! - [`config`]: the TOML file, parsed then validated into a [`Config`]
@@ -36,9 +35,16 @@
 //! - [`headers`]: hop-by-hop header rules, request ids, shared values.
 //! - [`metrics`]: Prometheus metrics (those every request writes are kept
 //!   per thread and summed at scrape).
-//! - [`shard`]: per-thread slots and handles, so that the hit path writes
-//!   no cache line another core writes.
+//! - [`runtime`]: which server worker the current thread is (its upstream
+//!   pool and per-thread slot follow it), and [`runtime::spawn_lasting`]
+//!   for work a worker's shutdown must not cut.
+//! - [`per_thread`]: per-thread slots and handles, so that the hit path
+//!   writes no cache line another core writes. ("Shard" is kept for
+//!   moka's key partitions in `cache/`.)
 //! - [`secret`]: the admin key that never prints, and key digests.
+//! - [`path`]: [`path::CanonicalPath`], the path after the prefix in its
+//!   one spelling (made only by [`proxy::canonicalize`]), which routing, the
+//!   dependency table and scopes take instead of a `&str`.
 
 pub mod body;
 pub mod cache;
@@ -47,11 +53,13 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod path;
+pub mod per_thread;
 pub mod policy;
 pub mod proxy;
+pub mod runtime;
 pub mod secret;
 pub mod server;
-pub mod shard;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use openai_admin_gateway::proxy::{CANCEL_WINDOW, MAX_CANCELLED_FORWARDS};
+use openai_admin_gateway::server::{CANCEL_WINDOW, MAX_CANCELLED_FORWARDS};
 use serde_json::{Map, Value};
 use support::process::{GatewayProcess, TempDir};
 use support::*;

@@ -81,11 +81,11 @@ fuzz_target!(|text: &str| {
     assert_eq!(format!("{PREFIX}{raw}"), path);
     assert!(raw.is_empty() || raw.starts_with('/'), "{raw:?}");
 
-    let Ok(canonical) = canonicalize(raw) else {
+    let Ok(canonical_path) = canonicalize(raw) else {
         return;
     };
-    let canonical: &str = &canonical;
-    let route = classify(&method, canonical, has_query);
+    let canonical: &str = canonical_path.as_str();
+    let route = classify(&method, &canonical_path, has_query);
     let user = user_path(canonical);
     let what = format!("{method} {path:?} (query: {has_query}) as {canonical:?}: {route:?}");
 
@@ -105,7 +105,7 @@ fuzz_target!(|text: &str| {
         }
         Ok(Route::Write { plan: p }) => {
             assert!(is_write(&method), "{what}");
-            assert_eq!(plan(&method, canonical), p, "{what}");
+            assert_eq!(plan(&method, &canonical_path), p, "{what}");
             assert_ne!(p, Plan::Nothing, "{what}");
             if let Plan::User(user_id) = p {
                 assert!(!user_id.is_empty(), "{what}");
@@ -124,7 +124,7 @@ fuzz_target!(|text: &str| {
         Ok(Route::Forward) => {
             assert!(user.is_none() || !matches!(method, Method::GET), "{what}");
             assert!(
-                !is_write(&method) || plan(&method, canonical) == Plan::Nothing,
+                !is_write(&method) || plan(&method, &canonical_path) == Plan::Nothing,
                 "{what}"
             );
         }
@@ -133,14 +133,14 @@ fuzz_target!(|text: &str| {
             let long = |p: Plan| matches!(p, Plan::User(id) if id.len() > MAX_USER_ID_LEN);
             assert!(
                 user.is_some_and(|(id, _)| id.len() > MAX_USER_ID_LEN && method == Method::GET)
-                    || long(plan(&method, canonical)),
+                    || long(plan(&method, &canonical_path)),
                 "{what}"
             );
         }
     }
 
     let one_segment = user.is_some_and(|(_, trailing)| !trailing);
-    let allowed = reader().allows(&method, canonical);
+    let allowed = reader().allows(&method, &canonical_path);
     assert_eq!(
         allowed,
         method == Method::GET && one_segment,

@@ -1,7 +1,9 @@
 //! `Scope::parse` and `Scope::allows` on arbitrary patterns and requests.
 //!
 //! Input: the first line is the request, `METHOD PATH`; every further line is
-//! an allow pattern. Never panics, and:
+//! an allow pattern. The path is brought to its canonical spelling first
+//! (`Scope::allows` takes nothing else; a refused path only exercises the
+//! compiler). Never panics, and:
 //! - a scope allows a request exactly when one of its patterns alone does;
 //! - adding `* /**` allows every request;
 //! - `* PATH` allows whatever `METHOD PATH` allows;
@@ -12,6 +14,7 @@
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 use openai_admin_gateway::config::Scope;
+use openai_admin_gateway::proxy::canonicalize;
 
 fn scope(patterns: &[&str]) -> Result<Scope, String> {
     let owned: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
@@ -23,25 +26,27 @@ fuzz_target!(|text: &str| {
     let request = lines.next().unwrap_or_default();
     let patterns: Vec<&str> = lines.collect();
     let (method, path) = request.split_once(' ').unwrap_or((request, ""));
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+    let (Ok(method), Ok(canonical)) = (Method::from_bytes(method.as_bytes()), canonicalize(path))
+    else {
         // Still exercise the compiler on its own.
         let _ = scope(&patterns);
         return;
     };
+    let path = canonical.as_str();
 
     assert!(
         !scope(&[])
             .expect("no patterns compile")
-            .allows(&method, path),
+            .allows(&method, &canonical),
         "an empty scope allowed {method} {path:?}"
     );
 
     if let Ok(all) = scope(&patterns) {
-        let allowed = all.allows(&method, path);
+        let allowed = all.allows(&method, &canonical);
         let one_allows = patterns.iter().any(|p| {
             scope(&[p])
                 .expect("a pattern of a valid scope compiles alone")
-                .allows(&method, path)
+                .allows(&method, &canonical)
         });
         assert_eq!(allowed, one_allows, "{patterns:?} on {method} {path:?}");
 
@@ -49,7 +54,7 @@ fuzz_target!(|text: &str| {
         wider.push("* /**");
         let wider = scope(&wider).expect("adding \"* /**\" keeps a scope valid");
         assert!(
-            wider.allows(&method, path),
+            wider.allows(&method, &canonical),
             "\"* /**\" refused {method} {path:?}"
         );
 
@@ -59,9 +64,9 @@ fuzz_target!(|text: &str| {
             };
             let any_method = scope(&[&format!("* {rest}")])
                 .expect("a valid pattern with its METHOD as * compiles");
-            if scope(&[p]).is_ok_and(|s| s.allows(&method, path)) {
+            if scope(&[p]).is_ok_and(|s| s.allows(&method, &canonical)) {
                 assert!(
-                    any_method.allows(&method, path),
+                    any_method.allows(&method, &canonical),
                     "\"* {rest}\" is narrower than {p:?}"
                 );
             }
@@ -78,7 +83,10 @@ fuzz_target!(|text: &str| {
     let exact = format!("{method} {path}");
     if path == path.trim() {
         if let Ok(s) = scope(&[&exact]) {
-            assert!(s.allows(&method, path), "{exact:?} refused its own request");
+            assert!(
+                s.allows(&method, &canonical),
+                "{exact:?} refused its own request"
+            );
         }
     }
 });

@@ -3,10 +3,13 @@
 //!
 //! PATH is relative to `server.path_prefix`; `*` matches one path segment, a
 //! final `/**` any rest (zero or more segments); `*` as METHOD matches any
-//! method. Matching is on the raw path, so an escaped character never
-//! matches a literal pattern segment: an escape can only narrow access.
+//! method. Matching is on the canonical path (unreserved escapes decoded,
+//! the others' hex upper-cased), so an escape that remains never matches a
+//! literal pattern segment: an escape can only narrow access.
 
 use http::Method;
+
+use crate::path::CanonicalPath;
 
 /// A compiled allow list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +45,8 @@ impl Scope {
     }
 
     /// True when some rule admits `method` on `path` (relative to the prefix).
-    pub fn allows(&self, method: &Method, path: &str) -> bool {
-        self.rules.iter().any(|r| r.matches(method, path))
+    pub fn allows(&self, method: &Method, path: &CanonicalPath<'_>) -> bool {
+        self.rules.iter().any(|r| r.matches(method, path.as_str()))
     }
 }
 
@@ -112,6 +115,11 @@ impl Rule {
 mod tests {
     use super::*;
 
+    /// A path as the matchers see it (taken as canonical).
+    fn cp(s: &str) -> CanonicalPath<'_> {
+        CanonicalPath::unchecked(s)
+    }
+
     fn scope(p: &[&str]) -> Scope {
         Scope::parse(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
@@ -119,39 +127,39 @@ mod tests {
     #[test]
     fn star_matches_one_segment() {
         let s = scope(&["GET /organization/users/*"]);
-        assert!(s.allows(&Method::GET, "/organization/users/u1"));
-        assert!(!s.allows(&Method::GET, "/organization/users"));
-        assert!(!s.allows(&Method::GET, "/organization/users/"));
-        assert!(!s.allows(&Method::GET, "/organization/users/u1/roles"));
-        assert!(!s.allows(&Method::POST, "/organization/users/u1"));
+        assert!(s.allows(&Method::GET, &cp("/organization/users/u1")));
+        assert!(!s.allows(&Method::GET, &cp("/organization/users")));
+        assert!(!s.allows(&Method::GET, &cp("/organization/users/")));
+        assert!(!s.allows(&Method::GET, &cp("/organization/users/u1/roles")));
+        assert!(!s.allows(&Method::POST, &cp("/organization/users/u1")));
     }
 
     #[test]
     fn double_star_matches_any_rest() {
         let s = scope(&["POST /organization/**"]);
-        assert!(s.allows(&Method::POST, "/organization"));
-        assert!(s.allows(&Method::POST, "/organization/users/u1/roles"));
-        assert!(!s.allows(&Method::POST, "/organizations"));
-        assert!(!s.allows(&Method::GET, "/organization/users"));
+        assert!(s.allows(&Method::POST, &cp("/organization")));
+        assert!(s.allows(&Method::POST, &cp("/organization/users/u1/roles")));
+        assert!(!s.allows(&Method::POST, &cp("/organizations")));
+        assert!(!s.allows(&Method::GET, &cp("/organization/users")));
     }
 
     #[test]
     fn star_method_matches_any_method() {
         let s = scope(&["* /organization/invites/*"]);
-        assert!(s.allows(&Method::DELETE, "/organization/invites/i1"));
-        assert!(s.allows(&Method::PATCH, "/organization/invites/i1"));
-        assert!(!s.allows(&Method::GET, "/organization/invites"));
+        assert!(s.allows(&Method::DELETE, &cp("/organization/invites/i1")));
+        assert!(s.allows(&Method::PATCH, &cp("/organization/invites/i1")));
+        assert!(!s.allows(&Method::GET, &cp("/organization/invites")));
     }
 
     #[test]
     fn literal_path_is_exact() {
         let s = scope(&["GET /organization/users"]);
-        assert!(s.allows(&Method::GET, "/organization/users"));
-        assert!(!s.allows(&Method::GET, "/organization/users/u1"));
-        assert!(!s.allows(&Method::GET, "/organization/user%73"));
+        assert!(s.allows(&Method::GET, &cp("/organization/users")));
+        assert!(!s.allows(&Method::GET, &cp("/organization/users/u1")));
+        assert!(!s.allows(&Method::GET, &cp("/organization/user%73")));
         let all = scope(&["* /**"]);
-        assert!(all.allows(&Method::GET, ""));
-        assert!(all.allows(&Method::PUT, "/anything/at/all"));
+        assert!(all.allows(&Method::GET, &cp("")));
+        assert!(all.allows(&Method::PUT, &cp("/anything/at/all")));
     }
 
     #[test]

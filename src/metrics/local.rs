@@ -1,4 +1,4 @@
-//! The metrics every request writes, kept per thread ([`crate::shard`]) and
+//! The metrics every request writes, kept per thread ([`crate::per_thread`]) and
 //! summed when scraped, as nginx's workers keep their own counters.
 //!
 //! A shared Prometheus counter is one cache line that every core writes on
@@ -23,7 +23,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::labels::{MethodLabel, RequestLabels, RouteClass, RouteLabels, UpstreamLabels};
 use super::{ClientLabel, UpstreamOutcome};
-use crate::shard::PerThread;
+use crate::per_thread::PerThread;
 
 /// One request counted in flight. Only [`Local::request_opened`] makes
 /// one and only [`Local::request`] takes it, so every opened request is

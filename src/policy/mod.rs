@@ -19,7 +19,7 @@ use crate::cluster::SharedLimits;
 use crate::config::{ClientConfig, Scope};
 use crate::error::Result;
 use crate::metrics::ClientLabel;
-use crate::shard::{Handle, Handles};
+use crate::per_thread::{Handle, Handles};
 
 pub use auth::bearer;
 pub use limit::{format_reset, Decision, Limiter};

@@ -11,30 +11,26 @@
 //! anything but GET/HEAD that reached the upstream. This is the one place
 //! those are written, as Pingora's `logging()` phase is.
 //!
-//! [`Connection`] is one client connection's account: whether its first
-//! request has arrived (the server closes silent connections), and how many
-//! forwarded requests its client abandoned; past a bound the server sends
-//! GOAWAY, so resetting streams cannot be used to make the upstream work
-//! for nothing.
+//! [`ConnectionAccount`] is what a request tells the connection it came on
+//! (opened, closed, abandoned after it was forwarded) and asks of it (was
+//! it cut for the send deadline); the server's connection implements it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::body::{BoxBody, BoxError};
 use crate::cache::CacheStatus;
 use crate::headers::{RequestIds, X_REQUEST_ID};
 use crate::metrics::{ClientLabel, Metrics, Opened};
+use crate::per_thread::{Handle, Handles};
 use crate::policy::{Client, Decision};
-use crate::shard::{Handle, Handles};
 
 use super::route::RouteClass;
 
@@ -42,118 +38,55 @@ use super::route::RouteClass;
 /// the gateway answered (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
 
-/// Forwarded requests a connection's client may abandon per
-/// [`CANCEL_WINDOW`] before the connection is sent GOAWAY.
-pub const MAX_CANCELLED_FORWARDS: u32 = 50;
-
-/// The window [`MAX_CANCELLED_FORWARDS`] is counted over.
-pub const CANCEL_WINDOW: Duration = Duration::from_secs(10);
-
 /// The access line's `error` for a request whose connection was closed
 /// because its client took nothing of a response for
 /// `server.send_timeout_ms`.
 pub const SEND_TIMEOUT: &str =
     "send_timeout: the client took nothing for server.send_timeout_ms; connection closed";
 
-// === Connection ===
+// === ConnectionAccount ===
 
-/// One client connection's account, shared by its requests.
-#[derive(Debug, Default)]
-pub struct Connection {
-    /// The first request's headers have arrived.
-    first_request: AtomicBool,
-    /// Abandoned forwards in the current window.
-    cancelled: AtomicU32,
-    /// When the current window began (ms on the process clock).
-    window_start_ms: AtomicU64,
-    /// Signalled once the connection has earned a GOAWAY.
-    goaway: Notify,
-    /// Requests open now (their account not yet written).
-    open: AtomicU32,
-    /// When the last request ended (ms on the process clock).
-    last_active_ms: AtomicU64,
-    /// Closed because its client took nothing of a response for
-    /// `server.send_timeout_ms`.
-    send_timed_out: AtomicBool,
+/// What a request tells the connection it came on, and asks of it. The
+/// server's connection implements it (the idle, first-request and GOAWAY
+/// logic live there); the proxy sees only this, as imports run server →
+/// proxy.
+pub trait ConnectionAccount: Send + Sync {
+    /// A request on this connection opened its account.
+    fn request_opened(&self);
+
+    /// A request's account was written. `abandoned_forward`: it was handed
+    /// to the upstream and its client left before the answer.
+    fn request_closed(&self, abandoned_forward: bool);
+
+    /// True once the connection was closed because its client took
+    /// nothing of a response for `server.send_timeout_ms`.
+    fn cut_for_send_timeout(&self) -> bool;
 }
 
-impl Connection {
-    /// A new connection's account.
-    pub fn new() -> Arc<Self> {
-        let conn = Self::default();
-        conn.last_active_ms.store(clock_ms(), Ordering::Relaxed);
-        Arc::new(conn)
-    }
+/// A request's handle on its connection's account: one thin pointer, as
+/// the `Arc<Connection>` it replaces was. Every request's future is boxed
+/// and moved, and a bare `Arc<dyn ConnectionAccount>` (two words), held
+/// by both the handler's argument and the account, would add 16 bytes to
+/// it; this costs one allocation per connection instead.
+#[derive(Clone)]
+pub struct ConnectionRef(
+    /// The account, behind a second `Arc` so that the pointer is thin.
+    Arc<Arc<dyn ConnectionAccount>>,
+);
 
-    /// How long the connection has had no request open; `None` while one is.
-    pub fn idle_for(&self) -> Option<Duration> {
-        if self.open.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let last = self.last_active_ms.load(Ordering::Relaxed);
-        Some(Duration::from_millis(clock_ms().saturating_sub(last)))
-    }
-
-    fn opened(&self) {
-        self.open.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn closed(&self) {
-        self.last_active_ms.store(clock_ms(), Ordering::Relaxed);
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Notes that a request arrived.
-    pub fn request_arrived(&self) {
-        if !self.first_request.load(Ordering::Relaxed) {
-            self.first_request.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// True once the first request's headers have arrived.
-    pub fn has_had_a_request(&self) -> bool {
-        self.first_request.load(Ordering::Relaxed)
-    }
-
-    /// Notes that the connection is being closed because its client took
-    /// nothing of a response for `server.send_timeout_ms`: the requests
-    /// still open say so in their access lines.
-    pub fn send_timed_out(&self) {
-        self.send_timed_out.store(true, Ordering::Relaxed);
-    }
-
-    /// Resolves when the connection should be sent GOAWAY.
-    pub async fn goaway(&self) {
-        self.goaway.notified().await;
-    }
-
-    /// Counts a forwarded request whose client left before the answer.
-    fn cancelled_forward(&self) {
-        let now = clock_ms();
-        let start = self.window_start_ms.load(Ordering::Relaxed);
-        let window = CANCEL_WINDOW.as_millis() as u64;
-        let n = if now.saturating_sub(start) > window {
-            self.window_start_ms.store(now, Ordering::Relaxed);
-            self.cancelled.store(1, Ordering::Relaxed);
-            1
-        } else {
-            self.cancelled.fetch_add(1, Ordering::Relaxed) + 1
-        };
-        if n == MAX_CANCELLED_FORWARDS + 1 {
-            warn!(
-                abandoned = n,
-                window_secs = CANCEL_WINDOW.as_secs(),
-                "client keeps abandoning forwarded requests; sending GOAWAY"
-            );
-            self.goaway.notify_one();
-        }
+impl ConnectionRef {
+    /// A handle on `account`, made once per connection.
+    pub fn new(account: Arc<dyn ConnectionAccount>) -> Self {
+        Self(Arc::new(account))
     }
 }
 
-/// Milliseconds since the first call (a cheap monotonic clock).
-fn clock_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+impl std::ops::Deref for ConnectionRef {
+    type Target = dyn ConnectionAccount;
+
+    fn deref(&self) -> &Self::Target {
+        &**self.0
+    }
 }
 
 // === Access ===
@@ -178,7 +111,7 @@ pub(super) struct Access {
     /// `Metrics::request` exactly once when the account is written.
     opened: Option<Opened>,
     /// The connection it came on, when served by the server.
-    conn: Option<Arc<Connection>>,
+    conn: Option<ConnectionRef>,
     /// When it arrived.
     start: Instant,
     /// Its method.
@@ -210,13 +143,13 @@ impl Access {
     /// Opens the account of a request with `method` on `path`.
     pub(super) fn open(
         metrics: &Handles<Metrics>,
-        conn: Option<Arc<Connection>>,
+        conn: Option<ConnectionRef>,
         method: &Method,
         path: &str,
     ) -> Self {
         let opened = Some(metrics.request_opened());
         if let Some(c) = &conn {
-            c.opened();
+            c.request_opened();
         }
         Self {
             metrics: metrics.local(),
@@ -298,10 +231,7 @@ impl Drop for Access {
             None => (CLIENT_CLOSED, "-"),
         };
         if let Some(conn) = &self.conn {
-            if self.answered.is_none() && self.forwarded {
-                conn.cancelled_forward();
-            }
-            conn.closed();
+            conn.request_closed(self.answered.is_none() && self.forwarded);
         }
         let counted = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         let route = self.route.as_str();
@@ -315,10 +245,7 @@ impl Drop for Access {
         let (method, client) = (self.method.as_str(), client.as_str());
         // Cut for the send deadline while this body was still being sent:
         // whatever it had handed over, the client did not get it all.
-        let cut = self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.send_timed_out.load(Ordering::Relaxed));
+        let cut = self.conn.as_ref().is_some_and(|c| c.cut_for_send_timeout());
         let (body, bytes) = match self.body {
             (BodyEnd::None, _) => ("-", 0),
             (BodyEnd::Complete, n) if !cut => ("complete", n),

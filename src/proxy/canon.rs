@@ -18,11 +18,12 @@
 use std::borrow::Cow;
 
 use crate::error::{GatewayError, Result};
+use crate::path::CanonicalPath;
 
 /// The canonical spelling of `rest` (the raw path after the prefix: empty
 /// or starting with `/`), or 400 `invalid_path`. Borrows when `rest` has no
-/// escapes to rewrite.
-pub fn canonicalize(rest: &str) -> Result<Cow<'_, str>> {
+/// escapes to rewrite. The only maker of a [`CanonicalPath`].
+pub fn canonicalize(rest: &str) -> Result<CanonicalPath<'_>> {
     let bytes = rest.as_bytes();
     let mut out: Option<String> = None;
     let mut i = 0;
@@ -71,7 +72,7 @@ pub fn canonicalize(rest: &str) -> Result<Cow<'_, str>> {
     if has_unicode_control(&path) {
         return Err(GatewayError::InvalidPath);
     }
-    Ok(path)
+    Ok(CanonicalPath::checked(path))
 }
 
 /// True when `path`, escapes decoded, holds a control character beyond
@@ -201,6 +202,7 @@ mod tests {
     fn ok(p: &str) -> String {
         canonicalize(p)
             .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .into_inner()
             .into_owned()
     }
 
@@ -213,7 +215,10 @@ mod tests {
         assert_eq!(ok("/organization/user%73"), "/organization/users");
         assert_eq!(ok("/echo/a%20b%2b%3a"), "/echo/a%20b%2B%3A");
         assert_eq!(ok("/x/%7E%5f"), "/x/~_");
-        assert!(matches!(canonicalize("/plain/path"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            canonicalize("/plain/path").map(CanonicalPath::into_inner),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
@@ -442,7 +447,7 @@ mod tests {
             ] {
                 let seen = unreserved(&normalised);
                 prop_assert!(
-                    scope.allows(&Method::GET, &seen),
+                    scope.allows(&Method::GET, &CanonicalPath::unchecked(&seen)),
                     "{path:?} accepted as {canonical:?}, but {name} makes it {seen:?}"
                 );
             }

@@ -22,6 +22,8 @@
 
 use http::Method;
 
+use crate::path::CanonicalPath;
+
 /// What one write evicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Evicts {
@@ -284,10 +286,11 @@ pub fn is_write(method: &Method) -> bool {
 
 /// What the write `method` on the canonical path `rest` evicts (reads
 /// and `OPTIONS` evict nothing).
-pub fn plan<'a>(method: &Method, rest: &'a str) -> Plan<'a> {
+pub fn plan<'a>(method: &Method, rest: &'a CanonicalPath<'_>) -> Plan<'a> {
     if !is_write(method) {
         return Plan::Nothing;
     }
+    let rest = rest.as_str();
     let path = rest.strip_suffix('/').unwrap_or(rest);
     for rule in RULES {
         if rule.method != method.as_str() {

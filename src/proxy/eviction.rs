@@ -29,7 +29,8 @@ use super::evict::Plan;
 use super::Gateway;
 use crate::body::{BoxBody, RequestBody};
 use crate::error::Result;
-use crate::upstream::{buffer, spawn_lasting};
+use crate::runtime::spawn_lasting;
+use crate::upstream::buffer;
 
 /// A [`Plan`] owned by the write's task.
 #[derive(Debug, Clone)]

@@ -3,12 +3,11 @@
 //! 2 authenticate, 3 the client's rate limit and scope, 4 serve.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use http::{HeaderMap, Request, Response, StatusCode};
 use tracing::debug;
 
-use super::access::{audit, Access, Connection};
+use super::access::{audit, Access, ConnectionRef};
 use super::canon::{canonicalize, decode_segment};
 use super::eviction::{resolve, Eviction, Outcome, Planned};
 use super::route::{allowed_method, classify, strip_prefix, Route};
@@ -18,8 +17,10 @@ use crate::body::{BoxBody, RequestBody};
 use crate::cache::{bypasses, CacheStatus, CACHE_STATUS};
 use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;
+use crate::path::CanonicalPath;
 use crate::policy::Decision;
-use crate::upstream::{buffer, spawn_lasting};
+use crate::runtime::spawn_lasting;
+use crate::upstream::buffer;
 
 /// What a request's phases need to know about where it is going.
 struct Target<'a> {
@@ -42,7 +43,7 @@ impl Gateway {
     pub async fn handle_on<B: RequestBody>(
         &self,
         req: Request<B>,
-        conn: Option<Arc<Connection>>,
+        conn: Option<ConnectionRef>,
     ) -> Response<BoxBody> {
         let shared = &*self.shared;
         let mut access = Access::open(
@@ -89,7 +90,7 @@ impl Gateway {
     async fn admit<B: RequestBody>(
         &self,
         req: &Request<B>,
-        canonical: &str,
+        canonical: &CanonicalPath<'_>,
         access: &mut Access,
     ) -> Result<()> {
         let client = self.shared.clients.load().authenticate(req.headers())?;

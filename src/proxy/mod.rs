@@ -12,7 +12,9 @@
 //!   ([`RULES`]); `eviction` carries one write's row out (body `user_id`,
 //!   generations before and after, the bus, unknown outcomes).
 //! - `access`: the per-request account (metrics, in-flight gauge, access
-//!   and audit lines), written once on every exit, cancellation included.
+//!   and audit lines), written once on every exit, cancellation included,
+//!   and [`ConnectionAccount`], what a request tells the server's
+//!   connection it came on (through a [`ConnectionRef`]).
 //! - `unfinished`: the guard of a write's task, which evicts and audits a
 //!   write dropped before it ended (shutdown).
 //!
@@ -21,7 +23,8 @@
 //! so hyper dropping the request future at any `.await` gives it all back:
 //! `docs/ledger.md` lists each one, and `tests/cancellation.rs` checks it.
 //!
-//! Public surface: [`Gateway`], [`canonicalize`], [`classify`], [`Route`],
+//! Public surface: [`Gateway`], [`ConnectionAccount`], [`ConnectionRef`],
+//! [`canonicalize`], [`classify`], [`Route`],
 //! [`RouteClass`], [`user_id_of`], the dependency table ([`RULES`],
 //! [`plan`]), and the pieces the benches and fuzzers
 //! drive alone.
@@ -49,11 +52,11 @@ use crate::cluster::{Bus, Evict, SharedLimits};
 use crate::config::Config;
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
+use crate::per_thread::Handles;
 use crate::policy::ClientTable;
-use crate::shard::Handles;
 use crate::upstream::Upstream;
 
-pub use access::{Connection, CANCEL_WINDOW, CLIENT_CLOSED, MAX_CANCELLED_FORWARDS, SEND_TIMEOUT};
+pub use access::{ConnectionAccount, ConnectionRef, CLIENT_CLOSED, SEND_TIMEOUT};
 pub use canon::{canonicalize, decode_segment, user_id_of};
 pub use evict::{is_write, plan, Evicts, Plan, Rule, RULES};
 pub use route::{allowed_method, classify, strip_prefix, Route, RouteClass, MAX_USER_ID_LEN};

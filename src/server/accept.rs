@@ -6,7 +6,7 @@
 //! within `server.header_read_timeout_ms` of accept (TLS handshake and the
 //! HTTP/2 preface included), or it is closed; and a client that keeps
 //! abandoning forwarded requests is sent GOAWAY
-//! ([`crate::proxy::Connection`] keeps the count). A connection whose
+//! ([`Connection`] keeps the count). A connection whose
 //! client takes nothing of a response for `server.send_timeout_ms` is
 //! closed (see [`super::progress`]).
 //!
@@ -35,8 +35,9 @@ use tracing::{debug, error, warn};
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::proxy::{Connection, Gateway};
+use crate::proxy::{ConnectionRef, Gateway};
 
+use super::connection::Connection;
 use super::progress::{SendProgress, WatchedBody, WatchedIo};
 
 /// Accepts public connections and serves each on its own task.
@@ -156,6 +157,7 @@ impl Acceptor {
         let service = ConnService(Arc::new(ConnState {
             gateway: self.gateway.clone(),
             conn: watch.account.clone(),
+            account: ConnectionRef::new(watch.account.clone()),
             progress: progress.clone(),
         }));
         let tls = self.tls.clone();
@@ -302,6 +304,8 @@ struct ConnState {
     gateway: Gateway,
     /// This connection's account.
     conn: Arc<Connection>,
+    /// The same account, as its requests see it.
+    account: ConnectionRef,
     /// This connection's waits on its peer; every response body is
     /// watched (see [`super::progress`]).
     progress: Arc<SendProgress>,
@@ -317,7 +321,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let state = self.0.clone();
         let h2 = req.version() == Version::HTTP_2;
         Box::pin(async move {
-            let conn = state.conn.clone();
+            let conn = state.account.clone();
             let resp = state.gateway.handle_on(req, Some(conn)).await;
             Ok(resp.map(|body| WatchedBody::new(body, state.progress.clone(), h2)))
         })

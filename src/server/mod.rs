@@ -19,6 +19,11 @@
 //!
 //! - `accept`: the public accept loop, the connection bound (one for all
 //!   workers), TLS and HTTP/1 and HTTP/2 serving of each connection.
+//! - `connection`: one connection's account, which `accept` drives: its
+//!   first request, idleness, and the GOAWAY for a client that keeps
+//!   abandoning forwarded requests ([`MAX_CANCELLED_FORWARDS`] per
+//!   [`CANCEL_WINDOW`]). Requests reach it through
+//!   [`crate::proxy::ConnectionAccount`].
 //! - `progress`: the send deadline (`server.send_timeout_ms`): what the
 //!   client has not taken of the responses sent to it.
 //! - `listen`: binding the public listeners (`SO_REUSEPORT`) and the admin
@@ -32,10 +37,11 @@
 //! - [`watch`]: reload when the config, admin key or TLS files change.
 //!
 //! Public surface: [`Server`], [`Reloader`], [`ReloadError`], [`admin`],
-//! [`tls`], [`shutdown`].
+//! [`tls`], [`shutdown`], [`MAX_CANCELLED_FORWARDS`], [`CANCEL_WINDOW`].
 
 mod accept;
 pub mod admin;
+mod connection;
 mod listen;
 mod progress;
 mod reload;
@@ -58,10 +64,11 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::upstream::worker::Lasting;
+use crate::runtime::Lasting;
 
 use accept::Acceptor;
 use admin::Admin;
+pub use connection::{CANCEL_WINDOW, MAX_CANCELLED_FORWARDS};
 pub use reload::{ReloadError, Reloader, Trigger};
 use tls::CertStore;
 use workers::Workers;
@@ -151,7 +158,7 @@ impl Server {
         let gateway_for_exit = gateway.clone();
         let acceptor = Arc::new(Acceptor::new(&settings, gateway, tls));
         // Writes whose clients left run here, on the runtime that outlives
-        // the workers (see `upstream::spawn_lasting`).
+        // the workers (see `runtime::spawn_lasting`).
         let lasting = Lasting::current();
         let mut workers = match Workers::start(public, acceptor, settings.shutdown_grace, &lasting)
         {

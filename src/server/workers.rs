@@ -1,7 +1,7 @@
 //! The workers, as nginx runs them: `server.workers` OS threads named
 //! `gateway-worker-N`, each with a current-thread runtime of its own, its
 //! own public listener (`SO_REUSEPORT`), its own set of connections and its
-//! own upstream pool (see [`crate::upstream::worker`]). Nothing is stolen
+//! own upstream pool (see [`crate::runtime`]). Nothing is stolen
 //! between them: a connection and everything it spawns stay on the thread
 //! that accepted it.
 //!
@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use super::accept::Acceptor;
-use crate::upstream::worker::{self, Lasting};
+use crate::runtime::{self, Lasting};
 
 /// How a worker ended.
 #[derive(Debug)]
@@ -130,8 +130,8 @@ fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    worker::enter(index, lasting);
-    crate::shard::claim(index);
+    runtime::enter(index, lasting);
+    crate::per_thread::claim(index);
     let served = runtime.block_on(serve(index, listener, acceptor, stop, grace));
     // What is left (pooled connections, a blocking DNS lookup) must not
     // keep the process past its deadline.

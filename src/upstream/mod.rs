@@ -5,11 +5,9 @@
 //!   roots plus an optional extra CA), HTTP/2 when the upstream offers it
 //!   over ALPN, the admin key swapped in, a time-to-headers timeout, and a
 //!   global cap on concurrent upstream requests with a bounded wait queue.
-//!   One pool per server worker (picked by the calling thread, see
-//!   [`worker`]) plus a shared one for every other thread; the cap and the
-//!   queue stay global.
-//! - [`worker`]: the calling thread's worker index, and
-//!   [`spawn_lasting`] for work that must outlive a worker.
+//!   One pool per server worker (picked by the calling thread's
+//!   [`crate::runtime::index`]) plus a shared one for every other thread;
+//!   the cap and the queue stay global.
 //! - `connect`: the rustls client config and a deadline on the whole
 //!   connect (TCP and TLS).
 //! - `queue`: the concurrency cap and its bounded wait queue; a waiting
@@ -23,15 +21,13 @@
 //! - `auth`: an upstream 401, or a 403 naming the key, means the upstream
 //!   refused the admin key; such a response never reaches a client.
 //!
-//! Public surface: [`Upstream`], [`tls_client_config`], [`buffer`],
-//! [`worker`], [`spawn_lasting`].
+//! Public surface: [`Upstream`], [`tls_client_config`], [`buffer`].
 
 mod auth;
 pub mod buffer;
 mod connect;
 mod queue;
 mod slot;
-pub mod worker;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +46,7 @@ use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, TimeoutPhase, UpstreamOutcome};
+use crate::runtime;
 use crate::secret::AdminKey;
 
 use auth::Forbidden;
@@ -57,7 +54,6 @@ pub use connect::tls_client_config;
 use connect::ConnectTimeout;
 use queue::Slots;
 use slot::SlotBody;
-pub use worker::spawn_lasting;
 
 /// The pooled HTTP/1.1 + HTTP/2 client.
 type Pool = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, BoxBody>;
@@ -257,7 +253,7 @@ impl Upstream {
 
     /// The calling worker's pool, or the shared one off the workers.
     fn pool(&self) -> &Pool {
-        worker::index()
+        runtime::index()
             .and_then(|i| self.workers.get(i))
             .unwrap_or(&self.shared)
     }
@@ -379,7 +375,7 @@ mod tests {
         })
         .expect("config");
         let up = Arc::new(Upstream::new(&cfg.upstream, Arc::new(Metrics::new())).expect("client"));
-        let lasting = main.block_on(async { worker::Lasting::current() });
+        let lasting = main.block_on(async { runtime::Lasting::current() });
         // Worker 0 sends twice and then stops polling its runtime (parked on the barrier)
         // while worker 1 sends: a connection worker 1 borrowed from worker 0 would hang.
         let (w0_done, all_done) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
@@ -388,7 +384,7 @@ mod tests {
                 let (up, lasting) = (up.clone(), lasting.clone());
                 let (w0_done, all_done) = (w0_done.clone(), all_done.clone());
                 std::thread::spawn(move || {
-                    worker::enter(index, lasting);
+                    runtime::enter(index, lasting);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

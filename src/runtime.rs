@@ -1,10 +1,12 @@
 //! Which server worker the current thread is, and where work that must
-//! outlive a worker runs.
+//! outlive a worker runs: a runtime concept, in a leaf that `server` (which
+//! starts the workers), `proxy` (which spawns lasting writes) and
+//! `upstream` (which keeps a pool per worker) all import.
 //!
 //! The server runs each worker on an OS thread of its own with a
 //! current-thread runtime, and calls [`enter`] there first. [`index`] then
-//! picks that worker's upstream pool (see [`Upstream`](super::Upstream)), so
-//! the connection tasks the pool spawns live on the same runtime as the
+//! picks that worker's upstream pool (see `upstream::Upstream`), so the
+//! connection tasks the pool spawns live on the same runtime as the
 //! requests that use them: a pass-through request wakes no other thread.
 //! Threads that never called [`enter`] (the main runtime, tests) use the
 //! shared pool.
