@@ -7,10 +7,6 @@ use support::*;
 
 const USER_PATH: &str = "/v1/organization/users/user_abc";
 
-fn stored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss; stored")
-}
-
 #[tokio::test]
 async fn health_and_readiness_are_on_the_admin_listener_only() {
     let (_upstream, gw) = start_pair().await;

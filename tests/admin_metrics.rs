@@ -20,10 +20,6 @@ fn user_path(id: &str) -> String {
     format!("/v1/organization/users/{id}")
 }
 
-fn stored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss; stored")
-}
-
 // === a small Prometheus / OpenMetrics text parser ===
 
 /// One sample line: `name{k="v",...} value`.

@@ -10,6 +10,7 @@ use http::Method;
 use serde_json::{json, Value};
 use support::process::{GatewayProcess, TempDir};
 use support::redis::Redis;
+use support::replica::role;
 use support::upstream::Fault;
 use support::*;
 
@@ -122,11 +123,6 @@ impl Replica {
 
 /// Messages a replica took off the bus (its own are not counted).
 const RECEIVED: &str = "gateway_invalidations_received_total";
-
-fn role(resp: &TestResponse) -> String {
-    resp.assert_status(200);
-    resp.json()["role"].as_str().unwrap_or_default().to_string()
-}
 
 async fn three(upstream: &Upstream, redis: &Redis) -> [Replica; 3] {
     [

@@ -10,7 +10,7 @@ use std::process::Command;
 use http::Method;
 use serde_json::json;
 use support::redis::Redis;
-use support::replica::Replica;
+use support::replica::{role, Replica};
 use support::*;
 
 const USER_PATH: &str = "/v1/organization/users/user_abc";
@@ -31,11 +31,6 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
         "{args:?}: {text}"
     );
     text
-}
-
-fn role(resp: &TestResponse) -> String {
-    resp.assert_status(200);
-    resp.json()["role"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

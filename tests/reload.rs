@@ -19,10 +19,6 @@ const ADDED_KEY: &str = "gwk_added_by_reload_key_000000000000000000000000000000"
 const DOOMED_KEY: &str = "gwk_doomed_client_key_dddddddddddddddddddddddddddddddd";
 const LIMITED_KEY: &str = "gwk_limited_client_key_llllllllllllllllllllllllllllll";
 
-fn stored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss; stored")
-}
-
 fn as_key(gw: &TestGateway, key: &str, method: Method, path: &str) -> Req {
     gw.req(method, path).bearer(key)
 }

@@ -79,14 +79,6 @@ async fn start(knobs: Knobs) -> (Upstream, TestGateway) {
     (upstream, gw)
 }
 
-fn stored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss; stored")
-}
-
-fn unstored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss")
-}
-
 /// `Cache-Status` of stale-if-error, `past` seconds after the TTL.
 fn stale_error(fwd_status: Option<u16>, past: u64) -> String {
     match fwd_status {

@@ -19,7 +19,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::pki::{Leaf, Pki};
+use support::pki::{with_tls, Leaf, Pki};
 use support::process::{
     drain, output_text, run_cli, text_of, wait_timeout, Captured, GatewayProcess,
 };
@@ -30,19 +30,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 const USER_PATH: &str = "/v1/organization/users/user_abc";
-
-// === TLS config ===
-
-/// `toml` (as rendered by `GatewayConfig::toml`) with `tls_cert` / `tls_key` in `[server]`.
-fn with_tls(toml: &str, cert: &Path, key: &Path) -> String {
-    assert!(toml.starts_with("[server]\n"), "unexpected config:\n{toml}");
-    let lines = format!(
-        "[server]\ntls_cert = {:?}\ntls_key = {:?}\n",
-        cert.to_str().expect("utf-8 path"),
-        key.to_str().expect("utf-8 path")
-    );
-    toml.replacen("[server]\n", &lines, 1)
-}
 
 // === TLS clients ===
 

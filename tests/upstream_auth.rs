@@ -250,18 +250,6 @@ async fn a_refused_admin_key_is_502_everywhere_counted_logged_and_never_shown() 
     }
 }
 
-/// Every stderr line as a JSON object; fails the test on any other line.
-#[track_caller]
-fn json_lines(log: &str) -> Vec<Map<String, Value>> {
-    log.lines()
-        .enumerate()
-        .map(|(i, line)| match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(map)) => map,
-            _ => panic!("stderr line {} is not a JSON object: {line:?}", i + 1),
-        })
-        .collect()
-}
-
 // === in process: what is relayed, what is cached ===
 
 #[tokio::test]

@@ -1,14 +1,9 @@
 //! The send deadline over TLS.
 
 use super::*;
+use support::pki::with_tls;
 
 // === 6. TLS ===
-
-/// `toml` with `tls_cert` / `tls_key` in `[server]`.
-fn with_tls(toml: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
-    let lines = format!("[server]\ntls_cert = {cert:?}\ntls_key = {key:?}\n");
-    toml.replacen("[server]\n", &lines, 1)
-}
 
 /// A TLS connection over `tcp` trusting `ca`, offering `alpn`.
 async fn tls_over(

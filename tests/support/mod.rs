@@ -25,6 +25,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod body;
+pub mod cache_status;
 pub mod client;
 pub mod gateway;
 pub mod logs;
@@ -40,6 +41,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use body::{channel_body, empty, full, BodySender, TestBody};
+pub use cache_status::{bypass, stored_miss, unstored_miss};
 pub use client::{
     assert_no_ratelimit_headers, assert_openai_error, h1_connect, parse_reset, ratelimit_headers,
     req, send_on, Req, TestResponse,
@@ -48,7 +50,7 @@ pub use gateway::{
     allow, client_toml, config_toml, parse_config, rate_limit, sha256_hex, start_gateway,
     start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
 };
-pub use logs::{log_field, strip_ansi};
+pub use logs::{json_lines, log_field, strip_ansi};
 pub use metrics::assert_settled;
 pub use metrics::{config_reloads, metric};
 pub use upstream::{pattern_chunk, start_upstream, Fault, Upstream};

@@ -1,7 +1,7 @@
 //! A test PKI made fresh by rcgen: a CA written to `ca.pem` in a temp directory, and leaf
 //! certificates for `localhost` and `127.0.0.1` signed by it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -91,4 +91,15 @@ impl Pki {
             self.dir.write("key.pem", key_pem),
         )
     }
+}
+
+/// `toml` (a test config, which starts with `[server]`) serving TLS with `cert` and `key`.
+pub fn with_tls(toml: &str, cert: &Path, key: &Path) -> String {
+    assert!(toml.starts_with("[server]\n"), "unexpected config:\n{toml}");
+    let lines = format!(
+        "[server]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        cert.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path")
+    );
+    toml.replacen("[server]\n", &lines, 1)
 }

@@ -109,3 +109,9 @@ impl Replica {
         }
     }
 }
+
+/// The `role` of the user in a 200 answer (fails the test on any other status).
+pub fn role(resp: &TestResponse) -> String {
+    resp.assert_status(200);
+    resp.json()["role"].as_str().unwrap_or_default().to_string()
+}
