@@ -11,7 +11,6 @@ use support::upstream::gzip_stored;
 use support::*;
 
 const USER: &str = "user_abc";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 
 #[tokio::test]
 async fn miss_then_hit_serves_stored_bytes_with_one_upstream_call() {

@@ -15,7 +15,6 @@ use support::upstream::Fault;
 use support::*;
 
 const USER: &str = "user_abc";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 
 struct Replica {
     gw: GatewayProcess,

@@ -13,7 +13,6 @@ use support::redis::Redis;
 use support::replica::{role, Replica};
 use support::*;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// The Redis user replica A logs in as, so that its rights can be taken away alone.
 const A_USER: &str = "replica_a";
 const A_PASSWORD: &str = "replica-a-password";

@@ -11,8 +11,6 @@ use support::upstream::Fault;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
-
 /// Every hostile spelling tried, for the scoped reader (`GET /organization/users/**`) and a
 /// full client. Each must be 400 `invalid_path` and never reach the upstream.
 const HOSTILE: &[&str] = &[

@@ -29,8 +29,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
-
 // === TLS clients ===
 
 /// A rustls client config trusting only `ca`, offering `alpn`.

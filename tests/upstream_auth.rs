@@ -15,7 +15,6 @@ use support::process::{GatewayProcess, TempDir};
 use support::upstream::{masked_admin_key, KeyRefusal};
 use support::*;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 const AUTH_FAILURES: &str = "gateway_upstream_auth_failures_total";
 
 // === what a leak would look like ===

@@ -25,6 +25,11 @@ pub fn sha256_hex(key: &str) -> String {
         .collect()
 }
 
+/// The path of user `id`: `/v1/organization/users/{id}`.
+pub fn user_path(id: &str) -> String {
+    format!("/v1/organization/users/{id}")
+}
+
 // === GatewayConfig ===
 
 /// The settings tests vary, rendered to TOML by [`GatewayConfig::toml`]. Defaults are short
@@ -238,7 +243,7 @@ impl TestGateway {
 
     /// `GET /v1/organization/users/{id}` as `test-client`.
     pub async fn get_user(&self, id: &str) -> TestResponse {
-        self.get(&format!("/v1/organization/users/{id}")).await
+        self.get(&user_path(id)).await
     }
 
     /// A request to the admin listener (no client key).

@@ -48,7 +48,7 @@ pub use client::{
 };
 pub use gateway::{
     allow, client_toml, config_toml, parse_config, rate_limit, sha256_hex, start_gateway,
-    start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
+    start_pair, start_pair_with, user_path, with_upstream_keys, GatewayConfig, TestGateway,
 };
 pub use logs::{json_lines, log_field, strip_ansi};
 pub use metrics::assert_settled;
@@ -66,6 +66,8 @@ pub const CLIENT_KEY: &str = "gwk_test_client_key_0123456789abcdefghijklmnopqrst
 pub const OTHER_CLIENT_KEY: &str = "gwk_other_client_key_zyxwvutsrqponmlkjihgfedcba9876";
 /// A well-formed key that no config knows.
 pub const UNKNOWN_KEY: &str = "gwk_unknown_key_00000000000000000000000000000000000";
+/// The path of the user most tests read (`user_abc`, the seeded owner).
+pub const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// Name of the gateway in `Cache-Status`.
 pub const CACHE_NAME: &str = "openai-admin-gateway";
 
