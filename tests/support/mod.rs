@@ -4,15 +4,18 @@
 //! - [`upstream`]: an in-process fake of the OpenAI Admin API (users routes, an echo route,
 //!   SSE, big streamed bodies, uploads) with per-test failure injection (delays, gates, error
 //!   statuses, broken bodies) and counters: requests per route, wrong `Authorization`, requests
-//!   in flight and their peak.
+//!   in flight and their peak. One file per part under `upstream/`: `routes`, `faults`,
+//!   `rewrite`, `counters`, `users`, `projects`, `streams`, `echo`, `reply`.
 //! - [`gateway`]: starts the gateway in-process on `127.0.0.1:0` through the library API
 //!   (`Config::parse`, `Server::bind`, `Server::run`) and builds test configs.
 //! - [`client`]: a small HTTP/1.1 and h2c client (also on one kept-alive connection) plus
 //!   assertion helpers for responses (OpenAI errors, `x-ratelimit-*` headers).
 //! - [`logs`]: finding `key=value` fields in the gateway's text or JSON log lines, with the
-//!   text format's ANSI colours stripped.
-//! - [`metrics`]: sums of Prometheus samples by name and labels, and the config reload
-//!   counters of a gateway's admin listener.
+//!   text format's ANSI colours stripped, and JSON log lines parsed.
+//! - [`metrics`]: sums of Prometheus samples by name and labels ([`metric`]), one exact
+//!   series of a parsed scrape ([`metrics::Scrape`]), and the config reload counters of a
+//!   gateway's admin listener.
+//! - [`cache_status`]: the `Cache-Status` values tests expect (stored miss, miss, bypass).
 //! - [`body`]: a channel-backed streaming body used by both sides.
 //! - [`process`]: runs the real binary (temp config files, stdout/stderr capture, signals to
 //!   its pid: SIGHUP, SIGTERM, SIGINT).
