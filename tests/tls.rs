@@ -19,7 +19,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::pki::{with_tls, Leaf, Pki};
+use support::pki::{client_config, with_tls, Leaf, Pki};
 use support::process::{
     drain, output_text, run_cli, text_of, wait_timeout, Captured, GatewayProcess,
 };
@@ -30,20 +30,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 // === TLS clients ===
-
-/// A rustls client config trusting only `ca`, offering `alpn`.
-fn client_config(ca: &CertificateDer<'static>, alpn: &[&str]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).expect("add the test CA");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    cfg
-}
 
 /// Connects to `addr` and completes a TLS handshake for `server_name`.
 async fn tls_connect(

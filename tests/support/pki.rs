@@ -2,6 +2,7 @@
 //! certificates for `localhost` and `127.0.0.1` signed by it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -102,4 +103,18 @@ pub fn with_tls(toml: &str, cert: &Path, key: &Path) -> String {
         key.to_str().expect("utf-8 path")
     );
     toml.replacen("[server]\n", &lines, 1)
+}
+
+/// A rustls client config trusting only `ca`, offering `alpn`.
+pub fn client_config(ca: &CertificateDer<'static>, alpn: &[&str]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("add the test CA");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    cfg
 }
