@@ -32,19 +32,8 @@ impl Replica {
             "{extra_client}\n[redis]\nurl = {:?}\ntimeout_ms = 200\n",
             redis.url()
         );
-        let toml = cfg
-            .toml()
-            .replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
-        let path = dir.write("gateway.toml", &toml);
-        let mut gw = GatewayProcess::spawn_args(
-            &["--config", path.to_str().expect("utf-8 path")],
-            &[
-                (ADMIN_KEY_ENV, ADMIN_KEY),
-                ("RUST_LOG", "info,openai_admin_gateway::cluster=debug"),
-            ],
-        );
-        gw.wait_listening(addr).await;
-        gw.wait_listening(admin).await;
+        let log = "info,openai_admin_gateway::cluster=debug";
+        let gw = GatewayProcess::spawn_json(&dir, &cfg.toml(), log, addr, admin).await;
         let r = Replica {
             gw,
             addr,
