@@ -11,19 +11,6 @@ use support::upstream::gzip_stored;
 use support::*;
 
 const USER: &str = "user_abc";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
-
-fn stored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss; stored")
-}
-
-fn unstored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss")
-}
-
-fn bypass() -> String {
-    format!("{CACHE_NAME}; fwd=bypass")
-}
 
 #[tokio::test]
 async fn miss_then_hit_serves_stored_bytes_with_one_upstream_call() {

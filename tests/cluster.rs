@@ -10,11 +10,11 @@ use http::Method;
 use serde_json::{json, Value};
 use support::process::{GatewayProcess, TempDir};
 use support::redis::Redis;
+use support::replica::role;
 use support::upstream::Fault;
 use support::*;
 
 const USER: &str = "user_abc";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 
 struct Replica {
     gw: GatewayProcess,
@@ -32,19 +32,8 @@ impl Replica {
             "{extra_client}\n[redis]\nurl = {:?}\ntimeout_ms = 200\n",
             redis.url()
         );
-        let toml = cfg
-            .toml()
-            .replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
-        let path = dir.write("gateway.toml", &toml);
-        let mut gw = GatewayProcess::spawn_args(
-            &["--config", path.to_str().expect("utf-8 path")],
-            &[
-                (ADMIN_KEY_ENV, ADMIN_KEY),
-                ("RUST_LOG", "info,openai_admin_gateway::cluster=debug"),
-            ],
-        );
-        gw.wait_listening(addr).await;
-        gw.wait_listening(admin).await;
+        let log = "info,openai_admin_gateway::cluster=debug";
+        let gw = GatewayProcess::spawn_json(&dir, &cfg.toml(), log, addr, admin).await;
         let r = Replica {
             gw,
             addr,
@@ -122,11 +111,6 @@ impl Replica {
 
 /// Messages a replica took off the bus (its own are not counted).
 const RECEIVED: &str = "gateway_invalidations_received_total";
-
-fn role(resp: &TestResponse) -> String {
-    resp.assert_status(200);
-    resp.json()["role"].as_str().unwrap_or_default().to_string()
-}
 
 async fn three(upstream: &Upstream, redis: &Redis) -> [Replica; 3] {
     [

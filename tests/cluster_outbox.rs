@@ -10,10 +10,9 @@ use std::process::Command;
 use http::Method;
 use serde_json::json;
 use support::redis::Redis;
-use support::replica::Replica;
+use support::replica::{role, Replica};
 use support::*;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// The Redis user replica A logs in as, so that its rights can be taken away alone.
 const A_USER: &str = "replica_a";
 const A_PASSWORD: &str = "replica-a-password";
@@ -31,11 +30,6 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
         "{args:?}: {text}"
     );
     text
-}
-
-fn role(resp: &TestResponse) -> String {
-    resp.assert_status(200);
-    resp.json()["role"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

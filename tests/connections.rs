@@ -536,14 +536,7 @@ async fn a_response_body_that_breaks_off_is_logged_incomplete() {
     let dir = TempDir::new("conn-logs");
     let mut cfg = GatewayConfig::new(&upstream.base_url());
     let (addr, admin) = cfg.free_ports();
-    let toml = with_server_keys(&cfg.toml(), "log_format = \"json\"");
-    let config = dir.write("gateway.toml", &toml);
-    let mut cmd = GatewayProcess::command(&["--config", config.to_str().expect("utf-8 path")]);
-    cmd.env("RUST_LOG", "info").env(ADMIN_KEY_ENV, ADMIN_KEY);
-    let mut gw = GatewayProcess::start(cmd);
-    for a in [addr, admin] {
-        gw.wait_listening(a).await;
-    }
+    let mut gw = GatewayProcess::spawn_json(&dir, &cfg.toml(), "info", addr, admin).await;
     let url = |path: &str| format!("http://{addr}{path}");
 
     let broken = req(

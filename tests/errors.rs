@@ -9,8 +9,6 @@ use http::Method;
 use support::process::free_addr;
 use support::*;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
-
 #[tokio::test]
 async fn missing_or_malformed_client_key_is_401_and_never_reaches_upstream() {
     let (upstream, gw) = start_pair().await;

@@ -71,13 +71,6 @@ fn affected(rule: &Rule) -> Vec<&'static str> {
     }
 }
 
-async fn prime(gw: &TestGateway) {
-    for id in PRIMED {
-        gw.get_user(id).await.assert_status(200);
-        gw.get_user(id).await.hit_ttl();
-    }
-}
-
 /// The next retrieve of `id` is a miss that shows what the upstream holds now.
 async fn assert_fresh(upstream: &Upstream, gw: &TestGateway, id: &str, what: &str) {
     let r = gw.get_user(id).await;
@@ -101,7 +94,7 @@ async fn assert_fresh(upstream: &Upstream, gw: &TestGateway, id: &str, what: &st
 async fn every_row_evicts_its_users_and_only_them() {
     for rule in RULES {
         let (upstream, gw) = start_pair().await;
-        prime(&gw).await;
+        gw.prime(PRIMED).await;
         let path = concrete(rule);
         let what = format!("{} {path}", rule.method);
         let method = Method::from_bytes(rule.method.as_bytes()).expect("method");
@@ -123,7 +116,7 @@ async fn every_row_evicts_its_users_and_only_them() {
 #[tokio::test]
 async fn membership_and_project_writes_show_on_the_next_retrieve() {
     let (upstream, gw) = start_pair().await;
-    prime(&gw).await;
+    gw.prime(PRIMED).await;
     let projects = |r: &TestResponse| r.json()["projects"]["data"].clone();
     // Add by body.
     let add = json!({"user_id": "user_0002", "role": "owner"});
@@ -170,7 +163,7 @@ async fn membership_and_project_writes_show_on_the_next_retrieve() {
 #[tokio::test]
 async fn a_body_the_gateway_does_not_read_evicts_everyone() {
     let (_upstream, gw) = start_pair().await;
-    prime(&gw).await;
+    gw.prime(PRIMED).await;
     let (tx, body) = support::body::channel_body(1);
     let w = gw.req(Method::POST, "/v1/organization/groups/g1/users");
     let w = tokio::spawn(
@@ -249,7 +242,7 @@ async fn a_delete_with_unknown_outcome_is_not_served_from_the_cache() {
 #[tokio::test]
 async fn a_broad_write_answered_5xx_still_evicts_everyone() {
     let (upstream, gw) = start_pair().await;
-    prime(&gw).await;
+    gw.prime(PRIMED).await;
     let path = "/v1/organization/projects/p1";
     upstream.inject("POST", path, Fault::new().status(502).times(1));
     let w = gw.req(Method::POST, path).json(&json!({"name": "X"}));
@@ -269,7 +262,7 @@ async fn a_broad_write_answered_5xx_still_evicts_everyone() {
 #[tokio::test]
 async fn a_client_hanging_up_mid_write_does_not_stop_the_eviction() {
     let (upstream, gw) = start_pair().await;
-    prime(&gw).await;
+    gw.prime(PRIMED).await;
     let path = "/v1/organization/projects/p1";
     upstream.inject("POST", path, Fault::new().apply_after_ms(500).times(1));
     let w = gw.req(Method::POST, path).json(&json!({"name": "Renamed"}));

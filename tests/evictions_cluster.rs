@@ -16,26 +16,8 @@ async fn replica(upstream: &Upstream, redis: &Redis, timeout_ms: u64) -> TestGat
     cfg.timeout_ms = timeout_ms;
     cfg.extra = format!("[redis]\nurl = {:?}\ntimeout_ms = 200\n", redis.url());
     let gw = start_gateway(&cfg.toml()).await;
-    let start = Instant::now();
-    while !gw
-        .metrics_text()
-        .await
-        .contains("gateway_invalidation_bus_connected 1")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "bus never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_bus_connected().await;
     gw
-}
-
-async fn prime(gw: &TestGateway, ids: &[&str]) {
-    for id in ids {
-        gw.get_user(id).await.assert_status(200);
-        gw.get_user(id).await.hit_ttl();
-    }
 }
 
 /// Reads `id` on `gw` until it is not a hit (the eviction arrived), then checks it is what
@@ -61,7 +43,7 @@ async fn membership_and_project_writes_through_one_replica_evict_on_the_other() 
         replica(&upstream, &redis, 5000).await,
         replica(&upstream, &redis, 5000).await,
     );
-    prime(&b, &["user_abc", "user_0002"]).await;
+    b.prime(&["user_abc", "user_0002"]).await;
     // A user named by the body: only that user, on the other replica too.
     let add = json!({"user_id": "user_0002", "role": "owner"});
     let w = a.req(Method::POST, "/v1/organization/projects/p1/users");
@@ -92,7 +74,7 @@ async fn a_late_write_is_evicted_again_on_the_other_replica() {
         replica(&upstream, &redis, 1000).await,
     );
     let path = "/v1/organization/projects/p1/users/user_def";
-    prime(&b, &["user_def"]).await;
+    b.prime(&["user_def"]).await;
     upstream.inject("POST", path, Fault::new().apply_after_ms(1700).times(1));
     let w = a.req(Method::POST, path).json(&json!({"role": "owner"}));
     w.send().await.assert_status(504);

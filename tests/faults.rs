@@ -31,7 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 const USER: &str = "user_abc";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// Concurrent clients per fault burst.
 const CLIENTS: usize = 8;
 /// `upstream.timeout_ms` in every case.

@@ -11,8 +11,6 @@ use support::upstream::Fault;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
-
 /// Every hostile spelling tried, for the scoped reader (`GET /organization/users/**`) and a
 /// full client. Each must be 400 `invalid_path` and never reach the upstream.
 const HOSTILE: &[&str] = &[
@@ -138,16 +136,7 @@ async fn a_write_whose_client_hangs_up_still_evicts_and_is_logged() {
     let mut cfg = GatewayConfig::new(&upstream.base_url());
     let (addr, admin) = cfg.free_ports();
     cfg.timeout_ms = 30_000;
-    let toml = cfg
-        .toml()
-        .replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
-    let path = dir.write("gateway.toml", &toml);
-    let mut gw = GatewayProcess::spawn_args(
-        &["--config", path.to_str().expect("utf-8 path")],
-        &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "info")],
-    );
-    gw.wait_listening(addr).await;
-    gw.wait_listening(admin).await;
+    let mut gw = GatewayProcess::spawn_json(&dir, &cfg.toml(), "info", addr, admin).await;
     let base = format!("http://{addr}");
 
     // Cached with the old role.

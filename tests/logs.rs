@@ -79,23 +79,6 @@ fn write_config(
 
 // === JSON ===
 
-/// Every stderr line parsed as a JSON object; fails the test on any other line.
-#[track_caller]
-fn json_lines(log: &str) -> Vec<Map<String, Value>> {
-    assert!(!log.trim().is_empty(), "nothing on stderr");
-    log.lines()
-        .enumerate()
-        .map(|(i, line)| match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(map)) => map,
-            Ok(other) => panic!(
-                "stderr line {} is JSON but not an object: {other}\n{log}",
-                i + 1
-            ),
-            Err(e) => panic!("stderr line {} is not JSON ({e}): {line:?}\n{log}", i + 1),
-        })
-        .collect()
-}
-
 fn target(line: &Map<String, Value>) -> &str {
     line.get("target").and_then(Value::as_str).unwrap_or("")
 }
@@ -208,6 +191,7 @@ async fn json_log_format_writes_one_object_per_line_with_the_access_fields() {
         !log.contains(UNKNOWN_KEY),
         "a client key is in the log:\n{log}"
     );
+    assert!(!log.trim().is_empty(), "nothing on stderr");
     let lines = json_lines(&log);
     for l in &lines {
         assert!(
@@ -374,4 +358,82 @@ async fn text_log_format_has_no_ansi_escapes_when_stderr_is_not_a_terminal() {
     assert!(line.contains("latency_us="), "{line}");
     assert!(line.contains(" INFO "), "{line}");
     assert!(!log.contains(ADMIN_KEY), "the admin key is in the log");
+}
+
+// === audit ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_the_binary_logs_one_audit_line_without_body_or_keys() {
+    const BODY_MARKER: &str = "body-marker-7f3a9c-must-not-be-logged";
+    let upstream = start_upstream().await;
+    let mut cfg = GatewayConfig::new(&upstream.base_url());
+    let (addr, admin) = cfg.free_ports();
+    let dir = TempDir::new("audit");
+    let path = dir.write("gateway.toml", &cfg.toml());
+    let mut gw = GatewayProcess::spawn_logged(&path, &[(ADMIN_KEY_ENV, ADMIN_KEY)]);
+    gw.wait_listening(addr).await;
+    gw.wait_listening(admin).await;
+
+    let user = format!("http://{addr}{USER_PATH}");
+    // Reads and refused writes are not audited.
+    req(Method::GET, &user)
+        .bearer(CLIENT_KEY)
+        .send()
+        .await
+        .assert_status(200);
+    req(
+        Method::GET,
+        &format!("http://{addr}/v1/organization/users?limit=2"),
+    )
+    .bearer(CLIENT_KEY)
+    .send()
+    .await
+    .assert_status(200);
+    req(Method::POST, &user)
+        .bearer(UNKNOWN_KEY)
+        .json(&json!({"role": "reader", "note": BODY_MARKER}))
+        .send()
+        .await
+        .assert_status(401);
+
+    let write = req(Method::POST, &user)
+        .bearer(CLIENT_KEY)
+        .json(&json!({"role": "reader", "note": BODY_MARKER}))
+        .send()
+        .await;
+    write.assert_status(200);
+    let request_id = write.request_id();
+    assert_eq!(upstream.count("POST", USER_PATH), 1);
+
+    gw.wait_for_line(5, "with target openai_admin_gateway::audit", |l| {
+        l.contains("openai_admin_gateway::audit")
+    })
+    .await;
+    let status = gw.terminate(15);
+    assert!(status.success(), "exit status {status}");
+    let log = strip_ansi(&gw.stderr_text());
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("openai_admin_gateway::audit"))
+        .collect();
+    assert_eq!(audit.len(), 1, "expected one audit line:\n{log}");
+    let line = audit[0];
+    for (key, value) in [
+        ("client", "test-client"),
+        ("method", "POST"),
+        ("path", USER_PATH),
+        ("upstream_status", "200"),
+        ("request_id", request_id.as_str()),
+    ] {
+        assert!(
+            log_field(line, key, value),
+            "the audit line lacks {key}={value}: {line}"
+        );
+    }
+    for secret in [BODY_MARKER, ADMIN_KEY, CLIENT_KEY, UNKNOWN_KEY] {
+        assert!(
+            !log.contains(secret),
+            "{secret:?} appears in the log:\n{log}"
+        );
+    }
 }

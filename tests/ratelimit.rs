@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use http::Method;
 use support::*;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 const LIMITED_KEY: &str = "gwk_limited_client_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const LIMITED_B_KEY: &str = "gwk_limited_client_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 

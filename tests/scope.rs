@@ -9,7 +9,6 @@ use http::Method;
 use support::*;
 
 const SCOPED_KEY: &str = "gwk_scoped_client_key_ssssssssssssssssssssssssssssssss";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 
 async fn scoped_pair(patterns: &[&str]) -> (Upstream, TestGateway) {
     let more = allow(patterns);

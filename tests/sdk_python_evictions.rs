@@ -8,7 +8,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::redis::Redis;
 use support::sdk::{run_streaming, test_python};
@@ -18,18 +18,7 @@ async fn replica(upstream: &Upstream, redis: &Redis) -> TestGateway {
     let mut cfg = GatewayConfig::new(&upstream.base_url());
     cfg.extra = format!("[redis]\nurl = {:?}\ntimeout_ms = 200\n", redis.url());
     let gw = start_gateway(&cfg.toml()).await;
-    let start = Instant::now();
-    while !gw
-        .metrics_text()
-        .await
-        .contains("gateway_invalidation_bus_connected 1")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "bus never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_bus_connected().await;
     gw
 }
 

@@ -12,7 +12,6 @@ use support::redis::Redis;
 use support::replica::Replica;
 use support::*;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 const GRACE_SECS: u64 = 2;
 
 /// A write the fake upstream holds for `hold_ms` through replica A while B has the user

@@ -20,7 +20,6 @@ use support::upstream::Fault;
 use support::*;
 
 const USER: &str = "user_abc";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// Sleep after a fill with `ttl_secs = 1` so the entry is just past its TTL: between 1 and 2
 /// seconds old, so `Age: 1` and `ttl=-1` for a while.
 const EXPIRE: Duration = Duration::from_millis(1_200);
@@ -77,14 +76,6 @@ async fn start(knobs: Knobs) -> (Upstream, TestGateway) {
     );
     let gw = start_gateway(&toml).await;
     (upstream, gw)
-}
-
-fn stored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss; stored")
-}
-
-fn unstored_miss() -> String {
-    format!("{CACHE_NAME}; fwd=miss")
 }
 
 /// `Cache-Status` of stale-if-error, `past` seconds after the TTL.

@@ -19,7 +19,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::pki::{Leaf, Pki};
+use support::pki::{client_config, with_tls, Leaf, Pki};
 use support::process::{
     drain, output_text, run_cli, text_of, wait_timeout, Captured, GatewayProcess,
 };
@@ -29,36 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
-
-// === TLS config ===
-
-/// `toml` (as rendered by `GatewayConfig::toml`) with `tls_cert` / `tls_key` in `[server]`.
-fn with_tls(toml: &str, cert: &Path, key: &Path) -> String {
-    assert!(toml.starts_with("[server]\n"), "unexpected config:\n{toml}");
-    let lines = format!(
-        "[server]\ntls_cert = {:?}\ntls_key = {:?}\n",
-        cert.to_str().expect("utf-8 path"),
-        key.to_str().expect("utf-8 path")
-    );
-    toml.replacen("[server]\n", &lines, 1)
-}
-
 // === TLS clients ===
-
-/// A rustls client config trusting only `ca`, offering `alpn`.
-fn client_config(ca: &CertificateDer<'static>, alpn: &[&str]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).expect("add the test CA");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    cfg
-}
 
 /// Connects to `addr` and completes a TLS handshake for `server_name`.
 async fn tls_connect(

@@ -15,7 +15,6 @@ use support::process::{GatewayProcess, TempDir};
 use support::upstream::{masked_admin_key, KeyRefusal};
 use support::*;
 
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 const AUTH_FAILURES: &str = "gateway_upstream_auth_failures_total";
 
 // === what a leak would look like ===
@@ -117,15 +116,8 @@ async fn a_refused_admin_key_is_502_everywhere_counted_logged_and_never_shown() 
     upstream.inject("*", "*", Fault::new().refuse_key(KeyRefusal::Revoked));
     let mut cfg = GatewayConfig::new(&upstream.base_url());
     let (addr, admin) = cfg.free_ports();
-    let toml = cfg
-        .toml()
-        .replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
     let dir = TempDir::new("upstream-auth");
-    let path = dir.write("gateway.toml", &toml);
-    let env = [(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "trace")];
-    let mut gw = GatewayProcess::spawn(&path, &env);
-    gw.wait_listening(addr).await;
-    gw.wait_listening(admin).await;
+    let mut gw = GatewayProcess::spawn_json(&dir, &cfg.toml(), "trace", addr, admin).await;
     let url = |p: &str| format!("http://{addr}{p}");
     let as_client = |m: Method, p: &str| req(m, &url(p)).bearer(CLIENT_KEY);
 
@@ -248,18 +240,6 @@ async fn a_refused_admin_key_is_502_everywhere_counted_logged_and_never_shown() 
             );
         }
     }
-}
-
-/// Every stderr line as a JSON object; fails the test on any other line.
-#[track_caller]
-fn json_lines(log: &str) -> Vec<Map<String, Value>> {
-    log.lines()
-        .enumerate()
-        .map(|(i, line)| match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(map)) => map,
-            _ => panic!("stderr line {} is not a JSON object: {line:?}", i + 1),
-        })
-        .collect()
 }
 
 // === in process: what is relayed, what is cached ===

@@ -32,7 +32,6 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 const USER_ID: &str = "user_abc";
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 
 // === certificates ===
 

@@ -20,7 +20,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const WORKERS: usize = 2;
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// Connections opened at most while waiting for the kernel to hand both workers one.
 const MAX_TRIES: usize = 64;
 

@@ -16,16 +16,10 @@ async fn the_access_line_of_a_cut_response_says_send_timeout() {
     let (addr, admin) = cfg.free_ports();
     let toml = cfg.toml().replacen(
         "[server]\n",
-        &format!("[server]\nsend_timeout_ms = {SEND_TIMEOUT_MS}\nlog_format = \"json\"\n"),
+        &format!("[server]\nsend_timeout_ms = {SEND_TIMEOUT_MS}\n"),
         1,
     );
-    let config = dir.write("gateway.toml", &toml);
-    let mut cmd = GatewayProcess::command(&["--config", config.to_str().expect("utf-8 path")]);
-    cmd.env("RUST_LOG", "info").env(ADMIN_KEY_ENV, ADMIN_KEY);
-    let mut gw = GatewayProcess::start(cmd);
-    for a in [addr, admin] {
-        gw.wait_listening(a).await;
-    }
+    let mut gw = GatewayProcess::spawn_json(&dir, &toml, "info", addr, admin).await;
 
     let heads = Arc::new(AtomicUsize::new(0));
     let tcp = TcpStream::connect(addr).await.expect("connect");

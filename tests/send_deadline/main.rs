@@ -27,7 +27,6 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// `server.send_timeout_ms` in these tests.
 const SEND_TIMEOUT_MS: u64 = 2000;
-const USER_PATH: &str = "/v1/organization/users/user_abc";
 
 // === helpers ===
 

@@ -1,14 +1,9 @@
 //! The send deadline over TLS.
 
 use super::*;
+use support::pki::{client_config, with_tls};
 
 // === 6. TLS ===
-
-/// `toml` with `tls_cert` / `tls_key` in `[server]`.
-fn with_tls(toml: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
-    let lines = format!("[server]\ntls_cert = {cert:?}\ntls_key = {key:?}\n");
-    toml.replacen("[server]\n", &lines, 1)
-}
 
 /// A TLS connection over `tcp` trusting `ca`, offering `alpn`.
 async fn tls_over(
@@ -16,15 +11,7 @@ async fn tls_over(
     ca: &rustls::pki_types::CertificateDer<'static>,
     alpn: &str,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).expect("add the test CA");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+    let cfg = client_config(ca, &[alpn]);
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let connect = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp);
     within(10, "a TLS handshake", connect).await.expect("TLS")

@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Method;
 use openai_admin_gateway::{Config, Reloader, Server};
@@ -23,6 +23,11 @@ pub fn sha256_hex(key: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The path of user `id`: `/v1/organization/users/{id}`.
+pub fn user_path(id: &str) -> String {
+    format!("/v1/organization/users/{id}")
 }
 
 // === GatewayConfig ===
@@ -238,7 +243,7 @@ impl TestGateway {
 
     /// `GET /v1/organization/users/{id}` as `test-client`.
     pub async fn get_user(&self, id: &str) -> TestResponse {
-        self.get(&format!("/v1/organization/users/{id}")).await
+        self.get(&user_path(id)).await
     }
 
     /// A request to the admin listener (no client key).
@@ -251,6 +256,31 @@ impl TestGateway {
         let resp = self.admin(Method::GET, "/metrics").send().await;
         resp.assert_status(200);
         resp.text()
+    }
+
+    /// Retrieves each of `ids` twice, so each is cached: a miss (stored), then a hit.
+    pub async fn prime(&self, ids: &[&str]) {
+        for id in ids {
+            self.get_user(id).await.assert_status(200);
+            self.get_user(id).await.hit_ttl();
+        }
+    }
+
+    /// Waits (up to 10 s) until `gateway_invalidation_bus_connected` reads 1: a replica with
+    /// `[redis]` is on the bus.
+    pub async fn wait_bus_connected(&self) {
+        let start = Instant::now();
+        while !self
+            .metrics_text()
+            .await
+            .contains("gateway_invalidation_bus_connected 1")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "bus never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Swaps in a new config through the reloader.

@@ -1,6 +1,24 @@
 //! Reading the gateway's log lines (e.g. `GatewayProcess::stderr_text`) in either format:
 //! text (with ANSI colours) or JSON.
 
+use serde_json::{Map, Value};
+
+/// Every line of `log` parsed as a JSON object; fails the test on any other line.
+#[track_caller]
+pub fn json_lines(log: &str) -> Vec<Map<String, Value>> {
+    log.lines()
+        .enumerate()
+        .map(|(i, line)| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => panic!(
+                "stderr line {} is JSON but not an object: {other}\n{log}",
+                i + 1
+            ),
+            Err(e) => panic!("stderr line {} is not JSON ({e}): {line:?}\n{log}", i + 1),
+        })
+        .collect()
+}
+
 /// `text` without ANSI escape sequences (the text log format colours field names).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -4,15 +4,18 @@
 //! - [`upstream`]: an in-process fake of the OpenAI Admin API (users routes, an echo route,
 //!   SSE, big streamed bodies, uploads) with per-test failure injection (delays, gates, error
 //!   statuses, broken bodies) and counters: requests per route, wrong `Authorization`, requests
-//!   in flight and their peak.
+//!   in flight and their peak. One file per part under `upstream/`: `routes`, `faults`,
+//!   `rewrite`, `counters`, `users`, `projects`, `streams`, `echo`, `reply`.
 //! - [`gateway`]: starts the gateway in-process on `127.0.0.1:0` through the library API
 //!   (`Config::parse`, `Server::bind`, `Server::run`) and builds test configs.
 //! - [`client`]: a small HTTP/1.1 and h2c client (also on one kept-alive connection) plus
 //!   assertion helpers for responses (OpenAI errors, `x-ratelimit-*` headers).
 //! - [`logs`]: finding `key=value` fields in the gateway's text or JSON log lines, with the
-//!   text format's ANSI colours stripped.
-//! - [`metrics`]: sums of Prometheus samples by name and labels, and the config reload
-//!   counters of a gateway's admin listener.
+//!   text format's ANSI colours stripped, and JSON log lines parsed.
+//! - [`metrics`]: sums of Prometheus samples by name and labels ([`metric`]), one exact
+//!   series of a parsed scrape ([`metrics::Scrape`]), and the config reload counters of a
+//!   gateway's admin listener.
+//! - [`cache_status`]: the `Cache-Status` values tests expect (stored miss, miss, bypass).
 //! - [`body`]: a channel-backed streaming body used by both sides.
 //! - [`process`]: runs the real binary (temp config files, stdout/stderr capture, signals to
 //!   its pid: SIGHUP, SIGTERM, SIGINT).
@@ -25,6 +28,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod body;
+pub mod cache_status;
 pub mod client;
 pub mod gateway;
 pub mod logs;
@@ -40,15 +44,16 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use body::{channel_body, empty, full, BodySender, TestBody};
+pub use cache_status::{bypass, stored_miss, unstored_miss};
 pub use client::{
     assert_no_ratelimit_headers, assert_openai_error, h1_connect, parse_reset, ratelimit_headers,
     req, send_on, Req, TestResponse,
 };
 pub use gateway::{
     allow, client_toml, config_toml, parse_config, rate_limit, sha256_hex, start_gateway,
-    start_pair, start_pair_with, with_upstream_keys, GatewayConfig, TestGateway,
+    start_pair, start_pair_with, user_path, with_upstream_keys, GatewayConfig, TestGateway,
 };
-pub use logs::{log_field, strip_ansi};
+pub use logs::{json_lines, log_field, strip_ansi};
 pub use metrics::assert_settled;
 pub use metrics::{config_reloads, metric};
 pub use upstream::{pattern_chunk, start_upstream, Fault, Upstream};
@@ -64,6 +69,8 @@ pub const CLIENT_KEY: &str = "gwk_test_client_key_0123456789abcdefghijklmnopqrst
 pub const OTHER_CLIENT_KEY: &str = "gwk_other_client_key_zyxwvutsrqponmlkjihgfedcba9876";
 /// A well-formed key that no config knows.
 pub const UNKNOWN_KEY: &str = "gwk_unknown_key_00000000000000000000000000000000000";
+/// The path of the user most tests read (`user_abc`, the seeded owner).
+pub const USER_PATH: &str = "/v1/organization/users/user_abc";
 /// Name of the gateway in `Cache-Status`.
 pub const CACHE_NAME: &str = "openai-admin-gateway";
 

@@ -1,7 +1,8 @@
 //! A test PKI made fresh by rcgen: a CA written to `ca.pem` in a temp directory, and leaf
 //! certificates for `localhost` and `127.0.0.1` signed by it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -91,4 +92,29 @@ impl Pki {
             self.dir.write("key.pem", key_pem),
         )
     }
+}
+
+/// `toml` (a test config, which starts with `[server]`) serving TLS with `cert` and `key`.
+pub fn with_tls(toml: &str, cert: &Path, key: &Path) -> String {
+    assert!(toml.starts_with("[server]\n"), "unexpected config:\n{toml}");
+    let lines = format!(
+        "[server]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        cert.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path")
+    );
+    toml.replacen("[server]\n", &lines, 1)
+}
+
+/// A rustls client config trusting only `ca`, offering `alpn`.
+pub fn client_config(ca: &CertificateDer<'static>, alpn: &[&str]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("add the test CA");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    cfg
 }

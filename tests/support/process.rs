@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::{ADMIN_KEY, ADMIN_KEY_ENV};
+
 /// Path of the binary Cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_openai-admin-gateway");
 
@@ -143,6 +145,26 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// Writes `toml` (a test config, which starts with `[server]`) with `log_format = "json"`
+    /// added to `[server]` to `gateway.toml` in `dir`, runs the binary on it with the admin
+    /// key and `RUST_LOG=rust_log`, and returns once `addr` and `admin` accept connections.
+    pub async fn spawn_json(
+        dir: &TempDir,
+        toml: &str,
+        rust_log: &str,
+        addr: SocketAddr,
+        admin: SocketAddr,
+    ) -> GatewayProcess {
+        assert!(toml.starts_with("[server]\n"), "unexpected config:\n{toml}");
+        let toml = toml.replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
+        let path = dir.write("gateway.toml", &toml);
+        let env = [(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", rust_log)];
+        let mut gw = Self::spawn_args(&["--config", config_arg(&path)], &env);
+        gw.wait_listening(addr).await;
+        gw.wait_listening(admin).await;
+        gw
+    }
+
     /// Starts `openai-admin-gateway --config PATH` with `env` added.
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         Self::spawn_args(&["--config", config_arg(config)], env)

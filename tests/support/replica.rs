@@ -38,16 +38,7 @@ impl Replica {
         let (addr, admin) = cfg.free_ports();
         cfg.extra = format!("[redis]\nurl = {redis_url:?}\ntimeout_ms = 200\n");
         tweak(&mut cfg);
-        let toml = cfg
-            .toml()
-            .replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
-        let path = dir.write("gateway.toml", &toml);
-        let mut gw = GatewayProcess::spawn_args(
-            &["--config", path.to_str().expect("utf-8 path")],
-            &[(ADMIN_KEY_ENV, ADMIN_KEY), ("RUST_LOG", "info")],
-        );
-        gw.wait_listening(addr).await;
-        gw.wait_listening(admin).await;
+        let gw = GatewayProcess::spawn_json(&dir, &cfg.toml(), "info", addr, admin).await;
         let r = Replica {
             gw,
             addr,
@@ -108,4 +99,10 @@ impl Replica {
             assert_eq!(self.metric(name, &[]).await, 0.0, "{name}");
         }
     }
+}
+
+/// The `role` of the user in a 200 answer (fails the test on any other status).
+pub fn role(resp: &TestResponse) -> String {
+    resp.assert_status(200);
+    resp.json()["role"].as_str().unwrap_or_default().to_string()
 }

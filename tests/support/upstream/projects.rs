@@ -27,7 +27,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{error, json_response, Resp, State};
+use super::reply::{error, json_response, Resp};
+use super::State;
 
 /// One project.
 pub struct Project {
