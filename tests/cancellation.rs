@@ -40,7 +40,7 @@ use openai_admin_gateway::proxy::Gateway;
 use support::*;
 use tokio::task::JoinSet;
 
-use kinds::{Cut, Kind, Rng, Tally, BATCH};
+use kinds::{tally_batch, Cut, Kind, Rng, Tally, BATCH};
 
 /// Cases per kind in the in-process test.
 const CASES: usize = 200;
@@ -141,12 +141,7 @@ async fn every_kind_of_request_cancelled_anywhere_in_process_leaves_nothing_held
             for i in 0..BATCH {
                 batch.spawn(cancelled(gw.clone(), kind, done + i, rng.split()));
             }
-            within(30, kind.as_str(), async {
-                while let Some(r) = batch.join_next().await {
-                    tally.add(r.expect("case task"));
-                }
-            })
-            .await;
+            tally_batch(kind.as_str(), batch, &mut tally).await;
             done += BATCH;
         }
         settle(kind.as_str(), text).await;

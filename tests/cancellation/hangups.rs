@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::kinds::{Cut, Kind, Rng, Tally, BATCH};
+use crate::kinds::{tally_batch, Cut, Kind, Rng, Tally, BATCH};
 use crate::settle;
 use crate::sockets::{gateway, normal, prepare};
 use crate::support::*;
@@ -63,12 +63,7 @@ async fn every_kind_of_request_hung_up_over_http1_anywhere_leaves_nothing_held()
             for i in 0..BATCH {
                 batch.spawn(hang_up(gw.addr, kind, done + i, rng.split()));
             }
-            within(30, kind.as_str(), async {
-                while let Some(r) = batch.join_next().await {
-                    tally.add(r.expect("case task"));
-                }
-            })
-            .await;
+            tally_batch(kind.as_str(), batch, &mut tally).await;
             done += BATCH;
         }
         settle(kind.as_str(), text).await;

@@ -10,6 +10,16 @@ use crate::support::{full, TestBody, CLIENT_KEY};
 /// Requests of one kind cancelled at once (they contend for slots and single flights).
 pub const BATCH: usize = 8;
 
+/// Waits (30 s at most) for a batch of cases and adds where each was cut to `tally`.
+pub async fn tally_batch(what: &str, mut batch: tokio::task::JoinSet<Cut>, tally: &mut Tally) {
+    crate::support::within(30, what, async {
+        while let Some(r) = batch.join_next().await {
+            tally.add(r.expect("case task"));
+        }
+    })
+    .await;
+}
+
 const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A kind of request, by what it holds while it runs.

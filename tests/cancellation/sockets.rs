@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::kinds::{Cut, Kind, Rng, Tally};
+use crate::kinds::{tally_batch, Cut, Kind, Rng, Tally, BATCH};
 use crate::settle;
 use crate::support::*;
 
@@ -147,16 +147,11 @@ async fn every_kind_of_request_reset_over_http2_anywhere_leaves_nothing_held() {
             }
             prepare(&gw, kind).await;
             let mut batch = JoinSet::new();
-            for i in 0..8 {
+            for i in 0..BATCH {
                 batch.spawn(reset_case(send.clone(), kind, done + i, rng.split()));
             }
-            within(30, kind.as_str(), async {
-                while let Some(r) = batch.join_next().await {
-                    tally.add(r.expect("case task"));
-                }
-            })
-            .await;
-            done += 8;
+            tally_batch(kind.as_str(), batch, &mut tally).await;
+            done += BATCH;
         }
         drop(send);
         settle(kind.as_str(), text).await;
