@@ -33,7 +33,7 @@ use crate::body::{empty, full, prefixed, BoxBody};
 use crate::error::{GatewayError, Result};
 use crate::headers::X_REQUEST_ID;
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, Upstream};
 
 /// A user a fetch got, to store.
 #[derive(Debug)]
@@ -125,11 +125,12 @@ impl Filler {
     /// and what the request that ran it keeps ([`Kept`]).
     pub(super) async fn fill(
         &self,
+        caller: &Caller,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
     ) -> (std::result::Result<CachedUser, FillFailed>, Kept) {
-        match self.fetch(headers, rest, id).await {
+        match self.fetch(caller, headers, rest, id).await {
             Ok(Fetched { user, upstream_id }) => (Ok(user), Kept::UpstreamId(upstream_id)),
             Err(Err(e)) => (Err(FillFailed::Error(e)), Kept::Nothing),
             Err(Ok(answer)) => (
@@ -149,6 +150,7 @@ impl Filler {
     /// request's answer.
     pub(super) async fn fetch(
         &self,
+        caller: &Caller,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
@@ -156,7 +158,14 @@ impl Filler {
         let deadline = tokio::time::Instant::now() + self.upstream.timeout();
         let resp = self
             .upstream
-            .send_by(deadline, Method::GET, rest, fill_headers(headers), empty())
+            .send_by(
+                caller,
+                deadline,
+                Method::GET,
+                rest,
+                fill_headers(headers),
+                empty(),
+            )
             .await
             .map_err(Err)?;
         match tokio::time::timeout_at(deadline, self.read_fill(resp, id)).await {

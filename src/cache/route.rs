@@ -27,7 +27,7 @@ use super::store::{Lookup, UserCache};
 use crate::body::BoxBody;
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, Upstream};
 
 /// The cached route and everything it needs: the cache, the upstream it
 /// fills from, metrics and its live settings. Nothing else of the gateway.
@@ -94,6 +94,7 @@ impl UserRoute {
     /// ([`bypasses`](super::bypasses)).
     pub async fn get_user(
         &self,
+        caller: &Caller,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
@@ -105,7 +106,7 @@ impl UserRoute {
         if !inner.cache.serving() {
             // The invalidation bus is down: entries may be stale, so answer
             // as a replica without a cache would.
-            return Box::pin(self.fetch_alone(headers, rest, id, Alone::Offline)).await;
+            return Box::pin(self.fetch_alone(caller, headers, rest, id, Alone::Offline)).await;
         }
         match directive(headers) {
             Directive::Normal => {
@@ -115,15 +116,15 @@ impl UserRoute {
                         inner.metrics.cache_hit();
                         return Ok((hit_response(u), CacheStatus::Hit));
                     }
-                    return Box::pin(self.stale(headers, rest, id, key, u)).await;
+                    return Box::pin(self.stale(caller, headers, rest, id, key, u)).await;
                 }
-                Box::pin(self.lookup(headers, rest, id, key)).await
+                Box::pin(self.lookup(caller, headers, rest, id, key)).await
             }
             Directive::Refresh => {
-                Box::pin(self.fetch_alone(headers, rest, id, Alone::Refresh)).await
+                Box::pin(self.fetch_alone(caller, headers, rest, id, Alone::Refresh)).await
             }
             Directive::NoStore => {
-                Box::pin(self.fetch_alone(headers, rest, id, Alone::NoStore)).await
+                Box::pin(self.fetch_alone(caller, headers, rest, id, Alone::NoStore)).await
             }
         }
     }
@@ -134,13 +135,14 @@ impl UserRoute {
     /// each request that waited on it fetches for itself.
     async fn lookup(
         &self,
+        caller: &Caller,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
         key: CacheKey,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
         let inner = &*self.inner;
-        let fill = inner.filler.fill(headers, rest, id);
+        let fill = inner.filler.fill(caller, headers, rest, id);
         // get_user has just looked the key up: go straight to the shared fetch.
         match inner.cache.fetch_once_keeping(key, fill).await {
             (Lookup::Hit(u), _) => {
@@ -162,7 +164,8 @@ impl UserRoute {
                     Ok((answer, CacheStatus::Miss))
                 }
                 (FillFailed::Answer(_), _) => {
-                    self.fetch_alone(headers, rest, id, Alone::Waiter).await
+                    self.fetch_alone(caller, headers, rest, id, Alone::Waiter)
+                        .await
                 }
             },
         }
@@ -173,6 +176,7 @@ impl UserRoute {
     /// unless `no-store` asked otherwise.
     async fn fetch_alone(
         &self,
+        caller: &Caller,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
@@ -184,7 +188,7 @@ impl UserRoute {
         if matches!(why, Alone::Waiter | Alone::Offline) {
             inner.metrics.cache_miss();
         }
-        match inner.filler.fetch(headers, rest, id).await {
+        match inner.filler.fetch(caller, headers, rest, id).await {
             Ok(fetched) => {
                 let (r, u) = fetched.answer();
                 if matches!(why, Alone::NoStore | Alone::Offline) {
@@ -201,6 +205,7 @@ impl UserRoute {
     /// [`stale`](super::stale)).
     async fn stale(
         &self,
+        caller: &Caller,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
@@ -211,32 +216,32 @@ impl UserRoute {
         let settings = **self.inner.settings.load();
         let stale = self.stale_path();
         if let Some(served) = stale.revalidating(&old, &settings) {
-            self.revalidate(rest, id, key);
+            self.revalidate(caller, rest, id, key);
             return Ok(served);
         }
         match stale
-            .refetched(headers, rest, id, key, &old, &settings)
+            .refetched(caller, headers, rest, id, key, &old, &settings)
             .await
         {
             Some(served) => Ok(served),
             // Outside the window, or another request's answer: this
             // request asks the upstream for itself.
-            None => Box::pin(self.fetch_alone(headers, rest, id, Alone::Waiter)).await,
+            None => Box::pin(self.fetch_alone(caller, headers, rest, id, Alone::Waiter)).await,
         }
     }
 
     /// Starts the one background refresh of `key` unless it runs already.
-    fn revalidate(&self, rest: &str, id: &str, key: CacheKey) {
+    fn revalidate(&self, caller: &Caller, rest: &str, id: &str, key: CacheKey) {
         // The guard exists before the task does: a task dropped before its
         // first poll (its runtime shut down) still frees the id.
         let Some(running) = self.inner.refreshing.start(key) else {
             return;
         };
         let route = self.clone();
-        let (rest, id) = (rest.to_owned(), id.to_owned());
+        let (caller, rest, id) = (caller.clone(), rest.to_owned(), id.to_owned());
         tokio::spawn(async move {
             let _running = running;
-            route.stale_path().refresh(&rest, &id, key).await;
+            route.stale_path().refresh(&caller, &rest, &id, key).await;
         });
     }
 
@@ -361,7 +366,11 @@ mod tests {
 
     async fn get(r: &UserRoute, id: &str, headers: &HeaderMap) -> (StatusCode, CacheStatus, Bytes) {
         let rest = format!("/organization/users/{id}");
-        let (resp, status) = r.get_user(headers, &rest, id).await.expect("answer");
+        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        let (resp, status) = r
+            .get_user(&caller, headers, &rest, id)
+            .await
+            .expect("answer");
         let code = resp.status();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         (code, status, body)
@@ -428,7 +437,12 @@ mod tests {
             .insert(UserCache::refresh_key(key), expired("Left"))
             .await;
         let (resp, status) = route
-            .get_user(&HeaderMap::new(), "/organization/users/u1", "u1")
+            .get_user(
+                &Caller::new(crate::metrics::ClientLabel::new("test")),
+                &HeaderMap::new(),
+                "/organization/users/u1",
+                "u1",
+            )
             .await
             .expect("an answer");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -461,7 +475,8 @@ mod tests {
         );
         let key = route.inner.cache.key("u1");
         // The refresh is spawned, and its runtime shuts down before it runs.
-        rt.block_on(async { route.revalidate("/organization/users/u1", "u1", key) });
+        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        rt.block_on(async { route.revalidate(&caller, "/organization/users/u1", "u1", key) });
         assert!(route.inner.refreshing.contains(key));
         drop(rt);
         assert!(

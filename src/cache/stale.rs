@@ -31,6 +31,7 @@ use super::status::CacheStatus;
 use super::store::{Lookup, UserCache};
 use crate::body::BoxBody;
 use crate::metrics::Metrics;
+use crate::upstream::Caller;
 
 /// How a refetch of an expired entry ended.
 enum Refetched {
@@ -103,8 +104,10 @@ impl<'a> Stale<'a> {
     /// upstream's answer, or `old` itself when the refetch failed within
     /// `stale_if_error`. `None`: outside the window, or another request's
     /// answer: this request asks the upstream for itself.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn refetched(
         &self,
+        caller: &Caller,
         headers: &HeaderMap,
         rest: &str,
         id: &str,
@@ -113,7 +116,7 @@ impl<'a> Stale<'a> {
         settings: &Settings,
     ) -> Option<(Response<BoxBody>, CacheStatus)> {
         let within = old.past <= settings.stale_if_error.as_secs();
-        match self.refetch(headers, rest, id, key).await {
+        match self.refetch(caller, headers, rest, id, key).await {
             Refetched::User(u, leader, upstream_id) => {
                 if leader {
                     self.metrics.cache_miss();
@@ -146,8 +149,10 @@ impl<'a> Stale<'a> {
 
     /// The background refresh of `key`: a refetch (which counts itself);
     /// a 404/4xx drops the entry.
-    pub(super) async fn refresh(&self, rest: &str, id: &str, key: CacheKey) {
-        if let Refetched::Answer(answer) = self.refetch(&HeaderMap::new(), rest, id, key).await {
+    pub(super) async fn refresh(&self, caller: &Caller, rest: &str, id: &str, key: CacheKey) {
+        if let Refetched::Answer(answer) =
+            self.refetch(caller, &HeaderMap::new(), rest, id, key).await
+        {
             if is_gone(answer.status()) {
                 self.cache.remove(&key).await;
             }
@@ -158,9 +163,16 @@ impl<'a> Stale<'a> {
     /// it (a single flight under the entry's refresh key, which does not
     /// find the stale entry itself). The request that ran it counts it in
     /// `gateway_cache_refreshes_total`, once however many shared it.
-    async fn refetch(&self, headers: &HeaderMap, rest: &str, id: &str, key: CacheKey) -> Refetched {
+    async fn refetch(
+        &self,
+        caller: &Caller,
+        headers: &HeaderMap,
+        rest: &str,
+        id: &str,
+        key: CacheKey,
+    ) -> Refetched {
         let rkey = UserCache::refresh_key(key);
-        let fill = self.filler.fill(headers, rest, id);
+        let fill = self.filler.fill(caller, headers, rest, id);
         let (outcome, kept) = self.cache.fetch_once_keeping(rkey, fill).await;
         let leader = kept.is_some();
         let refetched = match outcome {

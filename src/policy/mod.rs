@@ -20,6 +20,7 @@ use crate::config::{ClientConfig, Scope};
 use crate::error::Result;
 use crate::metrics::ClientLabel;
 use crate::per_thread::{Handle, Handles};
+use crate::upstream::Caller;
 
 pub use auth::bearer;
 pub use limit::{format_reset, Decision, Limiter};
@@ -29,6 +30,9 @@ pub use limit::{format_reset, Decision, Limiter};
 pub struct Client {
     /// Name for logs and metrics.
     pub name: ClientLabel,
+    /// What its upstream exchanges say about it (made once, borrowed by
+    /// each request).
+    pub caller: Caller,
     /// Its rate limiter, when limited.
     pub limiter: Option<Arc<Limiter>>,
     /// Its scope, when restricted.
@@ -67,6 +71,7 @@ impl ClientTable {
             });
             let client = Handles::new(Arc::new(Client {
                 name: ClientLabel::new(&c.name),
+                caller: Caller::new(ClientLabel::new(&c.name)),
                 limiter,
                 scope: c.allow.clone(),
             }));

@@ -31,6 +31,7 @@ use crate::headers::{RequestIds, X_REQUEST_ID};
 use crate::metrics::{ClientLabel, Metrics, Opened};
 use crate::per_thread::{Handle, Handles};
 use crate::policy::{Client, Decision};
+use crate::upstream::Caller;
 
 use super::route::RouteClass;
 
@@ -171,6 +172,15 @@ impl Access {
     }
 
     /// The client's name as logged.
+    /// The authenticated client's [`Caller`]. Only routes reached after
+    /// authentication ask; without a client the answer is 401, not a panic.
+    pub(super) fn caller(&self) -> crate::error::Result<&Caller> {
+        match &self.client {
+            Some(c) => Ok(&c.caller),
+            None => Err(crate::error::GatewayError::Unauthorized),
+        }
+    }
+
     pub(super) fn client_label(&self) -> ClientLabel {
         match &self.client {
             Some(c) => c.name.clone(),

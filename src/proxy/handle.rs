@@ -20,7 +20,7 @@ use crate::headers::X_REQUEST_ID;
 use crate::path::CanonicalPath;
 use crate::policy::Decision;
 use crate::runtime::spawn_lasting;
-use crate::upstream::buffer;
+use crate::upstream::{buffer, Caller};
 
 /// What a request's phases need to know about where it is going.
 struct Target<'a> {
@@ -145,7 +145,10 @@ impl Gateway {
     ) -> Result<Response<BoxBody>> {
         access.forwarded = true;
         let users = &self.shared.users;
-        let (resp, status) = users.get_user(req.headers(), target.raw, id).await?;
+        let caller = access.caller()?;
+        let (resp, status) = users
+            .get_user(caller, req.headers(), target.raw, id)
+            .await?;
         access.cache = Some(status);
         if status != CacheStatus::Hit {
             access.upstream_status = Some(resp.status());
@@ -165,7 +168,14 @@ impl Gateway {
         let body = buffer::request(body, &parts.headers, upstream.timeout()).await?;
         access.forwarded = true;
         let resp = upstream
-            .send(parts.method, target.raw, target.query, parts.headers, body)
+            .send(
+                access.caller()?,
+                parts.method,
+                target.raw,
+                target.query,
+                parts.headers,
+                body,
+            )
             .await?;
         access.upstream_status = Some(resp.status());
         let resp = buffer::response(resp).await?;
@@ -194,6 +204,7 @@ impl Gateway {
             query: target.query.map(str::to_owned),
             audit_path: access.take_audit(),
             client: access.client_label(),
+            caller: access.caller()?.clone(),
         };
         access.forwarded = true;
         let done = spawn_lasting(write.run(req))
@@ -252,6 +263,8 @@ struct Write {
     audit_path: Option<String>,
     /// The client's name for the audit line.
     client: crate::metrics::ClientLabel,
+    /// Who the write is sent for.
+    caller: Caller,
 }
 
 /// What a write task hands back.
@@ -288,6 +301,7 @@ impl Write {
             outcome = Outcome::Unknown;
             let resp = upstream
                 .send(
+                    &self.caller,
                     parts.method,
                     &self.raw,
                     self.query.as_deref(),

@@ -258,13 +258,14 @@ mod tests {
         // Every request's future is boxed and moved: the fetch, forward,
         // write and Redis paths are boxed so that a hit does not carry their
         // kilobytes (it was 6.6 KiB before they were). The per-request
-        // account and the canonical path cost about 400 bytes of it.
+        // account and the canonical path cost about 400 bytes of it, the
+        // borrowed upstream::Caller 16 (it was 3,584 before).
         let cfg = Config::parse("", std::path::Path::new("."), &|n| {
             (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
         })
         .expect("default config");
         let gw = Gateway::new(&cfg, Arc::new(Metrics::new())).expect("gateway");
         let size = future_size(|r: Request<Incoming>| gw.handle(r));
-        assert!(size <= 3584, "Gateway::handle's future is {size} bytes");
+        assert!(size <= 3600, "Gateway::handle's future is {size} bytes");
     }
 }

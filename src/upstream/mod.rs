@@ -13,6 +13,8 @@
 //! - `queue`: the concurrency cap and its bounded wait queue; a waiting
 //!   request holds a `QueuePlace`, given back on drop (cancellation
 //!   included).
+//! - [`Caller`]: on whose behalf an exchange is sent (every exchange
+//!   names one).
 //! - `slot`: the concurrency slot a response body holds until it ends.
 //!
 //! Everything a request holds here is a guard released on drop; the
@@ -21,10 +23,11 @@
 //! - `auth`: an upstream 401, or a 403 naming the key, means the upstream
 //!   refused the admin key; such a response never reaches a client.
 //!
-//! Public surface: [`Upstream`], [`tls_client_config`], [`buffer`].
+//! Public surface: [`Upstream`], [`Caller`], [`tls_client_config`], [`buffer`].
 
 mod auth;
 pub mod buffer;
+mod caller;
 mod connect;
 mod queue;
 mod slot;
@@ -50,6 +53,7 @@ use crate::runtime;
 use crate::secret::AdminKey;
 
 use auth::Forbidden;
+pub use caller::Caller;
 pub use connect::tls_client_config;
 use connect::ConnectTimeout;
 use queue::Slots;
@@ -157,13 +161,14 @@ impl Upstream {
     /// other 403 is read whole first (see `auth`) and then relayed.
     pub async fn send(
         &self,
+        caller: &Caller,
         method: Method,
         rest: &str,
         query: Option<&str>,
         headers: HeaderMap,
         body: BoxBody,
     ) -> Result<Response<BoxBody>> {
-        self.exchange(None, method, rest, query, headers, body)
+        self.exchange(caller, None, method, rest, query, headers, body)
             .await
     }
 
@@ -173,18 +178,21 @@ impl Upstream {
     /// gets no headers in time is still a headers timeout of this exchange.
     pub async fn send_by(
         &self,
+        caller: &Caller,
         deadline: tokio::time::Instant,
         method: Method,
         rest: &str,
         headers: HeaderMap,
         body: BoxBody,
     ) -> Result<Response<BoxBody>> {
-        self.exchange(Some(deadline), method, rest, None, headers, body)
+        self.exchange(caller, Some(deadline), method, rest, None, headers, body)
             .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
+        _caller: &Caller,
         deadline: Option<tokio::time::Instant>,
         method: Method,
         rest: &str,
@@ -339,8 +347,10 @@ mod tests {
 
     /// Sends `GET /x` and reads the body to its end (so the connection goes back to its pool).
     async fn get(up: &Upstream) -> std::result::Result<(), String> {
+        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
         let resp = up
             .send(
+                &caller,
                 Method::GET,
                 "/x",
                 None,
