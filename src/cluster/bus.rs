@@ -133,6 +133,16 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
+    /// How many replicas (this one included) were heard from in the last
+    /// [`SILENCE`]: what a replica divides the organization's budget by
+    /// while Redis is unreachable. At least 1.
+    ///
+    /// INTERFACE ONLY for now: always 1 (the count from heartbeats is
+    /// being built).
+    pub fn live_replicas(&self) -> usize {
+        1
+    }
+
     /// Starts the bus: the subscriber, heartbeat and outbox tasks, applying
     /// remote evictions to `evict`. An eviction not yet published after
     /// `lifetime` is given up (every copy it evicts has expired). Needs a

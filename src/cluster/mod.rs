@@ -10,9 +10,11 @@
 //! means no cache hits until it is back, and a failed publish of an
 //! eviction is queued and retried (`outbox`) rather than lost.
 //!
-//! Public surface: [`connect`], [`SharedLimits`], [`GcraReply`], [`Bus`],
+//! Public surface: [`connect`], [`SharedLimits`], [`GcraReply`],
+//! [`SharedBudget`], [`BudgetReply`], [`Bus`],
 //! [`Evict`], [`OUTBOX_CAPACITY`].
 
+mod budget;
 mod bus;
 mod limits;
 mod outbox;
@@ -21,6 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 
+pub use budget::{BudgetReply, SharedBudget};
 pub use bus::{Bus, Evict, HEARTBEAT, SILENCE};
 pub use limits::{GcraReply, SharedLimits};
 pub use outbox::CAPACITY as OUTBOX_CAPACITY;
