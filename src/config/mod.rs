@@ -8,6 +8,7 @@
 //! together.
 
 pub mod defaults;
+mod orgs;
 mod raw;
 mod scope;
 #[cfg(test)]
@@ -91,6 +92,24 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Shared rate-limit state for replicas, when configured.
     pub redis: Option<RedisConfig>,
+    /// The organizations besides the default (`[[orgs]]`), in file order.
+    pub orgs: Vec<OrgConfig>,
+}
+
+/// One `[[orgs]]` entry: an organization besides the default one.
+#[derive(Debug, Clone)]
+pub struct OrgConfig {
+    /// Its name (clients list it in `orgs`; metrics and logs show it).
+    pub name: String,
+    /// Its OpenAI organization id: clients select it with
+    /// `OpenAI-Organization`, and it is sent upstream.
+    pub organization_id: String,
+    /// Its admin key (redacted in `Debug`).
+    pub admin_key: AdminKey,
+    /// The file the key was read from, when it came from one (watched).
+    pub admin_key_file: Option<PathBuf>,
+    /// Its budget upstream, when limited (the organization's budget).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `[redis]`: where replicas share rate-limit state.
@@ -173,6 +192,9 @@ pub struct UpstreamConfig {
     pub max_queued_requests: usize,
     /// Extra PEM roots trusted for the upstream (a corporate proxy's CA).
     pub ca_file: Option<PathBuf>,
+    /// The default organization's OpenAI id, when set: clients may select
+    /// it with `OpenAI-Organization`, and it is sent upstream.
+    pub organization_id: Option<String>,
     /// Connection pools to keep: one per server worker (`server.workers`,
     /// copied here; not a key of its own).
     pub pools: usize,
@@ -205,6 +227,9 @@ pub struct ClientConfig {
     pub rate_limit: Option<RateLimit>,
     /// Scope, if restricted.
     pub allow: Option<Scope>,
+    /// The organizations it may act on, by name; the first is used when a
+    /// request names none (`["default"]` unless set).
+    pub orgs: Vec<String>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -242,6 +267,7 @@ impl Config {
     /// file, the TLS certificate and key): what the file watch follows.
     pub fn dependent_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.upstream.admin_key_file.iter().cloned().collect();
+        files.extend(self.orgs.iter().filter_map(|o| o.admin_key_file.clone()));
         if let Some(tls) = &self.server.tls {
             files.push(tls.cert.clone());
             files.push(tls.key.clone());
@@ -285,6 +311,7 @@ impl Config {
             cache,
             clients,
             redis,
+            orgs,
         } = raw;
         let server = v.server(server);
         let upstream = v.upstream(upstream, env).map(|mut u| {
@@ -294,6 +321,9 @@ impl Config {
         let cache = v.cache(cache);
         let clients = v.clients(clients);
         let redis = redis.and_then(|r| v.redis(r));
+        let default_id = upstream.as_ref().and_then(|u| u.organization_id.as_deref());
+        let orgs = v.orgs(orgs, default_id, env);
+        v.client_org_names(&orgs, &clients);
         match (server, upstream, cache) {
             (Some(server), Some(upstream), Some(cache)) if v.problems.is_empty() => {
                 let config = Config {
@@ -302,6 +332,7 @@ impl Config {
                     cache,
                     clients,
                     redis,
+                    orgs,
                 };
                 config.cross_checks()?;
                 Ok(config)
@@ -313,12 +344,15 @@ impl Config {
     }
 
     fn cross_checks(&self) -> Result<(), ConfigError> {
-        let admin = crate::secret::digest(self.upstream.admin_key.expose().as_bytes());
+        let admins: Vec<[u8; 32]> = std::iter::once(&self.upstream.admin_key)
+            .chain(self.orgs.iter().map(|o| &o.admin_key))
+            .map(|k| crate::secret::digest(k.expose().as_bytes()))
+            .collect();
         let mut problems = Vec::new();
         for (i, c) in self.clients.iter().enumerate() {
-            if c.key_sha256.contains(&admin) {
+            if c.key_sha256.iter().any(|k| admins.contains(k)) {
                 problems.push(format!(
-                    "clients[{i}].key_sha256: is the hash of the admin key; clients must get keys of their own"
+                    "clients[{i}].key_sha256: is the hash of an admin key; clients must get keys of their own"
                 ));
             }
         }

@@ -83,6 +83,18 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub(super) clients: Vec<RawClient>,
     pub(super) redis: Option<RawRedis>,
+    #[serde(default)]
+    pub(super) orgs: Vec<RawOrg>,
+}
+
+/// One `[[orgs]]` entry.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawOrg {
+    pub(super) name: Option<String>,
+    pub(super) organization_id: Option<String>,
+    pub(super) admin_key_env: Option<String>,
+    pub(super) admin_key_file: Option<PathBuf>,
+    pub(super) rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +134,7 @@ pub(super) struct RawUpstream {
     pub(super) max_concurrent_requests: Option<usize>,
     pub(super) max_queued_requests: Option<usize>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) organization_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +152,7 @@ pub(super) struct RawClient {
     pub(super) key_sha256: Option<OneOrMany>,
     pub(super) rate_limit: Option<RawRateLimit>,
     pub(super) allow: Option<Vec<String>>,
+    pub(super) orgs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -111,6 +111,7 @@ mod tests {
             key_sha256: vec![digest(key)],
             rate_limit,
             allow: None,
+            orgs: vec!["default".into()],
         }
     }
 

@@ -149,6 +149,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         cache,
         clients: _, // reloadable
         redis,
+        orgs: _, // reloadable: added, removed, keys rotated
     } = a;
     let ServerConfig {
         listen,
@@ -175,7 +176,8 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         max_concurrent_requests,
         max_queued_requests,
         ca_file,
-        pools: _, // server.workers
+        pools: _,           // server.workers
+        organization_id: _, // reloadable
     } = upstream;
     let CacheConfig {
         ttl: _,                    // reloadable (new entries)
