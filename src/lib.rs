@@ -5,7 +5,7 @@
 //!
 //! Folders by concern; imports run one way, from the top of this list to
 //! the bottom (`server → proxy → {policy, cache, upstream} → cluster →
-//! config → leaves`). Each folder's `mod.rs` says its job and its public
+//! org → config → leaves`). Each folder's `mod.rs` says its job and its public
 //! surface.
 //!
 //! - [`server`]: listeners, the worker threads (`server.workers`, each with
@@ -25,6 +25,9 @@
 //!   timeouts, the concurrency cap, small-body buffering.
 //! - [`cluster`]: everything that talks to Redis (shared rate limits, and
 //!   the invalidation bus, whose outbox retries a failed publish).
+//! - [`org`]: the organizations ([`org::Org`]: name, id, admin key, purge
+//!   epoch), made from the config; cache keys and upstream exchanges take
+//!   one.
 //! - [`config`]: the TOML file, parsed then validated into a [`Config`]
 //!   (every problem reported with its key).
 //!
@@ -53,6 +56,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod org;
 pub mod path;
 pub mod per_thread;
 pub mod policy;

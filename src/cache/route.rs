@@ -110,7 +110,7 @@ impl UserRoute {
         }
         match directive(headers) {
             Directive::Normal => {
-                let key = inner.cache.key(id);
+                let key = inner.cache.key(caller.org(), id);
                 if let Some(u) = inner.cache.get(&key).await {
                     if u.is_fresh(Instant::now()) {
                         inner.metrics.cache_hit();
@@ -183,7 +183,7 @@ impl UserRoute {
         why: Alone,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
         let inner = &*self.inner;
-        let key = inner.cache.key(id);
+        let key = inner.cache.key(caller.org(), id);
         let (stored, unstored) = why.statuses();
         if matches!(why, Alone::Waiter | Alone::Offline) {
             inner.metrics.cache_miss();
@@ -276,23 +276,6 @@ impl Alone {
     }
 }
 
-impl crate::cluster::Evict for UserRoute {
-    fn evict<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        Box::pin(self.inner.cache.invalidate(id))
-    }
-
-    fn evict_all(&self) {
-        self.inner.cache.invalidate_all();
-    }
-
-    fn set_serving(&self, serving: bool) {
-        self.inner.cache.set_serving(serving);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::fill::is_user;
@@ -366,7 +349,7 @@ mod tests {
 
     async fn get(r: &UserRoute, id: &str, headers: &HeaderMap) -> (StatusCode, CacheStatus, Bytes) {
         let rest = format!("/organization/users/{id}");
-        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        let caller = Caller::for_tests("test");
         let (resp, status) = r
             .get_user(&caller, headers, &rest, id)
             .await
@@ -429,7 +412,7 @@ mod tests {
         };
         // The entry is past its TTL, and a refetch of it that was cancelled between its fill
         // and its cleanup left its (now expired too) result under the refresh key.
-        let key = route.inner.cache.key("u1");
+        let key = route.inner.cache.key(Caller::for_tests("test").org(), "u1");
         route.inner.cache.insert(key, expired("Old")).await;
         route
             .inner
@@ -438,7 +421,7 @@ mod tests {
             .await;
         let (resp, status) = route
             .get_user(
-                &Caller::new(crate::metrics::ClientLabel::new("test")),
+                &Caller::for_tests("test"),
                 &HeaderMap::new(),
                 "/organization/users/u1",
                 "u1",
@@ -473,9 +456,9 @@ mod tests {
             metrics,
             Settings::from(&cfg.cache),
         );
-        let key = route.inner.cache.key("u1");
+        let key = route.inner.cache.key(Caller::for_tests("test").org(), "u1");
         // The refresh is spawned, and its runtime shuts down before it runs.
-        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        let caller = Caller::for_tests("test");
         rt.block_on(async { route.revalidate(&caller, "/organization/users/u1", "u1", key) });
         assert!(route.inner.refreshing.contains(key));
         drop(rt);

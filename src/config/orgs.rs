@@ -114,6 +114,12 @@ impl Validator<'_> {
                 "clients[{i}].orgs: needs at least one organization (or leave it out for [\"{DEFAULT_ORG}\"])"
             ));
         }
+        if orgs.len() > usize::from(u8::MAX) {
+            self.problem(format!(
+                "clients[{i}].orgs: at most {} organizations per client",
+                u8::MAX
+            ));
+        }
         let mut seen = HashSet::new();
         for o in &orgs {
             if !seen.insert(o.as_str()) {

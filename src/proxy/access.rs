@@ -124,6 +124,10 @@ pub(super) struct Access {
     pub route: RouteClass,
     /// The authenticated client.
     pub client: Option<Handle<Client>>,
+    /// The organization it acts on: a position in the client's `callers`
+    /// (a byte, so the account, part of every request's future, does not
+    /// grow; a client lists at most 255 organizations).
+    pub org: u8,
     /// The rate-limit decision, for the `x-ratelimit-*` headers.
     pub limit: Option<Decision>,
     /// What the cache did.
@@ -161,6 +165,7 @@ impl Access {
             audit_path: (!matches!(*method, Method::GET | Method::HEAD)).then(|| path.to_owned()),
             route: RouteClass::Rejected,
             client: None,
+            org: 0,
             limit: None,
             cache: None,
             upstream_status: None,
@@ -176,7 +181,10 @@ impl Access {
     /// authentication ask; without a client the answer is 401, not a panic.
     pub(super) fn caller(&self) -> crate::error::Result<&Caller> {
         match &self.client {
-            Some(c) => Ok(&c.caller),
+            Some(c) => c
+                .callers
+                .get(usize::from(self.org))
+                .ok_or(crate::error::GatewayError::OrganizationNotAllowed),
             None => Err(crate::error::GatewayError::Unauthorized),
         }
     }

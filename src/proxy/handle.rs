@@ -95,6 +95,8 @@ impl Gateway {
     ) -> Result<()> {
         let client = self.shared.clients.load().authenticate(req.headers())?;
         let client = &**access.client.insert(client);
+        access.org = u8::try_from(client.select_org(req.headers())?)
+            .map_err(|_| GatewayError::OrganizationNotAllowed)?;
         if let Some(limiter) = &client.limiter {
             let d = limiter.decide().await;
             access.limit = Some(d);
@@ -289,6 +291,7 @@ impl Write {
             &method,
             self.audit_path.as_deref(),
             &self.client,
+            self.caller.org(),
         );
         let mut upstream_status = None;
         let (mut eviction, mut outcome) = (Eviction::Nothing, Outcome::NotSent);
@@ -297,7 +300,7 @@ impl Write {
             let (body, e) = resolve(&self.plan, body, &parts.headers, window).await?;
             eviction = e;
             unfinished.eviction = eviction.clone();
-            eviction.before(&self.gateway).await;
+            eviction.before(&self.gateway, self.caller.org()).await;
             outcome = Outcome::Unknown;
             let resp = upstream
                 .send(
@@ -315,7 +318,9 @@ impl Write {
         }
         .await;
         unfinished.upstream_status = upstream_status;
-        eviction.after(&self.gateway, outcome, window).await;
+        eviction
+            .after(&self.gateway, self.caller.org(), outcome, window)
+            .await;
         let result = match result {
             Ok(resp) => buffer::response(resp).await,
             Err(e) => Err(e),

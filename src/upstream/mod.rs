@@ -35,7 +35,6 @@ mod slot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
@@ -50,7 +49,6 @@ use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, TimeoutPhase, UpstreamOutcome};
 use crate::runtime;
-use crate::secret::AdminKey;
 
 use auth::Forbidden;
 pub use caller::Caller;
@@ -73,8 +71,6 @@ pub struct Upstream {
     origin: String,
     /// Path of `base_url` without a trailing slash (e.g. `/v1`).
     base_path: String,
-    /// The admin key; swapped on reload.
-    admin: ArcSwap<AdminKey>,
     /// Time allowed until response headers.
     timeout: Duration,
     /// A streamed body is cut after this long without a frame.
@@ -129,7 +125,6 @@ impl Upstream {
             shared: pool(),
             origin,
             base_path: base.path().trim_end_matches('/').to_string(),
-            admin: ArcSwap::from_pointee(cfg.admin_key.clone()),
             timeout: cfg.timeout,
             body_idle: cfg.body_idle_timeout,
             slots: Slots::new(
@@ -144,11 +139,6 @@ impl Upstream {
     /// `timeout_ms`: the wait for response headers.
     pub fn timeout(&self) -> Duration {
         self.timeout
-    }
-
-    /// Replaces the admin key (reload).
-    pub fn set_admin_key(&self, key: AdminKey) {
-        self.admin.store(Arc::new(key));
     }
 
     /// Sends `method {base}{rest}?{query}` with `headers` (client credential
@@ -192,7 +182,7 @@ impl Upstream {
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         deadline: Option<tokio::time::Instant>,
         method: Method,
         rest: &str,
@@ -205,8 +195,9 @@ impl Upstream {
         headers.remove(HOST);
         // The key this request carries, for checking a 403 against it even
         // if a reload swaps the key meanwhile.
-        let admin = self.admin.load_full();
+        let admin = caller.org().admin_key();
         headers.insert(AUTHORIZATION, admin.header().clone());
+        caller.org().identify(&mut headers);
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -347,7 +338,7 @@ mod tests {
 
     /// Sends `GET /x` and reads the body to its end (so the connection goes back to its pool).
     async fn get(up: &Upstream) -> std::result::Result<(), String> {
-        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        let caller = Caller::for_tests("test");
         let resp = up
             .send(
                 &caller,
