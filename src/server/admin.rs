@@ -185,7 +185,7 @@ fn unknown_org() -> Response<BoxBody> {
 /// `GatewayError`: these never reach a client of the public listener).
 fn openai_error(status: StatusCode, code: &str, message: &str) -> Response<BoxBody> {
     let body = serde_json::json!({
-        "error": { "message": message, "type": "invalid_request_error", "param": "org", "code": code }
+        "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code }
     });
     json(status, body.to_string())
 }
