@@ -259,6 +259,14 @@ impl Drop for Access {
         }
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);
+        // The organization acted on, once admitted (`-` before that).
+        let org = match &self.client {
+            Some(c) => c
+                .callers
+                .get(usize::from(self.org))
+                .map_or("-", |c| c.org().name()),
+            None => "-",
+        };
         let latency_us = elapsed.as_micros() as u64;
         let (method, client) = (self.method.as_str(), client.as_str());
         // Cut for the send deadline while this body was still being sent:
@@ -281,17 +289,18 @@ impl Drop for Access {
         match error {
             None => info!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us, body, bytes,
+                request_id, client, org, method, route, status, cache, latency_us, body, bytes,
             ),
             Some(error) => warn!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us, body, bytes, error,
+                request_id, client, org, method, route, status, cache, latency_us, body, bytes, error,
             ),
         }
         if let (Some(path), true) = (&self.audit_path, self.forwarded) {
             audit(
                 request_id,
                 client,
+                org,
                 method,
                 path,
                 self.upstream_status,
@@ -309,9 +318,11 @@ impl Drop for Access {
 /// `unknown` (no answer, or a 5xx: the change may or may not have
 /// happened). `evict` says which rule of the dependency table matched:
 /// `user:ID`, `all` or `none`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn audit(
     request_id: &str,
     client: &str,
+    org: &str,
     method: &str,
     path: &str,
     upstream_status: Option<StatusCode>,
@@ -327,6 +338,7 @@ pub(super) fn audit(
         target: "openai_admin_gateway::audit",
         request_id,
         client,
+        org,
         method,
         path,
         upstream_status = upstream_status.map_or(0, |s| s.as_u16()),

@@ -344,6 +344,7 @@ impl Write {
             audit(
                 request_id,
                 self.client.as_str(),
+                self.caller.org().name(),
                 method.as_str(),
                 path,
                 upstream_status,

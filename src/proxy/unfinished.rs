@@ -94,6 +94,7 @@ impl Drop for Unfinished {
             audit(
                 request_id,
                 self.client.as_str(),
+                self.org.name(),
                 self.method.as_str(),
                 path,
                 self.upstream_status,
