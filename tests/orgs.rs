@@ -223,3 +223,67 @@ async fn an_organization_added_by_reload_is_used_and_once_removed_gone() {
     );
     let _ = std::fs::remove_file(key_file);
 }
+
+/// Reads the user on `gw` in `org` until it is not a hit (an eviction arrived).
+async fn until_evicted(gw: &TestGateway, org: Option<&str>) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(gw, CLIENT_KEY, org).await;
+        if !is_hit(&r) {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{org:?} still {}",
+            r.describe()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn writes_evict_in_their_own_organization_on_every_replica() {
+    let redis = support::redis::Redis::start();
+    let upstream = OrgUpstream::start().await;
+    let key_file = research_key_file("replicas");
+    let toml = config(
+        &upstream,
+        &format!(
+            "{}\n[redis]\nurl = {:?}\ntimeout_ms = 200\n",
+            research_toml(&key_file),
+            redis.url()
+        ),
+        "[\"default\", \"research\"]",
+    );
+    let (a, b) = (start_gateway(&toml).await, start_gateway(&toml).await);
+    a.wait_bus_connected().await;
+    b.wait_bus_connected().await;
+    for org in [None, Some("org-research")] {
+        assert_eq!(get(&b, CLIENT_KEY, org).await.cache_status(), stored_miss());
+        assert!(is_hit(&get(&b, CLIENT_KEY, org).await));
+    }
+
+    // A write in research through `a`: `b` evicts research's entry, not the default's.
+    let write = |org: Option<&'static str>| {
+        let mut w = a
+            .req(Method::POST, &user_path(USER))
+            .json(&serde_json::json!({ "role": "owner" }));
+        if let Some(org) = org {
+            w = w.header("OpenAI-Organization", org);
+        }
+        w.send()
+    };
+    write(Some("org-research")).await.assert_status(200);
+    until_evicted(&b, Some("org-research")).await;
+    assert!(
+        is_hit(&get(&b, CLIENT_KEY, None).await),
+        "the default kept its entry"
+    );
+    assert!(is_hit(&get(&b, CLIENT_KEY, Some("org-research")).await));
+
+    // And a write in the default organization evicts there only.
+    write(None).await.assert_status(200);
+    until_evicted(&b, None).await;
+    assert!(is_hit(&get(&b, CLIENT_KEY, Some("org-research")).await));
+    let _ = std::fs::remove_file(key_file);
+}
