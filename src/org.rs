@@ -23,6 +23,7 @@ use http::HeaderValue;
 
 use crate::config::defaults::DEFAULT_ORG;
 use crate::config::Config;
+use crate::metrics::{org_slot, OrgSlot};
 use crate::secret::AdminKey;
 
 /// The header that names an organization, to the gateway and upstream.
@@ -59,6 +60,8 @@ struct Inner {
     /// Bumped by a purge of this organization: no key taken before it is
     /// made again.
     epoch: AtomicU64,
+    /// Its index in the per-thread metrics (its `org` label).
+    metric: OrgSlot,
 }
 
 impl std::fmt::Debug for Org {
@@ -82,6 +85,7 @@ impl Org {
             organization_id: organization_id.and_then(|id| HeaderValue::from_str(id).ok()),
             admin: ArcSwap::from_pointee(admin_key),
             epoch: AtomicU64::new(0),
+            metric: org_slot(name),
         }))
     }
 
@@ -95,9 +99,9 @@ impl Org {
         &self.0.name
     }
 
-    /// Its name, shared (for a metric label).
-    pub fn label(&self) -> Arc<str> {
-        self.0.name.clone()
+    /// Its `org` label in the per-thread metrics.
+    pub fn metric(&self) -> OrgSlot {
+        self.0.metric
     }
 
     /// `OpenAI-Organization` as sent upstream, when it has an id.

@@ -108,6 +108,26 @@ async fn two_organizations_are_served_cached_evicted_and_purged_apart() {
         r.assert_no_admin_key();
     }
     assert_eq!(upstream.count(), 2);
+    let text = gw.metrics_text().await;
+    for org in ["default", "research"] {
+        let labels = [("org", org)];
+        assert_eq!(
+            metric(&text, "gateway_cache_misses_total", &labels),
+            1.0,
+            "{org}\n{text}"
+        );
+        assert_eq!(
+            metric(&text, "gateway_cache_hits_total", &labels),
+            if org == "default" { 2.0 } else { 1.0 },
+            "{org}"
+        );
+        let sent = [("org", org), ("status", "200")];
+        assert_eq!(
+            metric(&text, "gateway_upstream_requests_total", &sent),
+            1.0,
+            "{org}"
+        );
+    }
 
     // A write in research evicts there only.
     let write = gw
@@ -153,6 +173,12 @@ async fn two_organizations_are_served_cached_evicted_and_purged_apart() {
         .send()
         .await;
     purge.assert_status(200);
+    let text = gw.metrics_text().await;
+    let purged = [("reason", "purge"), ("org", "research")];
+    assert_eq!(
+        metric(&text, "gateway_cache_invalidations_total", &purged),
+        1.0
+    );
     assert!(is_hit(&get(&gw, CLIENT_KEY, None).await));
     assert_eq!(
         get(&gw, CLIENT_KEY, Some("org-research"))

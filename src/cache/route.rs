@@ -113,7 +113,7 @@ impl UserRoute {
                 let key = inner.cache.key(caller.org(), id);
                 if let Some(u) = inner.cache.get(&key).await {
                     if u.is_fresh(Instant::now()) {
-                        inner.metrics.cache_hit();
+                        inner.metrics.cache_hit(caller.org().metric());
                         return Ok((hit_response(u), CacheStatus::Hit));
                     }
                     return Box::pin(self.stale(caller, headers, rest, id, key, u)).await;
@@ -146,21 +146,21 @@ impl UserRoute {
         // get_user has just looked the key up: go straight to the shared fetch.
         match inner.cache.fetch_once_keeping(key, fill).await {
             (Lookup::Hit(u), _) => {
-                inner.metrics.cache_hit();
+                inner.metrics.cache_hit(caller.org().metric());
                 Ok((hit_response(u), CacheStatus::Hit))
             }
             (Lookup::Filled(u), kept) => {
-                inner.metrics.cache_miss();
+                inner.metrics.cache_miss(caller.org().metric());
                 let upstream_id = kept.and_then(Kept::upstream_id);
                 Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
             }
             (Lookup::Failed(failed), kept) => match (&*failed, kept) {
                 (FillFailed::Error(e), _) => {
-                    inner.metrics.cache_miss();
+                    inner.metrics.cache_miss(caller.org().metric());
                     Err(e.clone())
                 }
                 (FillFailed::Answer(_), Some(Kept::Answer(answer))) => {
-                    inner.metrics.cache_miss();
+                    inner.metrics.cache_miss(caller.org().metric());
                     Ok((answer, CacheStatus::Miss))
                 }
                 (FillFailed::Answer(_), _) => {
@@ -186,7 +186,7 @@ impl UserRoute {
         let key = inner.cache.key(caller.org(), id);
         let (stored, unstored) = why.statuses();
         if matches!(why, Alone::Waiter | Alone::Offline) {
-            inner.metrics.cache_miss();
+            inner.metrics.cache_miss(caller.org().metric());
         }
         match inner.filler.fetch(caller, headers, rest, id).await {
             Ok(fetched) => {

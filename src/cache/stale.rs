@@ -119,11 +119,11 @@ impl<'a> Stale<'a> {
         match self.refetch(caller, headers, rest, id, key).await {
             Refetched::User(u, leader, upstream_id) => {
                 if leader {
-                    self.metrics.cache_miss();
+                    self.metrics.cache_miss(caller.org().metric());
                     Some((fetched_response(&u, upstream_id), CacheStatus::MissStored))
                 } else {
                     // The user another request's refetch just stored.
-                    self.metrics.cache_hit();
+                    self.metrics.cache_hit(caller.org().metric());
                     Some((hit_response(u), CacheStatus::Hit))
                 }
             }
@@ -137,7 +137,7 @@ impl<'a> Stale<'a> {
                 ))
             }
             Refetched::Answer(answer) => {
-                self.metrics.cache_miss();
+                self.metrics.cache_miss(caller.org().metric());
                 if is_gone(answer.status()) {
                     self.cache.remove(&key).await;
                 }

@@ -213,14 +213,14 @@ impl Eviction {
                 shared.users.cache().invalidate(org, id).await;
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::Write);
+                    .invalidation(crate::metrics::Invalidation::Write, org.name());
                 gw.published(org, id).await;
             }
             Eviction::All(_) => {
                 shared.users.cache().invalidate_org(org);
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::WriteAll);
+                    .invalidation(crate::metrics::Invalidation::WriteAll, org.name());
                 if let Some(bus) = &shared.bus {
                     bus.all_evicted(Some(org.name())).await;
                 }

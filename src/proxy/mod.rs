@@ -200,13 +200,13 @@ impl Gateway {
     /// Evicts `id` here and on every replica (admin purge), in every
     /// organization or in the one named `org`.
     pub async fn purge(&self, org: Option<&str>, id: &str) -> Result<(), UnknownOrg> {
-        for org in self.orgs_named(org)? {
-            self.cache().invalidate(&org, id).await;
-            self.published(&org, id).await;
+        for o in self.orgs_named(org)? {
+            self.cache().invalidate(&o, id).await;
+            self.published(&o, id).await;
         }
         self.shared
             .metrics
-            .invalidation(crate::metrics::Invalidation::Purge);
+            .invalidation(crate::metrics::Invalidation::Purge, org.unwrap_or("*"));
         Ok(())
     }
 
@@ -223,7 +223,7 @@ impl Gateway {
         }
         self.shared
             .metrics
-            .invalidation(crate::metrics::Invalidation::PurgeAll);
+            .invalidation(crate::metrics::Invalidation::PurgeAll, org.unwrap_or("*"));
         if let Some(bus) = &self.shared.bus {
             bus.all_evicted(org).await;
         }

@@ -74,13 +74,13 @@ impl Drop for Unfinished {
                 self.gateway.evicted_now(&self.org, id);
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::Write);
+                    .invalidation(crate::metrics::Invalidation::Write, self.org.name());
             }
             Eviction::All(_) => {
                 self.gateway.org_evicted_now(&self.org);
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::WriteAll);
+                    .invalidation(crate::metrics::Invalidation::WriteAll, self.org.name());
             }
             Eviction::Nothing => {}
         }

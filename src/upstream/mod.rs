@@ -215,7 +215,8 @@ impl Upstream {
             Ok(Err(_)) => UpstreamOutcome::Error,
             Err(_) => UpstreamOutcome::Timeout,
         };
-        self.metrics.upstream(outcome, start.elapsed());
+        self.metrics
+            .upstream(outcome, caller.org().metric(), start.elapsed());
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) if is_client_body_error(&e) => {
