@@ -215,6 +215,20 @@ mod tests {
     }
 
     #[test]
+    fn an_organizations_key_file_is_read_and_watched() {
+        let path = std::env::temp_dir().join(format!("oag-orgs-unit-{}-key", std::process::id()));
+        std::fs::write(&path, "sk-admin-from-file\n").expect("write");
+        let c = parse(&format!(
+            "[[orgs]]\nname = \"r\"\norganization_id = \"org-r\"\nadmin_key_file = {:?}\n",
+            path.display().to_string()
+        ))
+        .expect("valid");
+        assert_eq!(c.orgs[0].admin_key.expose(), "sk-admin-from-file");
+        assert!(c.dependent_files().contains(&path), "the watch follows it");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
     fn a_client_key_equal_to_an_organizations_admin_key_is_refused() {
         let digest = crate::secret::digest(b"sk-admin-research");
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

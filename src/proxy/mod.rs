@@ -17,6 +17,13 @@
 //!   connection it came on (through a [`ConnectionRef`]).
 //! - `unfinished`: the guard of a write's task, which evicts and audits a
 //!   write dropped before it ended (shutdown).
+//! - `org_evict`: what the invalidation bus does here, by organization
+//!   name (a name not configured here evicts in every organization).
+//!
+//! Phase 2 also selects the organization (`OpenAI-Organization`, else the
+//! client's first): the request then borrows the client's
+//! [`crate::upstream::Caller`] for it, which every cache key, eviction and
+//! upstream exchange of the request takes.
 //!
 //! Everything a request holds (its account, an upstream slot or queue
 //! place, a single-flight fill, a write task) is a guard released on drop,
