@@ -227,6 +227,25 @@ async fn an_organization_added_by_reload_is_used_and_once_removed_gone() {
     assert_eq!(name(&added), user_name(RESEARCH_KEY, "org-research"));
     assert!(is_hit(&get(&gw, CLIENT_KEY, Some("org-research")).await));
 
+    // Its key rotated: the cache is kept, and the next exchange carries the new key.
+    const ROTATED: &str = "sk-admin-RESEARCH-rotated-0000000000";
+    std::fs::write(&key_file, ROTATED).expect("rotate");
+    gw.reloader.reload(parse_config(&with)).expect("reload");
+    assert!(
+        is_hit(&get(&gw, CLIENT_KEY, Some("org-research")).await),
+        "cache kept"
+    );
+    let fresh = req(Method::GET, &gw.url(&user_path(USER)))
+        .bearer(CLIENT_KEY)
+        .header("OpenAI-Organization", "org-research")
+        .header("Cache-Control", "no-cache")
+        .send()
+        .await;
+    assert_eq!(name(&fresh), user_name(ROTATED, "org-research"));
+    let last = upstream.seen().pop().expect("the refresh");
+    assert_eq!(last.auth, format!("Bearer {ROTATED}"));
+    std::fs::write(&key_file, RESEARCH_KEY).expect("rotate back");
+
     gw.reloader.reload(parse_config(&without)).expect("reload");
     let before = upstream.count();
     let r = get(&gw, CLIENT_KEY, Some("org-research")).await;
@@ -235,7 +254,7 @@ async fn an_organization_added_by_reload_is_used_and_once_removed_gone() {
     assert!(
         upstream.seen()[before..]
             .iter()
-            .all(|s| !s.auth.contains(RESEARCH_KEY) && s.org != "org-research"),
+            .all(|s| s.auth == format!("Bearer {ADMIN_KEY}") && s.org != "org-research"),
         "the removed organization's key is no longer sent"
     );
 
