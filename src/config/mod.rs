@@ -319,11 +319,11 @@ impl Config {
             u
         });
         let cache = v.cache(cache);
+        v.client_org_names(&orgs, &clients);
         let clients = v.clients(clients);
         let redis = redis.and_then(|r| v.redis(r));
         let default_id = upstream.as_ref().and_then(|u| u.organization_id.as_deref());
         let orgs = v.orgs(orgs, default_id, env);
-        v.client_org_names(&orgs, &clients);
         match (server, upstream, cache) {
             (Some(server), Some(upstream), Some(cache)) if v.problems.is_empty() => {
                 let config = Config {

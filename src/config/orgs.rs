@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use super::defaults::DEFAULT_ORG;
-use super::raw::RawOrg;
+use super::raw::{RawClient, RawOrg};
 use super::validate::{valid_name, Validator};
-use super::{ClientConfig, EnvLookup, OrgConfig};
+use super::{EnvLookup, OrgConfig};
 
 /// Longest accepted `organization_id` (OpenAI's are about 30 characters).
 const MAX_ORGANIZATION_ID: usize = 128;
@@ -103,7 +103,7 @@ impl Validator<'_> {
         }
     }
 
-    /// A client's `orgs`: names only (checked against the configured
+    /// A client's `orgs`: names only (checked against the file's
     /// organizations in [`Validator::client_org_names`]); `["default"]` unless set.
     pub(super) fn client_orgs(&mut self, i: usize, orgs: Option<Vec<String>>) -> Vec<String> {
         let Some(orgs) = orgs else {
@@ -129,13 +129,14 @@ impl Validator<'_> {
         orgs
     }
 
-    /// Client `orgs` naming no configured organization.
-    pub(super) fn client_org_names(&mut self, orgs: &[OrgConfig], clients: &[ClientConfig]) {
+    /// Client `orgs` naming no organization of the file (read before
+    /// validation, so each problem names the client's own index).
+    pub(super) fn client_org_names(&mut self, orgs: &[RawOrg], clients: &[RawClient]) {
         let names: Vec<&str> = std::iter::once(DEFAULT_ORG)
-            .chain(orgs.iter().map(|o| o.name.as_str()))
+            .chain(orgs.iter().filter_map(|o| o.name.as_deref()))
             .collect();
         for (i, c) in clients.iter().enumerate() {
-            for o in &c.orgs {
+            for o in c.orgs.iter().flatten() {
                 if !names.contains(&o.as_str()) {
                     self.problem(format!(
                         "clients[{i}].orgs: {o:?} is no configured organization (\"{DEFAULT_ORG}\" or an [[orgs]] name)"
@@ -195,6 +196,7 @@ mod tests {
              [[orgs]]\nname = \"s\"\norganization_id = \"org-s2\"\nadmin_key_env = \"KEY_R\"\n\
              [[orgs]]\nname = \"t\"\n\
              [[orgs]]\nname = \"u\"\norganization_id = \"org u\"\nadmin_key_env = \"NOPE\"\n\
+             [[clients]]\nname = \"bad name\"\n{CLIENT}\
              [[clients]]\nname = \"a\"\norgs = [\"nope\", \"s\", \"s\"]\n{CLIENT}"
         ))
         .unwrap_err();
@@ -207,8 +209,8 @@ mod tests {
             "orgs[4].admin_key_env: missing",
             "orgs[5].organization_id: \"org u\" must be",
             "orgs[5].admin_key_env: environment variable NOPE is not set",
-            "clients[0].orgs: \"nope\" is no configured organization",
-            "clients[0].orgs: \"s\" is listed twice",
+            "clients[1].orgs: \"nope\" is no configured organization",
+            "clients[1].orgs: \"s\" is listed twice",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
