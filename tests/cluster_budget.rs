@@ -106,6 +106,27 @@ async fn two_stores_take_from_one_gcra() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_takes_from_two_stores_allow_exactly_the_burst() {
+    let redis = Redis::start();
+    let cfg = redis_config(&redis, "race:");
+    let ((a, _), (b, _)) = (budget(&cfg), budget(&cfg));
+    let mut takes = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        takes.spawn(async move { store.take("default", Some(BURST_3)).await });
+    }
+    let mut allowed = 0;
+    while let Some(reply) = takes.join_next().await {
+        match reply.expect("take task") {
+            Some(BudgetReply::Allowed { .. }) => allowed += 1,
+            Some(BudgetReply::Limited { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(allowed, 3, "40 concurrent takes from two stores, burst 3");
+}
+
 #[tokio::test]
 async fn a_pause_is_shared_and_never_shortened() {
     let redis = Redis::start();
