@@ -10,6 +10,7 @@
 //! and summed at scrape (`local`); the rest are plain `prometheus-client`
 //! metrics, written rarely.
 
+mod budget;
 mod labels;
 mod local;
 
@@ -86,6 +87,8 @@ pub struct Metrics {
     /// Writes that evicted cached users, by dependency-table rule and
     /// outcome (`applied`, `unknown`).
     write_evictions: Family<EvictionLabels, Counter>,
+    /// The organization's budget (`gateway_budget_*`).
+    budget: budget::BudgetMetrics,
 }
 
 impl Default for Metrics {
@@ -117,6 +120,7 @@ impl Metrics {
             invalidations_dropped: Family::default(),
             send_timeouts: Counter::default(),
             write_evictions: Family::default(),
+            budget: budget::BudgetMetrics::register(&mut Registry::default()),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -228,6 +232,7 @@ impl Metrics {
              server.send_timeout_ms",
             m.send_timeouts.clone(),
         );
+        m.budget = budget::BudgetMetrics::register(r);
         m
     }
 
