@@ -190,6 +190,7 @@ impl Bus {
         };
         evict.set_serving(false);
         bus.metrics.bus_connected(false);
+        bus.metrics.replicas_live(1);
         tokio::spawn(bus.clone().subscribe(client, evict));
         tokio::spawn(bus.clone().heartbeat());
         tokio::spawn(bus.clone().send_outbox());
@@ -377,6 +378,7 @@ impl Bus {
         if let Some(origin) = message.as_ref().map(Message::origin) {
             self.heard
                 .heard(origin, *origin == *self.origin, Instant::now());
+            self.metrics.replicas_live(self.heard.live());
         }
         match message {
             Some(Message::User {
