@@ -47,6 +47,7 @@ fn clients(n: usize) -> Vec<ClientConfig> {
             key_sha256: vec![digest(format!("key-{i}").as_bytes())],
             rate_limit: None,
             allow: None,
+            budget_weight: 1,
         })
         .collect()
 }

@@ -4,8 +4,8 @@
 //! # Layout
 //!
 //! Folders by concern; imports run one way, from the top of this list to
-//! the bottom (`server → proxy → {policy, cache, upstream} → cluster →
-//! config → leaves`). Each folder's `mod.rs` says its job and its public
+//! the bottom (`server → proxy → {policy, cache, upstream} → budget →
+//! cluster → config → leaves`). Each folder's `mod.rs` says its job and its public
 //! surface.
 //!
 //! - [`server`]: listeners, the worker threads (`server.workers`, each with
@@ -23,6 +23,9 @@
 //!   the cached retrieve-user route.
 //! - [`upstream`]: the pooled rustls client (one pool per worker),
 //!   timeouts, the concurrency cap, small-body buffering.
+//! - [`budget`]: the organization's budget: one upstream rate limit for
+//!   every client (and replica), fair turns while it is empty, and the
+//!   pause after an upstream 429. Only the upstream exchange takes turns.
 //! - [`cluster`]: everything that talks to Redis (shared rate limits, and
 //!   the invalidation bus, whose outbox retries a failed publish).
 //! - [`config`]: the TOML file, parsed then validated into a [`Config`]
@@ -47,6 +50,7 @@
 //!   dependency table and scopes take instead of a `&str`.
 
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;

@@ -44,6 +44,15 @@ pub const POOL_IDLE_TIMEOUT_SECS: u64 = 90;
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 /// `upstream.max_queued_requests`.
 pub const MAX_QUEUED_REQUESTS: usize = 1024;
+/// `upstream.budget_wait_ms`.
+pub const BUDGET_WAIT_MS: u64 = 5_000;
+/// Most `upstream.budget_wait_ms` may be (a waiting request holds its
+/// connection).
+pub const MAX_BUDGET_WAIT_MS: u64 = 60_000;
+/// `clients.budget_weight`.
+pub const BUDGET_WEIGHT: u32 = 1;
+/// Most `clients.budget_weight` may be.
+pub const MAX_BUDGET_WEIGHT: u32 = 100;
 /// `cache.ttl_secs`.
 pub const TTL_SECS: u64 = 300;
 /// `cache.max_entries`.
@@ -120,6 +129,8 @@ pub const KEYS: &[Key] = &[
     value("upstream.max_concurrent_requests", "256"),
     value("upstream.max_queued_requests", "1024"),
     described("upstream.ca_file"),
+    described("upstream.rate_limit"),
+    value("upstream.budget_wait_ms", "5000"),
     value("cache.ttl_secs", "300"),
     value("cache.max_entries", "100000"),
     value("cache.max_body_bytes", "65536"),
@@ -133,4 +144,5 @@ pub const KEYS: &[Key] = &[
     described("clients.key_sha256"),
     described("clients.rate_limit"),
     described("clients.allow"),
+    value("clients.budget_weight", "1"),
 ];

@@ -173,6 +173,12 @@ pub struct UpstreamConfig {
     pub max_queued_requests: usize,
     /// Extra PEM roots trusted for the upstream (a corporate proxy's CA).
     pub ca_file: Option<PathBuf>,
+    /// The organization's budget: everything sent upstream, all clients
+    /// (and, with `[redis]`, all replicas) together. None: no ceiling (the
+    /// pause after an upstream 429 still applies).
+    pub rate_limit: Option<RateLimit>,
+    /// How long a request may wait for a turn of the organization's budget.
+    pub budget_wait: Duration,
     /// Connection pools to keep: one per server worker (`server.workers`,
     /// copied here; not a key of its own).
     pub pools: usize,
@@ -205,6 +211,8 @@ pub struct ClientConfig {
     pub rate_limit: Option<RateLimit>,
     /// Scope, if restricted.
     pub allow: Option<Scope>,
+    /// Turns of the organization's budget per round while it waits (1..=100).
+    pub budget_weight: u32,
 }
 
 impl fmt::Debug for RedisConfig {

@@ -122,6 +122,8 @@ pub(super) struct RawUpstream {
     pub(super) max_concurrent_requests: Option<usize>,
     pub(super) max_queued_requests: Option<usize>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) rate_limit: Option<RawRateLimit>,
+    pub(super) budget_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +141,7 @@ pub(super) struct RawClient {
     pub(super) key_sha256: Option<OneOrMany>,
     pub(super) rate_limit: Option<RawRateLimit>,
     pub(super) allow: Option<Vec<String>>,
+    pub(super) budget_weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@
 //! and summed at scrape (`local`); the rest are plain `prometheus-client`
 //! metrics, written rarely.
 
+mod budget;
 mod labels;
 mod local;
 
@@ -71,6 +72,10 @@ pub struct Metrics {
     invalidation_delay: Histogram,
     /// 1 while the invalidation bus subscription is live, else 0.
     bus_connected: Gauge,
+    /// Replicas (this one included) heard on the bus within a second of
+    /// the last message heard: what the organization's budget is divided
+    /// by while Redis can not answer.
+    replicas_live: Gauge,
     /// Caches emptied because the invalidation bus came back after a loss.
     cache_epoch_resets: Counter,
     /// Requests waiting for an upstream slot (written only off the fast
@@ -86,6 +91,8 @@ pub struct Metrics {
     /// Writes that evicted cached users, by dependency-table rule and
     /// outcome (`applied`, `unknown`).
     write_evictions: Family<EvictionLabels, Counter>,
+    /// The organization's budget (`gateway_budget_*`).
+    budget: budget::BudgetMetrics,
 }
 
 impl Default for Metrics {
@@ -111,12 +118,14 @@ impl Metrics {
             invalidations_received: Counter::default(),
             invalidation_delay: latency_histogram(),
             bus_connected: Gauge::default(),
+            replicas_live: Gauge::default(),
             cache_epoch_resets: Counter::default(),
             upstream_queued: Gauge::default(),
             invalidation_outbox: Gauge::default(),
             invalidations_dropped: Family::default(),
             send_timeouts: Counter::default(),
             write_evictions: Family::default(),
+            budget: budget::BudgetMetrics::register(&mut Registry::default()),
             registry: Registry::default(),
             local: Local::default(),
         };
@@ -198,6 +207,11 @@ impl Metrics {
             m.bus_connected.clone(),
         );
         r.register(
+            "gateway_replicas_live",
+            "Replicas (this one included) heard on the invalidation bus within a second of the last message heard; while Redis is away each takes this share of the organization's budget",
+            m.replicas_live.clone(),
+        );
+        r.register(
             "gateway_write_evictions",
             "Writes that evicted cached users, by dependency rule (user_path, user_body; all, all_unlisted and all_body_unread empty the cache, so each costs a refill) and outcome (applied, unknown)",
             m.write_evictions.clone(),
@@ -228,6 +242,7 @@ impl Metrics {
              server.send_timeout_ms",
             m.send_timeouts.clone(),
         );
+        m.budget = budget::BudgetMetrics::register(r);
         m
     }
 
@@ -266,6 +281,12 @@ impl Metrics {
     /// Sets the bus gauge.
     pub fn bus_connected(&self, connected: bool) {
         self.bus_connected.set(i64::from(connected));
+    }
+
+    /// Sets the live replicas gauge.
+    pub fn replicas_live(&self, replicas: usize) {
+        self.replicas_live
+            .set(i64::try_from(replicas).unwrap_or(i64::MAX));
     }
 
     /// Counts an epoch reset.

@@ -71,7 +71,7 @@ impl ClientTable {
             });
             let client = Handles::new(Arc::new(Client {
                 name: ClientLabel::new(&c.name),
-                caller: Caller::new(ClientLabel::new(&c.name)),
+                caller: Caller::weighted(ClientLabel::new(&c.name), c.budget_weight),
                 limiter,
                 scope: c.allow.clone(),
             }));
@@ -111,6 +111,7 @@ mod tests {
             key_sha256: vec![digest(key)],
             rate_limit,
             allow: None,
+            budget_weight: 1,
         }
     }
 

@@ -134,8 +134,11 @@ pub(super) struct Access {
     pub forwarded: bool,
     /// Why the upstream exchange failed (502/503/504), for the log line.
     pub failure: Option<String>,
-    /// The answer's status and request id; `None` while unanswered.
-    answered: Option<(StatusCode, Option<HeaderValue>)>,
+    /// The answer's status and request id, and the milliseconds the
+    /// request waited for turns of the organization's budget (kept here,
+    /// in the status's padding: every request's future carries this);
+    /// `None` while unanswered.
+    answered: Option<(StatusCode, Option<HeaderValue>, u32)>,
     /// How the body ended, and the body bytes sent.
     body: (BodyEnd, u64),
 }
@@ -211,7 +214,8 @@ impl Access {
             }
         }
         let id = resp.headers().get(X_REQUEST_ID).cloned();
-        self.answered = Some((resp.status(), id));
+        let waited = wait_ms(crate::budget::waited());
+        self.answered = Some((resp.status(), id, waited));
         let (parts, inner) = resp.into_parts();
         let body = Accounted {
             inner,
@@ -237,7 +241,7 @@ impl Drop for Access {
             }
         };
         let (status, request_id) = match &self.answered {
-            Some((s, id)) => (s.as_u16(), id.as_ref().map_or("-", header_str)),
+            Some((s, id, _)) => (s.as_u16(), id.as_ref().map_or("-", header_str)),
             None => (CLIENT_CLOSED, "-"),
         };
         if let Some(conn) = &self.conn {
@@ -252,6 +256,10 @@ impl Drop for Access {
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);
         let latency_us = elapsed.as_micros() as u64;
+        let budget_wait_ms = match self.answered {
+            Some((_, _, waited)) => waited,
+            None => wait_ms(crate::budget::waited()),
+        };
         let (method, client) = (self.method.as_str(), client.as_str());
         // Cut for the send deadline while this body was still being sent:
         // whatever it had handed over, the client did not get it all.
@@ -273,11 +281,13 @@ impl Drop for Access {
         match error {
             None => info!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us, body, bytes,
+                request_id, client, method, route, status, cache, latency_us, budget_wait_ms,
+                body, bytes,
             ),
             Some(error) => warn!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us, body, bytes, error,
+                request_id, client, method, route, status, cache, latency_us, budget_wait_ms,
+                body, bytes, error,
             ),
         }
         if let (Some(path), true) = (&self.audit_path, self.forwarded) {
@@ -292,6 +302,11 @@ impl Drop for Access {
             );
         }
     }
+}
+
+/// A wait in whole milliseconds, as the access line carries it.
+fn wait_ms(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// The audit line of a request that may have changed something upstream.

@@ -48,7 +48,7 @@ use hyper::body::Incoming;
 
 use crate::body::BoxBody;
 use crate::cache::{Settings, UserCache, UserRoute};
-use crate::cluster::{Bus, Evict, SharedLimits};
+use crate::cluster::{Bus, Evict, SharedBudget, SharedLimits};
 use crate::config::Config;
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
@@ -115,10 +115,13 @@ impl Gateway {
             (Some(r), Some(c)) => {
                 let evict: Arc<dyn Evict> = Arc::new(users.clone());
                 let lifetime = eviction_lifetime(config);
-                Some(
-                    Bus::start(r, c, metrics.clone(), evict, lifetime)
-                        .map_err(std::io::Error::other)?,
-                )
+                let store = SharedBudget::new(c.clone(), r, metrics.clone());
+                let bus = Bus::start(r, c, metrics.clone(), evict, lifetime)
+                    .map_err(std::io::Error::other)?;
+                // The organization's budget is shared like the clients'
+                // limits: one in Redis, this replica's share without it.
+                upstream.budgets().share(store, bus.clone());
+                Some(bus)
             }
             _ => None,
         };
@@ -138,7 +141,8 @@ impl Gateway {
     }
 
     /// Applies the reloadable parts of `config`: clients, keys, limits,
-    /// scopes, cache TTL and body bound, the admin key. The cache is kept.
+    /// scopes, cache TTL and body bound, the admin key, the organization's
+    /// budget. The cache is kept.
     pub fn apply(&self, config: &Config) {
         let shared = &*self.shared;
         let previous = shared.clients.load();
@@ -152,6 +156,7 @@ impl Gateway {
         shared
             .upstream
             .set_admin_key(config.upstream.admin_key.clone());
+        shared.upstream.budgets().apply(&config.upstream);
         if let Some(bus) = &shared.bus {
             bus.set_lifetime(eviction_lifetime(config));
         }
@@ -240,7 +245,9 @@ impl hyper::service::Service<Request<Incoming>> for Gateway {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let gw = self.clone();
-        Box::pin(async move { Ok(gw.handle(req).await) })
+        Box::pin(crate::budget::recording(
+            async move { Ok(gw.handle(req).await) },
+        ))
     }
 }
 

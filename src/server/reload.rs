@@ -175,7 +175,9 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         max_concurrent_requests,
         max_queued_requests,
         ca_file,
-        pools: _, // server.workers
+        rate_limit: _,  // reloadable (the organization's budget)
+        budget_wait: _, // reloadable
+        pools: _,       // server.workers
     } = upstream;
     let CacheConfig {
         ttl: _,                    // reloadable (new entries)

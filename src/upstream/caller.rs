@@ -23,12 +23,29 @@ struct Who {
     /// several waiters, the one that runs it; for a background refresh,
     /// the one whose request started it).
     client: ClientLabel,
+    /// Its turns per round of the organization's budget while it waits
+    /// (`budget_weight`).
+    budget_weight: u32,
 }
 
 impl Caller {
     /// The caller for `client`'s requests.
     pub fn new(client: ClientLabel) -> Self {
-        Self(Arc::new(Who { client }))
+        Self::weighted(client, 1)
+    }
+
+    /// The caller for `client`'s requests, with `budget_weight` turns per
+    /// round of the organization's budget.
+    pub fn weighted(client: ClientLabel, budget_weight: u32) -> Self {
+        Self(Arc::new(Who {
+            client,
+            budget_weight: budget_weight.max(1),
+        }))
+    }
+
+    /// Turns per round of the organization's budget.
+    pub fn budget_weight(&self) -> u32 {
+        self.0.budget_weight
     }
 
     /// The client's name.

@@ -45,6 +45,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::error;
 
 use crate::body::{is_client_body_error, BoxBody, BoxError};
+use crate::budget::{pause_for, Budgets, DEFAULT_ORG};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
@@ -81,6 +82,8 @@ pub struct Upstream {
     body_idle: Duration,
     /// The concurrency cap and its bounded wait queue.
     slots: Slots,
+    /// The organizations' budgets: every exchange takes a turn first.
+    budgets: Budgets,
     /// Where exchanges are counted.
     metrics: Arc<Metrics>,
 }
@@ -137,6 +140,7 @@ impl Upstream {
                 cfg.max_queued_requests,
                 metrics.clone(),
             ),
+            budgets: Budgets::new(cfg, metrics.clone()),
             metrics,
         })
     }
@@ -144,6 +148,11 @@ impl Upstream {
     /// `timeout_ms`: the wait for response headers.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The organizations' budgets (reload, `[redis]`, the stale path).
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// Replaces the admin key (reload).
@@ -189,10 +198,14 @@ impl Upstream {
             .await
     }
 
+    /// The one way upstream: a turn of the organization's budget first
+    /// (before the concurrency slot, so nobody holds a slot while waiting
+    /// for a turn), then a slot, then the request. An upstream 429 pauses
+    /// the organization and is relayed unchanged.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         deadline: Option<tokio::time::Instant>,
         method: Method,
         rest: &str,
@@ -213,6 +226,11 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
+        let budget = self.budgets.get(DEFAULT_ORG);
+        if let Some(b) = budget {
+            b.turn(caller.client(), caller.budget_weight(), deadline)
+                .await?;
+        }
         let slot = self.slots.acquire(deadline, self.timeout).await?;
         let start = Instant::now();
         let headers_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
@@ -238,6 +256,11 @@ impl Upstream {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if parts.status == StatusCode::TOO_MANY_REQUESTS {
+            if let Some(b) = budget {
+                b.pause(pause_for(&parts.headers, std::time::SystemTime::now()));
+            }
+        }
         // On the refusal paths the body is dropped unread and the slot is
         // released when this returns; a relayed 403 is whole, so it needs
         // the slot no longer either.

@@ -26,6 +26,9 @@ pub struct Fault {
     pub gate: Option<String>,
     /// Answer with this status and an OpenAI error body (429 adds `retry-after`).
     pub status: Option<u16>,
+    /// With `status(429)`: answer `retry-after: <this>` alone instead of the default
+    /// `retry-after: 7` and `retry-after-ms: 7000`.
+    pub retry_after: Option<String>,
     /// Refuse the admin key the way OpenAI does (takes precedence over `status`).
     pub refusal: Option<KeyRefusal>,
     /// Close the connection without any response.
@@ -73,6 +76,10 @@ impl Fault {
     }
     pub fn status(mut self, status: u16) -> Self {
         self.status = Some(status);
+        self
+    }
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_string());
         self
     }
     pub fn refuse_key(mut self, how: KeyRefusal) -> Self {
@@ -230,10 +237,15 @@ impl State {
     }
 }
 
-pub(super) fn status_error(status: u16) -> Resp {
+pub(super) fn status_error(status: u16, retry_after: Option<&str>) -> Resp {
     let status = StatusCode::from_u16(status).expect("fault status");
     let mut resp = error(status, "injected failure", "injected");
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    if let (StatusCode::TOO_MANY_REQUESTS, Some(value)) = (status, retry_after) {
+        resp.headers_mut().insert(
+            "retry-after",
+            HeaderValue::from_str(value).expect("retry-after"),
+        );
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
         resp.headers_mut()
             .insert("retry-after", HeaderValue::from_static("7"));
         resp.headers_mut()
