@@ -32,6 +32,7 @@ pub struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         self.inner.lock().fair.remove(&self.client, self.id);
+        self.inner.metrics.budget_queued(-1);
     }
 }
 
@@ -131,6 +132,7 @@ impl Budget {
             st.next_id
         });
         drop(st);
+        inner.metrics.budget_queued(1);
         let place = Place {
             inner: inner.clone(),
             client: client.clone(),
@@ -210,6 +212,11 @@ mod tests {
             assert_eq!(b.waiting(), 1, "the waiter holds a place");
         }
         assert_eq!(b.waiting(), 0, "dropped waiters gave their places back");
+        let text = b.inner.metrics.encode(0);
+        assert!(
+            text.lines().any(|l| l == "gateway_budget_queued 0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

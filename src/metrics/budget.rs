@@ -27,6 +27,8 @@ pub(super) struct BudgetMetrics {
     paused_seconds: Counter<f64, AtomicU64>,
     /// Turns left in the burst at the last turn taken.
     remaining: Gauge,
+    /// Requests waiting for a turn now (one per live `budget::Place`).
+    queued: Gauge,
 }
 
 impl BudgetMetrics {
@@ -38,6 +40,7 @@ impl BudgetMetrics {
             pauses: Counter::default(),
             paused_seconds: Counter::default(),
             remaining: Gauge::default(),
+            queued: Gauge::default(),
         };
         r.register(
             "gateway_budget_wait_seconds",
@@ -63,6 +66,11 @@ impl BudgetMetrics {
             "gateway_budget_remaining",
             "Turns left in the organization's budget at the last turn taken (0 without upstream.rate_limit)",
             m.remaining.clone(),
+        );
+        r.register(
+            "gateway_budget_queued",
+            "Requests waiting for a turn of the organization's budget",
+            m.queued.clone(),
         );
         m
     }
@@ -92,6 +100,11 @@ impl super::Metrics {
                 client: client.clone(),
             })
             .inc();
+    }
+
+    /// A request started (1) or stopped (-1) waiting for a turn.
+    pub fn budget_queued(&self, delta: i64) {
+        self.budget.queued.inc_by(delta);
     }
 
     /// Counts a pause that added `added` to the organization's pause.
