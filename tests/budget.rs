@@ -303,3 +303,50 @@ async fn a_stale_user_is_served_at_once_during_a_pause() {
         "served at once, not after the pause"
     );
 }
+
+/// `gateway_budget_queued` now.
+async fn queued(gw: &TestGateway) -> f64 {
+    metric(&gw.metrics_text().await, "gateway_budget_queued", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_waiters_and_an_unchanged_budget() {
+    let upstream = start_upstream().await;
+    let cfg = GatewayConfig::new(&upstream.base_url());
+    let limited = |wait_ms: u64| {
+        with_upstream_keys(
+            &cfg.toml(),
+            &format!(
+                "rate_limit = {{ requests_per_minute = 30, burst = 1 }}\nbudget_wait_ms = {wait_ms}"
+            ),
+        )
+    };
+    let gw = start_gateway(&limited(10_000)).await;
+    gw.get("/v1/echo/reload/0").await.assert_status(200);
+    // Same limit, a shorter wait: the budget keeps its state (still empty for 2 s; a
+    // fresh budget would have a turn at once).
+    gw.reload_toml(&limited(100)).expect("reload");
+    assert_budget_429(&gw.get("/v1/echo/reload/refused").await);
+    gw.reload_toml(&limited(10_000)).expect("reload");
+    // The next turn is under 2 s away: this one waits for it.
+    let waiter = tokio::spawn(gw.req(Method::GET, "/v1/echo/reload/1").send());
+    within(5, "the waiter to queue", async {
+        while queued(&gw).await != 1.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Reloaded while it waits: it keeps its place and gets its turn.
+    gw.reload_toml(&limited(100)).expect("reload");
+    let waited = within(10, "the waiter", waiter).await.expect("task");
+    waited.assert_status(200);
+    // No limit at all: requests go at once.
+    let unlimited = with_upstream_keys(&cfg.toml(), "budget_wait_ms = 100");
+    gw.reload_toml(&unlimited).expect("reload");
+    for i in 3..6 {
+        gw.get(&format!("/v1/echo/reload/{i}"))
+            .await
+            .assert_status(200);
+    }
+    assert_eq!(seen(&upstream, "/v1/echo/reload/"), 5, "none of the refused");
+}
