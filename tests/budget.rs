@@ -348,5 +348,9 @@ async fn reload_keeps_waiters_and_an_unchanged_budget() {
             .await
             .assert_status(200);
     }
-    assert_eq!(seen(&upstream, "/v1/echo/reload/"), 5, "none of the refused");
+    assert_eq!(
+        seen(&upstream, "/v1/echo/reload/"),
+        5,
+        "none of the refused"
+    );
 }
