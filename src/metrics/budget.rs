@@ -44,32 +44,32 @@ impl BudgetMetrics {
         };
         r.register(
             "gateway_budget_wait_seconds",
-            "Time requests waited for a turn of the organization's budget (0 when taken at once)",
+            "Time requests waited for a turn of the upstream budget, upstream.rate_limit or a pause (0 when taken at once)",
             m.wait.clone(),
         );
         r.register(
             "gateway_budget_refusals",
-            "Requests refused a turn of the organization's budget (429 organization_budget_exceeded), by client",
+            "Requests refused a turn of the upstream budget (the gateway answered 429), by client",
             m.refusals.clone(),
         );
         r.register(
             "gateway_budget_pauses",
-            "Pauses of the organization's upstream traffic started or extended by an upstream 429",
+            "Pauses of all upstream traffic started or extended by an upstream 429",
             m.pauses.clone(),
         );
         r.register(
             "gateway_budget_paused_seconds",
-            "Seconds the organization's upstream traffic was paused after upstream 429s",
+            "Seconds all upstream traffic was paused after upstream 429s",
             m.paused_seconds.clone(),
         );
         r.register(
             "gateway_budget_remaining",
-            "Turns left in the organization's budget at the last turn taken (0 without upstream.rate_limit)",
+            "Turns left in the upstream budget at the last turn taken (0 without upstream.rate_limit)",
             m.remaining.clone(),
         );
         r.register(
             "gateway_budget_queued",
-            "Requests waiting for a turn of the organization's budget",
+            "Requests waiting for a turn of the upstream budget",
             m.queued.clone(),
         );
         m

@@ -147,6 +147,8 @@ pub enum RetryAfter {
     /// `retry-after: <HTTP date>`, this long from when the 429 is sent (rounded up to
     /// the next whole second, as an HTTP date has no finer unit).
     Date(Duration),
+    /// `retry-after: S` and `retry-after-ms: MS` (the gateway's pause follows the ms).
+    Both(u64, u64),
     /// No retry header at all.
     Absent,
 }
@@ -161,6 +163,10 @@ impl RetryAfter {
                 let at = std::time::SystemTime::now() + d + Duration::from_millis(999);
                 vec![("retry-after", httpdate::fmt_http_date(at))]
             }
+            Self::Both(s, ms) => vec![
+                ("retry-after", s.to_string()),
+                ("retry-after-ms", ms.to_string()),
+            ],
             Self::Absent => Vec::new(),
         }
     }
