@@ -354,3 +354,29 @@ async fn reload_keeps_waiters_and_an_unchanged_budget() {
         "none of the refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refetch_the_budget_refuses_serves_the_stale_user() {
+    // One turn a minute: the prime takes it, and the refetch after the TTL gets none.
+    let (upstream, gw) = start_budget(
+        "rate_limit = { requests_per_minute = 1, burst = 1 }\nbudget_wait_ms = 100",
+        "stale_if_error_secs = 60",
+        1,
+    )
+    .await;
+    gw.get_user("user_abc").await.assert_status(200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stale = gw.get_user("user_abc").await;
+    stale.assert_status(200);
+    // No fwd-status: nothing was sent.
+    assert!(
+        stale
+            .cache_status()
+            .starts_with(&format!("{CACHE_NAME}; fwd=stale; ttl=-")),
+        "a refused refetch is an error for stale-if-error: {}",
+        stale.describe()
+    );
+    assert_eq!(upstream.count("GET", USER_PATH), 1);
+    // Outside the cached route the refusal is the client's answer.
+    assert_budget_429(&gw.get("/v1/echo/refused").await);
+}
