@@ -65,8 +65,10 @@ impl Budget {
         }
         let (place, mut rx) = self.enqueue(client, weight);
         let got = tokio::time::timeout_at(give_up.into(), &mut rx).await;
-        let got = matches!(got, Ok(Ok(()))) || rx.try_recv().is_ok();
+        // Out of the queue first: a turn the driver handed over before that is in `rx`,
+        // and none can come after it.
         drop(place);
+        let got = matches!(got, Ok(Ok(()))) || rx.try_recv().is_ok();
         super::wait::record(start.elapsed());
         if got {
             let waited = start.elapsed();
