@@ -27,7 +27,7 @@ pub struct Fault {
     /// Answer with this status and an OpenAI error body (429 adds `retry-after`).
     pub status: Option<u16>,
     /// What a 429 says about when to retry (None: `retry-after: 7`, `retry-after-ms: 7000`).
-    pub retry_after: Option<RetryAfter>,
+    pub retry_headers: Option<RetryAfter>,
     /// Refuse the admin key the way OpenAI does (takes precedence over `status`).
     pub refusal: Option<KeyRefusal>,
     /// Close the connection without any response.
@@ -80,7 +80,7 @@ impl Fault {
     /// A 429 whose retry headers are `how`.
     pub fn too_many(mut self, how: RetryAfter) -> Self {
         self.status = Some(429);
-        self.retry_after = Some(how);
+        self.retry_headers = Some(how);
         self
     }
     pub fn refuse_key(mut self, how: KeyRefusal) -> Self {
