@@ -104,7 +104,7 @@ async fn a_pause_seen_by_one_replica_holds_the_others() {
     upstream.inject(
         "GET",
         FORWARD,
-        Fault::new().status(429).retry_after("2").times(1),
+        Fault::new().too_many(RetryAfter::Seconds(2)).times(1),
     );
 
     let first = forward(&three[0]).await;

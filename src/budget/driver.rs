@@ -56,6 +56,10 @@ async fn drive(inner: Arc<Inner>, number: u64) {
             let mut st = inner.lock();
             let now = Instant::now();
             if st.fair.is_empty() {
+                // Unmarked under the lock that saw nobody waiting: a waiter queued
+                // after this starts a driver of its own (unmarking in `Running`'s drop,
+                // after the lock, would leave it without one).
+                st.driver = None;
                 Step::Done
             } else if let Some(p) = st.pause_left(now) {
                 Step::Sleep(p)

@@ -32,6 +32,7 @@ pub struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         self.inner.lock().fair.remove(&self.client, self.id);
+        self.inner.metrics.budget_queued(-1);
     }
 }
 
@@ -64,8 +65,10 @@ impl Budget {
         }
         let (place, mut rx) = self.enqueue(client, weight);
         let got = tokio::time::timeout_at(give_up.into(), &mut rx).await;
-        let got = matches!(got, Ok(Ok(()))) || rx.try_recv().is_ok();
+        // Out of the queue first: a turn the driver handed over before that is in `rx`,
+        // and none can come after it.
         drop(place);
+        let got = matches!(got, Ok(Ok(()))) || rx.try_recv().is_ok();
         super::wait::record(start.elapsed());
         if got {
             let waited = start.elapsed();
@@ -131,6 +134,7 @@ impl Budget {
             st.next_id
         });
         drop(st);
+        inner.metrics.budget_queued(1);
         let place = Place {
             inner: inner.clone(),
             client: client.clone(),
@@ -210,6 +214,11 @@ mod tests {
             assert_eq!(b.waiting(), 1, "the waiter holds a place");
         }
         assert_eq!(b.waiting(), 0, "dropped waiters gave their places back");
+        let text = b.inner.metrics.encode(0);
+        assert!(
+            text.lines().any(|l| l == "gateway_budget_queued 0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

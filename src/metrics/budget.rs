@@ -27,6 +27,8 @@ pub(super) struct BudgetMetrics {
     paused_seconds: Counter<f64, AtomicU64>,
     /// Turns left in the burst at the last turn taken.
     remaining: Gauge,
+    /// Requests waiting for a turn now (one per live `budget::Place`).
+    queued: Gauge,
 }
 
 impl BudgetMetrics {
@@ -38,31 +40,37 @@ impl BudgetMetrics {
             pauses: Counter::default(),
             paused_seconds: Counter::default(),
             remaining: Gauge::default(),
+            queued: Gauge::default(),
         };
         r.register(
             "gateway_budget_wait_seconds",
-            "Time requests waited for a turn of the organization's budget (0 when taken at once)",
+            "Time requests waited for a turn of the upstream budget, upstream.rate_limit or a pause (0 when taken at once)",
             m.wait.clone(),
         );
         r.register(
             "gateway_budget_refusals",
-            "Requests refused a turn of the organization's budget (429 organization_budget_exceeded), by client",
+            "Requests refused a turn of the upstream budget (the gateway answered 429), by client",
             m.refusals.clone(),
         );
         r.register(
             "gateway_budget_pauses",
-            "Pauses of the organization's upstream traffic started or extended by an upstream 429",
+            "Pauses of all upstream traffic started or extended by an upstream 429",
             m.pauses.clone(),
         );
         r.register(
             "gateway_budget_paused_seconds",
-            "Seconds the organization's upstream traffic was paused after upstream 429s",
+            "Seconds all upstream traffic was paused after upstream 429s",
             m.paused_seconds.clone(),
         );
         r.register(
             "gateway_budget_remaining",
-            "Turns left in the organization's budget at the last turn taken (0 without upstream.rate_limit)",
+            "Turns left in the upstream budget at the last turn taken (0 without upstream.rate_limit)",
             m.remaining.clone(),
+        );
+        r.register(
+            "gateway_budget_queued",
+            "Requests waiting for a turn of the upstream budget",
+            m.queued.clone(),
         );
         m
     }
@@ -92,6 +100,11 @@ impl super::Metrics {
                 client: client.clone(),
             })
             .inc();
+    }
+
+    /// A request started (1) or stopped (-1) waiting for a turn.
+    pub fn budget_queued(&self, delta: i64) {
+        self.budget.queued.inc_by(delta);
     }
 
     /// Counts a pause that added `added` to the organization's pause.

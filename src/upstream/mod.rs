@@ -8,6 +8,9 @@
 //!   One pool per server worker (picked by the calling thread's
 //!   [`crate::runtime::index`]) plus a shared one for every other thread;
 //!   the cap and the queue stay global.
+//! - Every exchange first takes a turn of the organization's budget
+//!   ([`crate::budget`]; before the concurrency slot, so nobody holds a
+//!   slot while waiting for a turn), and an upstream 429 pauses it.
 //! - `connect`: the rustls client config and a deadline on the whole
 //!   connect (TCP and TLS).
 //! - `queue`: the concurrency cap and its bounded wait queue; a waiting
