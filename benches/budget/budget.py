@@ -486,7 +486,7 @@ def main():
         up.close()
     report(a, results)
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "admin_key"},
+        Path(a.json).write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k not in ("admin_key", "gateway")},
                                             "results": results}, indent=1) + "\n")
     return 0
 
