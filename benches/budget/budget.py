@@ -179,6 +179,8 @@ def gateway_config(a, port, admin_port, upstream_port, clients):
     for name, key in clients:
         digest = hashlib.sha256(key.encode()).hexdigest()
         out += ["", "[[clients]]", f'name = "{name}"', f'key_sha256 = "{digest}"']
+        if name == "greedy-0" and a.greedy0_weight != 1:
+            out.append(f"budget_weight = {a.greedy0_weight}")
     return "\n".join(out) + "\n"
 
 
@@ -401,7 +403,10 @@ def report(a, results):
       f"budget_wait_ms = {a.budget_wait_ms}")
     w(f"load: {a.greedy} greedy clients x {a.inflight} in flight, 1 polite client (one at a time, "
       f"{a.pause_ms} ms pause, from {a.warmup:g} s on); GET {PATH}; {a.duration:g} s per mode")
-    w(f"one round of turns = {a.greedy + 1} turns = {(a.greedy + 1) / rate:.1f} s at {rate:g}/s")
+    turns = a.greedy + a.greedy0_weight
+    if a.greedy0_weight != 1:
+        w(f"fair mode: greedy-0 has budget_weight = {a.greedy0_weight}, the others 1")
+    w(f"one round of turns = {turns} turns = {turns / rate:.1f} s at {rate:g}/s")
     w("")
     for r in results:
         g = r["greedy"]
@@ -463,6 +468,8 @@ def main():
     ap.add_argument("--inflight", type=int, default=8, help="requests in flight per greedy client")
     ap.add_argument("--pause-ms", type=int, default=200, help="the polite client's pause between requests")
     ap.add_argument("--warmup", type=float, default=3, help="seconds before the polite client starts")
+    ap.add_argument("--greedy0-weight", type=int, default=1,
+                    help="budget_weight of the first greedy client (fair mode; FIFO has one client)")
     ap.add_argument("--max-requests", type=int, default=100000, help="cap per mode, all clients together")
     ap.add_argument("--json", default=None, help="also write the figures here")
     a = ap.parse_args()
