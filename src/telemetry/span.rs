@@ -75,7 +75,6 @@ pub fn server(method: &Method, path: &str, headers: &HeaderMap) -> Option<Arc<Tr
     let span = tracing::info_span!(
         target: TARGET,
         "request",
-        otel.name = Empty,
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method.as_str(),
@@ -150,7 +149,11 @@ pub fn finished(
     let Some(span) = traced.map(|t| &t.span).filter(|s| !s.is_disabled()) else {
         return;
     };
-    span.record("otel.name", format!("{method} {route}"));
+    // Started already (for the trace id): the name is set on the span
+    // itself, as `otel.name` only names a span not yet started.
+    span.context()
+        .span()
+        .update_name(format!("{method} {route}"));
     span.record("http.route", route);
     span.record("http.response.status_code", status);
     span.record("gateway.client", client);
