@@ -31,10 +31,15 @@ fn traceparent(trace: &str) -> String {
 /// The receiver, the fake upstream and the binary exporting to the receiver; `cache` is
 /// added to `[cache]`.
 struct Traced {
+    /// The OTLP/HTTP receiver the gateway exports to.
     collector: Collector,
+    /// The fake Admin API.
     upstream: Upstream,
+    /// The binary, logging JSON to its captured stderr.
     gw: GatewayProcess,
+    /// Its public listener.
     addr: std::net::SocketAddr,
+    /// Holds its config file.
     _dir: TempDir,
 }
 

@@ -22,7 +22,9 @@ use prost::Message;
 /// One exported span, with the service name of its resource.
 #[derive(Clone, Debug)]
 pub struct Got {
+    /// `service.name` of the resource it came with.
     pub service: String,
+    /// The span as decoded.
     pub span: Span,
 }
 
@@ -65,7 +67,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The receiver. Answers `status` (200 unless told otherwise).
 pub struct Collector {
+    /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Every span received, in arrival order.
     spans: Arc<Mutex<Vec<Got>>>,
     /// Export requests received (decoded or not).
     posts: Arc<Mutex<usize>>,
