@@ -134,8 +134,8 @@ def wrk(port, path):
         capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         sys.exit(f"wrk saw errors:\n{out}")
-    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return p50, p99, rps
 
