@@ -199,6 +199,29 @@ async fn a_miss_has_its_fill_as_a_client_span_whose_traceparent_went_upstream() 
     );
     let line = t.access_line(&miss.request_id()).await;
     assert_eq!(line["trace_id"], trace.as_str(), "{line:?}");
+    // For the record (`--no-capture`): the trace as decoded, and its access line.
+    for g in [&server, client] {
+        let attrs: Vec<String> = g
+            .span
+            .attributes
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, g.attr(&kv.key).unwrap_or_default()))
+            .collect();
+        println!(
+            "{:?} {:?} trace={} span={} parent={} {}",
+            g.span.kind(),
+            g.span.name,
+            g.trace_id(),
+            g.span_id(),
+            g.parent_id(),
+            attrs.join(" ")
+        );
+    }
+    println!(
+        "upstream traceparent: {}",
+        upstream_traceparent(&t.upstream, USER)
+    );
+    println!("access line: {}", serde_json::Value::Object(line));
 }
 
 /// A forward: the client's trace goes on through a CLIENT span, and the upstream sees that

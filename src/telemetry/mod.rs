@@ -77,6 +77,8 @@ where
             .with_threads(false)
             .with_level(false)
             .with_target(false)
+            // No busy/idle timing on every enter and exit of a span.
+            .with_tracked_inactivity(false)
             .with_filter(only_ours),
     )
 }
