@@ -45,6 +45,9 @@
 //!   writes no cache line another core writes. ("Shard" is kept for
 //!   moka's key partitions in `cache/`.)
 //! - [`secret`]: the admin key that never prints, and key digests.
+//! - [`telemetry`]: OpenTelemetry traces (the SERVER span of each
+//!   request, the CLIENT span of each upstream exchange, the W3C trace
+//!   context both ways) and their OTLP/HTTP export off the request path.
 //! - [`path`]: [`path::CanonicalPath`], the path after the prefix in its
 //!   one spelling (made only by [`proxy::canonicalize`]), which routing, the
 //!   dependency table and scopes take instead of a `&str`.
@@ -64,6 +67,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

@@ -79,7 +79,16 @@ fn readme_keys(readme: &str) -> BTreeMap<String, String> {
                 None => name.to_string(),
             };
             let is_key = name.split_once('.').is_some_and(|(s, k)| {
-                ["server", "upstream", "cache", "redis", "clients"].contains(&s) && is_key_name(k)
+                [
+                    "server",
+                    "upstream",
+                    "cache",
+                    "redis",
+                    "telemetry",
+                    "clients",
+                ]
+                .contains(&s)
+                    && is_key_name(k)
             });
             if is_key {
                 out.insert(name, plain(cells[1]));

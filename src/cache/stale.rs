@@ -98,6 +98,7 @@ impl<'a> Stale<'a> {
         }
         self.metrics
             .stale_served(crate::metrics::StaleReason::Revalidate);
+        crate::telemetry::span::stale_answer("stale_while_revalidate");
         Some((
             stale_response(&old.user, old.past, None, true),
             CacheStatus::StaleRevalidate,
@@ -145,6 +146,7 @@ impl<'a> Stale<'a> {
             Refetched::Failed(status) if within => {
                 self.metrics
                     .stale_served(crate::metrics::StaleReason::Error);
+                crate::telemetry::span::stale_answer("stale_if_error");
                 let code = status.map(|s| s.as_u16());
                 Some((
                     stale_response(&old.user, old.past, code, false),

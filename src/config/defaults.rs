@@ -70,6 +70,11 @@ pub const REDIS_CHANNEL: &str = "openai-admin-gateway:invalidations";
 /// `redis.timeout_ms`.
 pub const REDIS_TIMEOUT_MS: u64 = 50;
 
+/// `telemetry.service_name`.
+pub const SERVICE_NAME: &str = "openai-admin-gateway";
+/// `telemetry.sample_ratio`.
+pub const SAMPLE_RATIO: f64 = 1.0;
+
 /// A key's default as the docs state it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stated {
@@ -140,6 +145,9 @@ pub const KEYS: &[Key] = &[
     value("redis.key_prefix", "\"openai-admin-gateway:ratelimit:\""),
     value("redis.channel", "\"openai-admin-gateway:invalidations\""),
     value("redis.timeout_ms", "50"),
+    described("telemetry.otlp_endpoint"),
+    value("telemetry.service_name", "\"openai-admin-gateway\""),
+    value("telemetry.sample_ratio", "1.0"),
     described("clients.name"),
     described("clients.key_sha256"),
     described("clients.rate_limit"),

@@ -10,6 +10,7 @@
 pub mod defaults;
 mod raw;
 mod scope;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use crate::secret::AdminKey;
 
 pub use scope::Scope;
+pub use telemetry::TelemetryConfig;
 pub use validate::parse_hex32;
 use validate::Validator;
 
@@ -91,6 +93,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Shared rate-limit state for replicas, when configured.
     pub redis: Option<RedisConfig>,
+    /// Trace export (`[telemetry]`); restart-only.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[redis]`: where replicas share rate-limit state.
@@ -293,6 +297,7 @@ impl Config {
             cache,
             clients,
             redis,
+            telemetry,
         } = raw;
         let server = v.server(server);
         let upstream = v.upstream(upstream, env).map(|mut u| {
@@ -302,6 +307,7 @@ impl Config {
         let cache = v.cache(cache);
         let clients = v.clients(clients);
         let redis = redis.and_then(|r| v.redis(r));
+        let telemetry = v.telemetry(telemetry);
         match (server, upstream, cache) {
             (Some(server), Some(upstream), Some(cache)) if v.problems.is_empty() => {
                 let config = Config {
@@ -310,6 +316,7 @@ impl Config {
                     cache,
                     clients,
                     redis,
+                    telemetry,
                 };
                 config.cross_checks()?;
                 Ok(config)

@@ -83,6 +83,15 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub(super) clients: Vec<RawClient>,
     pub(super) redis: Option<RawRedis>,
+    #[serde(default)]
+    pub(super) telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) service_name: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -295,6 +295,11 @@ fn defaults_keys_name_every_field_of_the_file() {
         [url, key_prefix, channel, timeout_ms]
     ));
     fields.extend(fields!(
+        RawTelemetry,
+        "telemetry",
+        [otlp_endpoint, service_name, sample_ratio]
+    ));
+    fields.extend(fields!(
         RawClient,
         "clients",
         [name, key_sha256, rate_limit, allow, budget_weight]

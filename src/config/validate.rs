@@ -23,7 +23,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn problem(&mut self, p: String) {
+    pub(super) fn problem(&mut self, p: String) {
         self.problems.push(p);
     }
 

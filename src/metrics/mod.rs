@@ -13,6 +13,7 @@
 mod budget;
 mod labels;
 mod local;
+mod traces;
 
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ pub use labels::{
 pub use local::Opened;
 use local::{Local, BOUNDS};
 use prometheus_client::registry::Registry;
+pub use traces::{trace_export_failed, trace_span_dropped};
 
 fn latency_histogram() -> Histogram {
     Histogram::new(BOUNDS)
@@ -131,6 +133,7 @@ impl Metrics {
         };
         let r = &mut m.registry;
         r.register_collector(Box::new(m.local.clone()));
+        traces::register(r);
         r.register(
             "gateway_cache_entries",
             "Users held in the cache (approximate)",

@@ -12,6 +12,7 @@ use super::access::audit;
 use super::eviction::Eviction;
 use super::Gateway;
 use crate::metrics::ClientLabel;
+use crate::telemetry::span::TraceId;
 
 /// Armed while a write's task runs; [`Unfinished::finished`] disarms it.
 pub(super) struct Unfinished {
@@ -28,6 +29,8 @@ pub(super) struct Unfinished {
     client: ClientLabel,
     /// The upstream's status, once it answered.
     pub(super) upstream_status: Option<StatusCode>,
+    /// The write's trace id, for the audit line.
+    pub(super) trace_id: TraceId,
     /// Cleared when the write ended on its own.
     armed: bool,
 }
@@ -47,6 +50,7 @@ impl Unfinished {
             audit_path: audit_path.map(str::to_owned),
             client: client.clone(),
             upstream_status: None,
+            trace_id: TraceId::default(),
             armed: true,
         }
     }
@@ -94,6 +98,7 @@ impl Drop for Unfinished {
                 self.upstream_status,
                 StatusCode::GATEWAY_TIMEOUT.as_u16(),
                 &self.eviction.audit(),
+                self.trace_id,
             );
         }
     }

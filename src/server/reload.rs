@@ -149,6 +149,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         cache,
         clients: _, // reloadable
         redis,
+        telemetry,
     } = a;
     let ServerConfig {
         listen,
@@ -234,6 +235,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         ("upstream.ca_file", *ca_file != u.ca_file),
         ("cache.max_entries", *max_entries != b.cache.max_entries),
         ("redis", *redis != b.redis),
+        ("telemetry", *telemetry != b.telemetry),
     ];
     checks
         .into_iter()

@@ -55,6 +55,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, TimeoutPhase, UpstreamOutcome};
 use crate::runtime;
 use crate::secret::AdminKey;
+use crate::telemetry::span as trace_span;
 
 use auth::Forbidden;
 pub use caller::Caller;
@@ -219,6 +220,9 @@ impl Upstream {
         let uri = self.uri(rest, query)?;
         strip_hop_by_hop(&mut headers);
         headers.remove(HOST);
+        // This exchange's CLIENT span, under the span that caused it; its
+        // `traceparent` goes upstream. It ends with this call (at headers).
+        let span = trace_span::upstream(&method, &uri, &mut headers);
         // The key this request carries, for checking a 403 against it even
         // if a reload swaps the key meanwhile.
         let admin = self.admin.load_full();
@@ -231,10 +235,21 @@ impl Upstream {
 
         let budget = self.budgets.get(DEFAULT_ORG);
         if let Some(b) = budget {
-            b.turn(caller.client(), caller.budget_weight(), deadline)
-                .await?;
+            if let Err(e) = b
+                .turn(caller.client(), caller.budget_weight(), deadline)
+                .await
+            {
+                trace_span::answered(&span, Err("organization_budget_exceeded"));
+                return Err(e);
+            }
         }
-        let slot = self.slots.acquire(deadline, self.timeout).await?;
+        let slot = match self.slots.acquire(deadline, self.timeout).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                trace_span::answered(&span, Err("no_upstream_slot"));
+                return Err(e);
+            }
+        };
         let start = Instant::now();
         let headers_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
         let result = tokio::time::timeout_at(headers_by, self.pool().request(req)).await;
@@ -246,6 +261,15 @@ impl Upstream {
             Err(_) => UpstreamOutcome::Timeout,
         };
         self.metrics.upstream(outcome, start.elapsed());
+        trace_span::answered(
+            &span,
+            match outcome {
+                UpstreamOutcome::Status(s) => Ok(s),
+                UpstreamOutcome::ClientAborted => Err("client_body"),
+                UpstreamOutcome::Error => Err("unavailable"),
+                UpstreamOutcome::Timeout => Err("timeout"),
+            },
+        );
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) if is_client_body_error(&e) => {
