@@ -48,6 +48,7 @@ fn clients(n: usize) -> Vec<ClientConfig> {
             rate_limit: None,
             allow: None,
             orgs: vec!["default".into()],
+            budget_weight: 1,
         })
         .collect()
 }

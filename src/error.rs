@@ -68,6 +68,13 @@ pub enum GatewayError {
         /// When the next request will be allowed.
         retry_after: Duration,
     },
+    /// The organization's budget (or its pause after an upstream 429) had
+    /// no turn for the request in time; it was never sent upstream.
+    #[error("organization's upstream budget exhausted")]
+    BudgetExceeded {
+        /// When a turn is expected (the pause's end, or the next turn).
+        retry_after: Duration,
+    },
     /// The method/path is outside the client's scope.
     #[error("request outside the client's scope")]
     Forbidden,
@@ -143,6 +150,7 @@ impl GatewayError {
             Self::MethodNotAllowed => row(405, CLIENT, "method_not_allowed", "This method is not allowed through the gateway."),
             Self::InvalidUserId => row(400, CLIENT, "invalid_user_id", "Invalid user id: at most 256 bytes."),
             Self::RateLimited { .. } => row(429, "requests", "rate_limit_exceeded", "Rate limit reached for this gateway key. Retry after the time given in the retry-after header."),
+            Self::BudgetExceeded { .. } => row(429, "requests", "organization_budget_exceeded", "The organization's request budget for the OpenAI API is used up (or paused after the API answered 429). Retry after the time given in the retry-after header."),
             Self::Forbidden => row(403, CLIENT, "insufficient_scope", "This gateway key is not allowed to call this method and path."),
             Self::OrganizationNotAllowed => row(403, CLIENT, "organization_not_allowed", "The OpenAI-Organization header names an organization this gateway key may not act on."),
             Self::IncompleteBody => row(400, CLIENT, "incomplete_body", "The request body ended before its declared content-length."),
@@ -190,7 +198,7 @@ impl GatewayError {
         *resp.status_mut() = self.status();
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Self::RateLimited { retry_after } = self {
+        if let Self::RateLimited { retry_after } | Self::BudgetExceeded { retry_after } = self {
             let (secs, ms) = retry_after_values(retry_after);
             resp.headers_mut().insert(RETRY_AFTER, secs.into());
             resp.headers_mut().insert("retry-after-ms", ms.into());
@@ -233,6 +241,14 @@ mod tests {
                 429,
                 "requests",
                 "rate_limit_exceeded",
+            ),
+            (
+                GatewayError::BudgetExceeded {
+                    retry_after: Duration::from_millis(2500),
+                },
+                429,
+                "requests",
+                "organization_budget_exceeded",
             ),
             (
                 GatewayError::Forbidden,
@@ -327,6 +343,9 @@ mod tests {
             GatewayError::MethodNotAllowed,
             GatewayError::InvalidUserId,
             GatewayError::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            GatewayError::BudgetExceeded {
                 retry_after: Duration::from_secs(1),
             },
             GatewayError::Forbidden,

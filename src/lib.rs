@@ -4,8 +4,8 @@
 //! # Layout
 //!
 //! Folders by concern; imports run one way, from the top of this list to
-//! the bottom (`server → proxy → {policy, cache, upstream} → cluster →
-//! org → config → leaves`). Each folder's `mod.rs` says its job and its public
+//! the bottom (`server → proxy → {policy, cache, upstream} → budget →
+//! cluster → org → config → leaves`). Each folder's `mod.rs` says its job and its public
 //! surface.
 //!
 //! - [`server`]: listeners, the worker threads (`server.workers`, each with
@@ -23,6 +23,9 @@
 //!   the cached retrieve-user route.
 //! - [`upstream`]: the pooled rustls client (one pool per worker),
 //!   timeouts, the concurrency cap, small-body buffering.
+//! - [`budget`]: the organization's budget: one upstream rate limit for
+//!   every client (and replica), fair turns while it is empty, and the
+//!   pause after an upstream 429. Only the upstream exchange takes turns.
 //! - [`cluster`]: everything that talks to Redis (shared rate limits, and
 //!   the invalidation bus, whose outbox retries a failed publish).
 //! - [`org`]: the organizations ([`org::Org`]: name, id, admin key, purge
@@ -45,11 +48,15 @@
 //!   writes no cache line another core writes. ("Shard" is kept for
 //!   moka's key partitions in `cache/`.)
 //! - [`secret`]: the admin key that never prints, and key digests.
+//! - [`telemetry`]: OpenTelemetry traces (the SERVER span of each
+//!   request, the CLIENT span of each upstream exchange, the W3C trace
+//!   context both ways) and their OTLP/HTTP export off the request path.
 //! - [`path`]: [`path::CanonicalPath`], the path after the prefix in its
 //!   one spelling (made only by [`proxy::canonicalize`]), which routing, the
 //!   dependency table and scopes take instead of a `&str`.
 
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
@@ -64,6 +71,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

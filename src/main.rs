@@ -10,9 +10,13 @@ use openai_admin_gateway::config::LogFormat;
 use openai_admin_gateway::secret;
 use openai_admin_gateway::server::shutdown::Shutdown;
 use openai_admin_gateway::server::{watch, Trigger};
+use openai_admin_gateway::telemetry::{self, Telemetry};
 use openai_admin_gateway::{check_files, Config, Reloader, Server};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// mimalloc: the forwarded path allocates per request (hyper's read
 /// buffers, header maps, bodies), and glibc malloc spent about a fifth of
@@ -136,7 +140,15 @@ fn serve(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let _log_guard = init_logging(config.server.log_format);
+    // Before the logging: the OpenTelemetry layer needs the exporter.
+    let telemetry = match Telemetry::start(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot start the trace export: {e}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let _log_guard = init_logging(config.server.log_format, telemetry.as_ref());
     let watch_files = config.server.watch_files;
     // The workers serve clients on runtimes of their own (`server.workers`);
     // this one runs the admin listener, reloads, signals, the file watch,
@@ -195,6 +207,13 @@ fn serve(path: &Path) -> ExitCode {
     // Tasks left (the Redis bus, a blocking file-watch or DNS call) must not
     // keep the process past the end of its grace period.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    // The spans still queued go out now, for at most two seconds (a
+    // collector that is down does not hold the exit longer).
+    if let Some(t) = telemetry {
+        if !t.shutdown(std::time::Duration::from_secs(2)) {
+            error!("trace export: not every queued span was sent before exit");
+        }
+    }
     code
 }
 
@@ -221,7 +240,10 @@ async fn reload_on_sighup(path: PathBuf, reloader: Reloader, mut hup: Hangup) {
     let _ = (path, reloader, &mut hup);
 }
 
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(
+    format: LogFormat,
+    telemetry: Option<&Telemetry>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     // Writes go through a bounded channel to a writer thread, so a slow
     // stderr never blocks a runtime worker. Lines are not dropped (lossy =
     // false): under a flood, backpressure beats losing audit lines.
@@ -232,13 +254,18 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a terminal: journald, files and log shippers get plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let lines = match format {
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+        LogFormat::Text => lines.boxed(),
+    };
+    // RUST_LOG decides the log lines, as before; the spans meant for
+    // export (their own target) go only to the OpenTelemetry layer.
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter.and(telemetry::not_traces())))
+        .with(telemetry::layer(telemetry))
+        .init();
     guard
 }

@@ -319,9 +319,12 @@ async fn upstream_500_is_passed_through_and_not_stored() {
 
 #[tokio::test]
 async fn upstream_429_keeps_retry_after_and_is_not_stored() {
-    let (_upstream, first) = first_answer_not_stored(Fault::new().status(429)).await;
+    // The 429 pauses the organization for its retry-after (1 s, within budget_wait_ms):
+    // the second GET waits for the pause's end, then is a stored miss.
+    let fault = Fault::new().too_many(RetryAfter::Seconds(1));
+    let (_upstream, first) = first_answer_not_stored(fault).await;
     first.assert_status(429);
-    assert_eq!(first.header("retry-after").as_deref(), Some("7"));
+    assert_eq!(first.header("retry-after").as_deref(), Some("1"));
     assert_eq!(first.json()["error"]["type"], "requests");
 }
 

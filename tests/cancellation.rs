@@ -3,7 +3,8 @@
 //! hyper drops a request's future when its client resets the stream or hangs up, at
 //! whichever `.await` it is parked on, and drops the response body when the client stops
 //! reading it. For every kind of request (hit, miss, fill waiter, forward with a small body,
-//! streamed forward, write, queued for an upstream slot; in-process also an expired user
+//! streamed forward, write, queued for an upstream slot, queued for the organization's
+//! budget (`cancellation/budget.rs`); in-process also an expired user
 //! refetched, and one served while revalidated in the background) these tests drop it at
 //! random points, many times, and then check that the in-flight gauges, the upstream slots
 //! and the queue are back at 0 and that a normal request of each kind still succeeds:
@@ -23,6 +24,8 @@
 
 mod support;
 
+#[path = "cancellation/budget.rs"]
+mod budget;
 #[path = "cancellation/hangups.rs"]
 mod hangups;
 #[path = "cancellation/kinds.rs"]
@@ -46,11 +49,12 @@ use kinds::{tally_batch, Cut, Kind, Rng, Tally, BATCH};
 const CASES: usize = 200;
 
 /// The gauges that read 0 when nothing is held: requests in flight, upstream slots held,
-/// requests queued for a slot.
-const IDLE_GAUGES: [&str; 3] = [
+/// requests queued for a slot, requests queued for a turn of the organization's budget.
+const IDLE_GAUGES: [&str; 4] = [
     "gateway_requests_in_flight",
     "gateway_upstream_in_flight",
     "gateway_upstream_queued",
+    "gateway_budget_queued",
 ];
 
 /// Waits (up to 10 s) until every gauge in [`IDLE_GAUGES`] of `text()` reads 0.

@@ -83,7 +83,16 @@ fn readme_keys(readme: &str) -> BTreeMap<String, String> {
                 _ => name.to_string(),
             };
             let is_key = name.split_once('.').is_some_and(|(s, k)| {
-                ["server", "upstream", "cache", "redis", "clients", "orgs"].contains(&s)
+                [
+                    "server",
+                    "upstream",
+                    "cache",
+                    "redis",
+                    "telemetry",
+                    "clients",
+                    "orgs",
+                ]
+                .contains(&s)
                     && is_key_name(k)
             });
             if is_key {

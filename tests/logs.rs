@@ -17,7 +17,7 @@ use support::*;
 const ACCESS: &str = "openai_admin_gateway::access";
 const AUDIT: &str = "openai_admin_gateway::audit";
 /// Fields of every access line (`proxy::access::Access`), with the JSON type each must have.
-const ACCESS_FIELDS: [(&str, Kind); 7] = [
+const ACCESS_FIELDS: [(&str, Kind); 8] = [
     ("request_id", Kind::Str),
     ("client", Kind::Str),
     ("method", Kind::Str),
@@ -25,6 +25,7 @@ const ACCESS_FIELDS: [(&str, Kind); 7] = [
     ("status", Kind::Num),
     ("cache", Kind::Str),
     ("latency_us", Kind::Num),
+    ("budget_wait_ms", Kind::Num),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -352,6 +353,8 @@ async fn text_log_format_has_no_ansi_escapes_when_stderr_is_not_a_terminal() {
         ("route", "get_user"),
         ("status", "200"),
         ("cache", "miss_stored"),
+        // No upstream.rate_limit: the fill took its turn at once.
+        ("budget_wait_ms", "0"),
     ] {
         assert!(log_field(line, key, value), "no {key}={value} in {line}");
     }

@@ -337,7 +337,9 @@ async fn stale_if_error_covers_429_and_a_200_that_is_not_the_user() {
     tokio::time::sleep(EXPIRE).await;
     let before = Scrape::of(&gw).await;
     let faults = [
-        (429, Fault::new().status(429)),
+        // A 1 ms pause: over before the next case (a pause serves stale users at once,
+        // without a refetch: see tests/budget.rs).
+        (429, Fault::new().too_many(RetryAfter::Millis(1))),
         (500, Fault::new().status(500)),
         (200, Fault::new().wrong_id()),
         (200, Fault::new().malformed_json()),

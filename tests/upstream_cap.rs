@@ -171,11 +171,14 @@ async fn a_full_queue_answers_503_upstream_overloaded_without_reaching_the_upstr
 #[tokio::test]
 async fn an_upstream_429_passes_through_unchanged() {
     let (upstream, gw) = start_pair().await;
-    upstream.inject("GET", "/v1/echo/limited", Fault::new().status(429));
+    // Each 429 pauses the organization for its retry-after-ms (300 ms, shorter than
+    // budget_wait_ms): the next request waits for the pause's end, then goes upstream.
+    let too_many = || Fault::new().too_many(RetryAfter::Both(1, 300));
+    upstream.inject("GET", "/v1/echo/limited", too_many());
     upstream.inject(
         "GET",
         "/v1/organization/users/user_abc",
-        Fault::new().status(429).times(1),
+        too_many().times(1),
     );
     // The fake's injected error body, byte for byte.
     let expected = serde_json::to_vec_pretty(&json!({"error": {
@@ -191,8 +194,8 @@ async fn an_upstream_429_passes_through_unchanged() {
     for resp in [&fwd, &miss] {
         resp.assert_status(429);
         assert_eq!(resp.body, expected, "body changed: {}", resp.text());
-        assert_eq!(resp.header("retry-after").as_deref(), Some("7"));
-        assert_eq!(resp.header("retry-after-ms").as_deref(), Some("7000"));
+        assert_eq!(resp.header("retry-after").as_deref(), Some("1"));
+        assert_eq!(resp.header("retry-after-ms").as_deref(), Some("300"));
         assert_eq!(
             resp.header("content-type").as_deref(),
             Some("application/json")

@@ -626,7 +626,22 @@ def main(src, dst, scaling=None):
         w("")
     w("Raw per-run numbers: `benches/load/results.json`.")
     w("")
-    open(dst, "w").write("\n".join(out))
+    tail = kept_tail(dst)  # before open(dst, "w") empties it
+    open(dst, "w").write("\n".join(out) + tail)
+
+
+# Sections other benches write by hand (benches/budget) follow this line; a
+# re-render keeps them.
+KEEP_MARKER = "<!-- Below: written by hand, kept by benches/load/report.py. -->"
+
+
+def kept_tail(dst):
+    try:
+        old = open(dst).read()
+    except OSError:
+        return ""
+    i = old.find(KEEP_MARKER)
+    return "" if i < 0 else "\n" + old[i:]
 
 
 if __name__ == "__main__":

@@ -107,6 +107,15 @@ pub(super) struct Filler {
 }
 
 impl Filler {
+    /// True while the organization is paused after an upstream 429: a
+    /// refetch would only wait (and most likely be refused).
+    pub(super) fn paused(&self, caller: &Caller) -> bool {
+        self.upstream
+            .budgets()
+            .get(caller.org().name())
+            .is_some_and(|b| b.paused().is_some())
+    }
+
     /// A filler over `upstream` with the route's live `settings`.
     pub(super) fn new(
         upstream: Arc<Upstream>,

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Response};
+use tracing::Instrument;
 
 use super::entry::CachedUser;
 use super::fill::{FillFailed, Filler, Kept};
@@ -27,6 +28,7 @@ use super::store::{Lookup, UserCache};
 use crate::body::BoxBody;
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::telemetry::span as trace_span;
 use crate::upstream::{Caller, Upstream};
 
 /// The cached route and everything it needs: the cache, the upstream it
@@ -144,7 +146,10 @@ impl UserRoute {
         let inner = &*self.inner;
         let fill = inner.filler.fill(caller, headers, rest, id);
         // get_user has just looked the key up: go straight to the shared fetch.
-        match inner.cache.fetch_once_keeping(key, fill).await {
+        let waiting = trace_span::wait_starts();
+        let looked_up = inner.cache.fetch_once_keeping(key, fill).await;
+        trace_span::waited("single_flight", waiting);
+        match looked_up {
             (Lookup::Hit(u), _) => {
                 inner.metrics.cache_hit(caller.org().metric());
                 Ok((hit_response(u), CacheStatus::Hit))
@@ -239,10 +244,15 @@ impl UserRoute {
         };
         let route = self.clone();
         let (caller, rest, id) = (caller.clone(), rest.to_owned(), id.to_owned());
-        tokio::spawn(async move {
-            let _running = running;
-            route.stale_path().refresh(&caller, &rest, &id, key).await;
-        });
+        // In the request's span: the refresh's exchange is a CLIENT span
+        // under the request that started it.
+        tokio::spawn(
+            async move {
+                let _running = running;
+                route.stale_path().refresh(&caller, &rest, &id, key).await;
+            }
+            .in_current_span(),
+        );
     }
 
     /// The parts the stale path uses.

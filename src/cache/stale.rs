@@ -11,7 +11,11 @@
 //!   within `stale_if_error_secs` a refetch that fails (no answer, a 5xx, a
 //!   429, or a 200 that is not the user) serves the entry instead
 //!   (`...; fwd=stale; fwd-status=503; ttl=-N`). A 404 or another 4xx is
-//!   the upstream's truth: it is passed on and the entry dropped.
+//!   the upstream's truth: it is passed on and the entry dropped. A refetch
+//!   the organization's budget refuses is a failure like any other; while
+//!   the organization is paused after an upstream 429 the entry is served
+//!   at once, without waiting for a turn (no `fwd-status`: nothing was
+//!   sent).
 //!
 //! Refreshes obey the write generations: they store under the key taken
 //! before they began, which a write during the refresh has already retired.
@@ -94,6 +98,7 @@ impl<'a> Stale<'a> {
         }
         self.metrics
             .stale_served(crate::metrics::StaleReason::Revalidate);
+        crate::telemetry::span::stale_answer("stale_while_revalidate");
         Some((
             stale_response(&old.user, old.past, None, true),
             CacheStatus::StaleRevalidate,
@@ -116,6 +121,17 @@ impl<'a> Stale<'a> {
         settings: &Settings,
     ) -> Option<(Response<BoxBody>, CacheStatus)> {
         let within = old.past <= settings.stale_if_error.as_secs();
+        if within && self.filler.paused(caller) {
+            // The organization is paused after an upstream 429: the refetch
+            // could not be sent, so the stale user is served at once rather
+            // than after waiting for a turn.
+            self.metrics
+                .stale_served(crate::metrics::StaleReason::Error);
+            return Some((
+                stale_response(&old.user, old.past, None, false),
+                CacheStatus::StaleIfError,
+            ));
+        }
         match self.refetch(caller, headers, rest, id, key).await {
             Refetched::User(u, leader, upstream_id) => {
                 if leader {
@@ -130,6 +146,7 @@ impl<'a> Stale<'a> {
             Refetched::Failed(status) if within => {
                 self.metrics
                     .stale_served(crate::metrics::StaleReason::Error);
+                crate::telemetry::span::stale_answer("stale_if_error");
                 let code = status.map(|s| s.as_u16());
                 Some((
                     stale_response(&old.user, old.past, code, false),

@@ -28,11 +28,15 @@
 //! replica notices a lost link then) still gets every eviction to the
 //! others: late, never lost. Delivery is at least once (evicting twice is
 //! harmless).
+//!
+//! The heartbeats also say how many replicas there are
+//! ([`Bus::live_replicas`], kept by `replicas`): while Redis can not
+//! answer, each replica takes that share of the organization's budget.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
@@ -40,6 +44,7 @@ use redis::AsyncCommands;
 use tracing::{debug, info, warn};
 
 use super::outbox::{Item, Outbox, Queued};
+use super::replicas::Heard;
 use crate::config::defaults::DEFAULT_ORG;
 use crate::config::RedisConfig;
 use crate::metrics::{Metrics, PublishResult};
@@ -95,7 +100,7 @@ enum Message {
         org: Option<String>,
     },
     /// `h <origin> <sent_us>`: the sender is alive (and so is the link).
-    Heartbeat,
+    Heartbeat { origin: String },
 }
 
 impl Message {
@@ -131,8 +136,19 @@ impl Message {
                 sent_us,
                 org: Some(parts.next()?.to_owned()),
             }),
-            "h" => Some(Message::Heartbeat),
+            "h" => Some(Message::Heartbeat { origin }),
             _ => None,
+        }
+    }
+}
+
+impl Message {
+    /// The replica that sent it.
+    fn origin(&self) -> &str {
+        match self {
+            Message::User { origin, .. }
+            | Message::All { origin, .. }
+            | Message::Heartbeat { origin } => origin,
         }
     }
 }
@@ -158,6 +174,8 @@ pub struct Bus {
     metrics: Arc<Metrics>,
     /// Evictions waiting to be published, sent in order by one task.
     outbox: Arc<Outbox>,
+    /// The replicas heard on the channel, for [`Bus::live_replicas`].
+    heard: Arc<Heard>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -174,10 +192,11 @@ impl Bus {
     /// [`SILENCE`]: what a replica divides the organization's budget by
     /// while Redis is unreachable. At least 1.
     ///
-    /// INTERFACE ONLY for now: always 1 (the count from heartbeats is
-    /// being built).
+    /// "The last [`SILENCE`]" ends at the last message heard, not now: while
+    /// the link is down the count stays what it was when the link was last
+    /// live (see `replicas`). Cheap: a small map behind a mutex.
     pub fn live_replicas(&self) -> usize {
-        1
+        self.heard.live()
     }
 
     /// Starts the bus: the subscriber, heartbeat and outbox tasks, applying
@@ -204,9 +223,11 @@ impl Bus {
             timeout: cfg.timeout,
             outbox: Arc::new(Outbox::new(lifetime, metrics.clone())),
             metrics,
+            heard: Arc::default(),
         };
         evict.set_serving(false);
         bus.metrics.bus_connected(false);
+        bus.metrics.replicas_live(1);
         tokio::spawn(bus.clone().subscribe(client, evict));
         tokio::spawn(bus.clone().heartbeat());
         tokio::spawn(bus.clone().send_outbox());
@@ -397,7 +418,13 @@ impl Bus {
     }
 
     async fn apply(&self, text: &str, evict: &dyn Evict) {
-        match Message::parse(text) {
+        let message = Message::parse(text);
+        if let Some(origin) = message.as_ref().map(Message::origin) {
+            self.heard
+                .heard(origin, *origin == *self.origin, Instant::now());
+            self.metrics.replicas_live(self.heard.live());
+        }
+        match message {
             Some(Message::User {
                 origin,
                 sent_us,
@@ -459,7 +486,12 @@ mod tests {
             Message::parse("o abc 9 research"),
             Some(all(Some("research")))
         );
-        assert_eq!(Message::parse("h abc 1"), Some(Message::Heartbeat));
+        assert_eq!(
+            Message::parse("h abc 1"),
+            Some(Message::Heartbeat {
+                origin: "abc".into()
+            })
+        );
         for bad in [
             "",
             "u",

@@ -3,12 +3,16 @@
 //!
 //! One reconnecting connection per process ([`connect`]), used by
 //! [`SharedLimits`] (the per-client GCRA run as a Lua script on the Redis
-//! server, so every replica takes from one budget) and by the [`Bus`]'s
-//! publishes; the bus's subscription has a connection of its own. Redis is
-//! never on the critical path: every call is bounded by `redis.timeout_ms`,
-//! a failed limit check means the caller decides locally, a lost bus link
-//! means no cache hits until it is back, and a failed publish of an
-//! eviction is queued and retried (`outbox`) rather than lost.
+//! server, so every replica takes from one budget), by [`SharedBudget`]
+//! (the organization's upstream budget and its pause after a 429, also one
+//! Lua script each) and by the [`Bus`]'s publishes; the bus's subscription
+//! has a connection of its own, and its heartbeats count the live replicas
+//! ([`Bus::live_replicas`], kept by `replicas`). Redis is never on the
+//! critical path: every call is bounded by `redis.timeout_ms`, a failed
+//! limit or budget check means the caller decides locally (the budget:
+//! with this replica's share), a lost bus link means no cache hits until
+//! it is back, and a failed publish of an eviction is queued and retried
+//! (`outbox`) rather than lost.
 //!
 //! Public surface: [`connect`], [`SharedLimits`], [`GcraReply`],
 //! [`SharedBudget`], [`BudgetReply`], [`Bus`],
@@ -18,6 +22,7 @@ mod budget;
 mod bus;
 mod limits;
 mod outbox;
+mod replicas;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 

@@ -44,6 +44,15 @@ pub const POOL_IDLE_TIMEOUT_SECS: u64 = 90;
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 /// `upstream.max_queued_requests`.
 pub const MAX_QUEUED_REQUESTS: usize = 1024;
+/// `upstream.budget_wait_ms`.
+pub const BUDGET_WAIT_MS: u64 = 5_000;
+/// Most `upstream.budget_wait_ms` may be (a waiting request holds its
+/// connection).
+pub const MAX_BUDGET_WAIT_MS: u64 = 60_000;
+/// `clients.budget_weight`.
+pub const BUDGET_WEIGHT: u32 = 1;
+/// Most `clients.budget_weight` may be.
+pub const MAX_BUDGET_WEIGHT: u32 = 100;
 /// `cache.ttl_secs`.
 pub const TTL_SECS: u64 = 300;
 /// `cache.max_entries`.
@@ -63,6 +72,11 @@ pub const REDIS_KEY_PREFIX: &str = "openai-admin-gateway:ratelimit:";
 pub const REDIS_CHANNEL: &str = "openai-admin-gateway:invalidations";
 /// `redis.timeout_ms`.
 pub const REDIS_TIMEOUT_MS: u64 = 50;
+
+/// `telemetry.service_name`.
+pub const SERVICE_NAME: &str = "openai-admin-gateway";
+/// `telemetry.sample_ratio`.
+pub const SAMPLE_RATIO: f64 = 1.0;
 
 /// A key's default as the docs state it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +138,8 @@ pub const KEYS: &[Key] = &[
     value("upstream.max_queued_requests", "1024"),
     described("upstream.ca_file"),
     described("upstream.organization_id"),
+    described("upstream.rate_limit"),
+    value("upstream.budget_wait_ms", "5000"),
     value("cache.ttl_secs", "300"),
     value("cache.max_entries", "100000"),
     value("cache.max_body_bytes", "65536"),
@@ -133,6 +149,9 @@ pub const KEYS: &[Key] = &[
     value("redis.key_prefix", "\"openai-admin-gateway:ratelimit:\""),
     value("redis.channel", "\"openai-admin-gateway:invalidations\""),
     value("redis.timeout_ms", "50"),
+    described("telemetry.otlp_endpoint"),
+    value("telemetry.service_name", "\"openai-admin-gateway\""),
+    value("telemetry.sample_ratio", "1.0"),
     described("clients.name"),
     described("clients.key_sha256"),
     described("clients.rate_limit"),
@@ -143,4 +162,5 @@ pub const KEYS: &[Key] = &[
     described("orgs.admin_key_env"),
     described("orgs.admin_key_file"),
     described("orgs.rate_limit"),
+    value("clients.budget_weight", "1"),
 ];

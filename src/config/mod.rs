@@ -11,6 +11,7 @@ pub mod defaults;
 mod orgs;
 mod raw;
 mod scope;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use crate::secret::AdminKey;
 
 pub use scope::Scope;
+pub use telemetry::TelemetryConfig;
 pub use validate::parse_hex32;
 use validate::Validator;
 
@@ -94,6 +96,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// The organizations besides the default (`[[orgs]]`), in file order.
     pub orgs: Vec<OrgConfig>,
+    /// Trace export (`[telemetry]`); restart-only.
+    pub telemetry: TelemetryConfig,
 }
 
 /// One `[[orgs]]` entry: an organization besides the default one.
@@ -195,6 +199,12 @@ pub struct UpstreamConfig {
     /// The default organization's OpenAI id, when set: clients may select
     /// it with `OpenAI-Organization`, and it is sent upstream.
     pub organization_id: Option<String>,
+    /// The organization's budget: everything sent upstream, all clients
+    /// (and, with `[redis]`, all replicas) together. None: no ceiling (the
+    /// pause after an upstream 429 still applies).
+    pub rate_limit: Option<RateLimit>,
+    /// How long a request may wait for a turn of the organization's budget.
+    pub budget_wait: Duration,
     /// Connection pools to keep: one per server worker (`server.workers`,
     /// copied here; not a key of its own).
     pub pools: usize,
@@ -230,6 +240,8 @@ pub struct ClientConfig {
     /// The organizations it may act on, by name; the first is used when a
     /// request names none (`["default"]` unless set).
     pub orgs: Vec<String>,
+    /// Turns of the organization's budget per round while it waits (1..=100).
+    pub budget_weight: u32,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -312,6 +324,7 @@ impl Config {
             clients,
             redis,
             orgs,
+            telemetry,
         } = raw;
         let server = v.server(server);
         let upstream = v.upstream(upstream, env).map(|mut u| {
@@ -324,6 +337,7 @@ impl Config {
         let redis = redis.and_then(|r| v.redis(r));
         let default_id = upstream.as_ref().and_then(|u| u.organization_id.as_deref());
         let orgs = v.orgs(orgs, default_id, env);
+        let telemetry = v.telemetry(telemetry);
         match (server, upstream, cache) {
             (Some(server), Some(upstream), Some(cache)) if v.problems.is_empty() => {
                 let config = Config {
@@ -333,6 +347,7 @@ impl Config {
                     clients,
                     redis,
                     orgs,
+                    telemetry,
                 };
                 config.cross_checks()?;
                 Ok(config)

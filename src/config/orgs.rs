@@ -76,7 +76,7 @@ impl Validator<'_> {
         };
         let key_file = admin_key_file.as_ref().map(|p| self.path(p.clone()));
         let admin_key = self.admin_key(&at, admin_key_env, admin_key_file, env);
-        let rate_limit = rate_limit.and_then(|r| self.rate_limit(&at, r));
+        let rate_limit = rate_limit.and_then(|r| self.rate_limit(&format!("{at}.rate_limit"), r));
         Some(OrgConfig {
             name: name?,
             organization_id: organization_id?,

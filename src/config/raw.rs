@@ -85,6 +85,14 @@ pub(super) struct RawFile {
     pub(super) redis: Option<RawRedis>,
     #[serde(default)]
     pub(super) orgs: Vec<RawOrg>,
+    pub(super) telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) service_name: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
 }
 
 /// One `[[orgs]]` entry.
@@ -135,6 +143,8 @@ pub(super) struct RawUpstream {
     pub(super) max_queued_requests: Option<usize>,
     pub(super) ca_file: Option<PathBuf>,
     pub(super) organization_id: Option<String>,
+    pub(super) rate_limit: Option<RawRateLimit>,
+    pub(super) budget_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +163,7 @@ pub(super) struct RawClient {
     pub(super) rate_limit: Option<RawRateLimit>,
     pub(super) allow: Option<Vec<String>>,
     pub(super) orgs: Option<Vec<String>>,
+    pub(super) budget_weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

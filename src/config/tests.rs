@@ -275,6 +275,8 @@ fn defaults_keys_name_every_field_of_the_file() {
             max_queued_requests,
             ca_file,
             organization_id,
+            rate_limit,
+            budget_wait_ms,
         ]
     ));
     fields.extend(fields!(
@@ -294,9 +296,14 @@ fn defaults_keys_name_every_field_of_the_file() {
         [url, key_prefix, channel, timeout_ms]
     ));
     fields.extend(fields!(
+        RawTelemetry,
+        "telemetry",
+        [otlp_endpoint, service_name, sample_ratio]
+    ));
+    fields.extend(fields!(
         RawClient,
         "clients",
-        [name, key_sha256, rate_limit, allow, orgs]
+        [name, key_sha256, rate_limit, allow, orgs, budget_weight]
     ));
     fields.extend(fields!(
         RawOrg,
@@ -324,6 +331,10 @@ fn stated_defaults_are_the_defaults_the_validator_applies() {
         let defaults::Stated::Value(v) = key.default else {
             continue;
         };
+        if section == "clients" {
+            // Per entry: checked by the tests of each client key.
+            continue;
+        }
         match sections.iter_mut().find(|(s, _)| *s == section) {
             Some((_, text)) => text.push_str(&format!("{name} = {v}\n")),
             None => sections.push((section, format!("{name} = {v}\n"))),
@@ -344,4 +355,48 @@ fn stated_defaults_are_the_defaults_the_validator_applies() {
         format!("{from_empty:?}"),
         "{stated}"
     );
+}
+
+#[test]
+fn the_organizations_budget_is_checked_like_a_clients() {
+    let c = parse("").expect("defaults");
+    assert_eq!(c.upstream.rate_limit, None);
+    assert_eq!(c.upstream.budget_wait, Duration::from_millis(5000));
+    let c = parse(
+        "[upstream]\nrate_limit = { requests_per_minute = 300, burst = 20 }\nbudget_wait_ms = 250\n\
+         [[clients]]\nname = \"a\"\nkey_sha256 = \"%\"\nbudget_weight = 3\n"
+            .replace('%', &"ab".repeat(32))
+            .as_str(),
+    )
+    .expect("valid budget");
+    let want = RateLimit {
+        requests_per_minute: 300,
+        burst: 20,
+    };
+    assert_eq!(c.upstream.rate_limit, Some(want));
+    assert_eq!(c.upstream.budget_wait, Duration::from_millis(250));
+    assert_eq!(c.clients[0].budget_weight, 3);
+    let c =
+        parse(&"[[clients]]\nname = \"a\"\nkey_sha256 = \"%\"\n".replace('%', &"ab".repeat(32)))
+            .expect("valid client");
+    assert_eq!(c.clients[0].budget_weight, defaults::BUDGET_WEIGHT);
+    let e = parse(
+        "[upstream]\nrate_limit = { requests_per_minute = 0 }\nbudget_wait_ms = 0\n\
+         [[clients]]\nname = \"a\"\nkey_sha256 = \"%\"\nbudget_weight = 101\n"
+            .replace('%', &"ab".repeat(32))
+            .as_str(),
+    )
+    .expect_err("invalid budget");
+    let text = e.to_string();
+    for p in [
+        "upstream.rate_limit.requests_per_minute: must be greater than 0",
+        "upstream.budget_wait_ms: must be greater than 0",
+        "clients[0].budget_weight: must be 1 to 100",
+    ] {
+        assert!(text.contains(p), "{p}:\n{text}");
+    }
+    let e = parse("[upstream]\nbudget_wait_ms = 60001\n").expect_err("unbounded wait");
+    assert!(e
+        .to_string()
+        .contains("upstream.budget_wait_ms: must be at most 60000"));
 }

@@ -189,6 +189,8 @@ impl Validator<'_> {
             max_queued_requests,
             ca_file,
             organization_id,
+            rate_limit,
+            budget_wait_ms,
         } = raw;
         let base_url = self.base_url(base_url.unwrap_or_else(|| d::BASE_URL.into()));
         let key_file = admin_key_file.as_ref().map(|p| self.path(p.clone()));
@@ -211,6 +213,15 @@ impl Validator<'_> {
         if max_concurrent == 0 {
             self.problem("upstream.max_concurrent_requests: must be greater than 0".into());
         }
+        let rate_limit = rate_limit.and_then(|r| self.rate_limit("upstream.rate_limit", r));
+        let budget_wait =
+            self.positive("upstream.budget_wait_ms", budget_wait_ms, d::BUDGET_WAIT_MS);
+        if budget_wait > d::MAX_BUDGET_WAIT_MS {
+            self.problem(format!(
+                "upstream.budget_wait_ms: must be at most {}",
+                d::MAX_BUDGET_WAIT_MS
+            ));
+        }
         let ca_file = ca_file.map(|p| self.path(p));
         if let Some(p) = &ca_file {
             self.readable("upstream.ca_file", p);
@@ -227,6 +238,8 @@ impl Validator<'_> {
             max_queued_requests: max_queued_requests.unwrap_or(d::MAX_QUEUED_REQUESTS),
             ca_file,
             organization_id,
+            rate_limit,
+            budget_wait: Duration::from_millis(budget_wait),
             // Set from server.workers by Config::parse.
             pools: 1,
         })
@@ -398,6 +411,7 @@ impl Validator<'_> {
             rate_limit,
             allow,
             orgs,
+            budget_weight,
         } = raw;
         let name = match name {
             Some(n) if valid_name(&n) => Some(n),
@@ -432,7 +446,15 @@ impl Validator<'_> {
                 )),
             }
         }
-        let rate_limit = rate_limit.and_then(|r| self.rate_limit(&format!("clients[{i}]"), r));
+        let rate_limit =
+            rate_limit.and_then(|r| self.rate_limit(&format!("clients[{i}].rate_limit"), r));
+        let budget_weight = budget_weight.unwrap_or(d::BUDGET_WEIGHT);
+        if !(1..=d::MAX_BUDGET_WEIGHT).contains(&budget_weight) {
+            self.problem(format!(
+                "clients[{i}].budget_weight: must be 1 to {}",
+                d::MAX_BUDGET_WEIGHT
+            ));
+        }
         let orgs = self.client_orgs(i, orgs);
         let allow = allow.and_then(|a| match Scope::parse(&a) {
             Ok(s) => Some(s),
@@ -447,19 +469,20 @@ impl Validator<'_> {
             rate_limit,
             allow,
             orgs,
+            budget_weight,
         })
     }
 
-    pub(super) fn rate_limit(&mut self, at: &str, r: RawRateLimit) -> Option<RateLimit> {
+    /// A `rate_limit` table at `key` (`clients[0].rate_limit`,
+    /// `upstream.rate_limit`).
+    pub(super) fn rate_limit(&mut self, key: &str, r: RawRateLimit) -> Option<RateLimit> {
         let burst = r.burst.unwrap_or(r.requests_per_minute.max(1));
         if r.requests_per_minute == 0 {
-            self.problem(format!(
-                "{at}.rate_limit.requests_per_minute: must be greater than 0"
-            ));
+            self.problem(format!("{key}.requests_per_minute: must be greater than 0"));
             return None;
         }
         if burst == 0 {
-            self.problem(format!("{at}.rate_limit.burst: must be greater than 0"));
+            self.problem(format!("{key}.burst: must be greater than 0"));
             return None;
         }
         Some(RateLimit {

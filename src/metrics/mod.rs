@@ -10,9 +10,11 @@
 //! and summed at scrape (`local`); the rest are plain `prometheus-client`
 //! metrics, written rarely.
 
+mod budget;
 mod labels;
 mod local;
 mod org;
+mod traces;
 
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ pub use local::Opened;
 use local::{Local, BOUNDS};
 pub use org::{org_slot, OrgSlot, ORG_SLOTS};
 use prometheus_client::registry::Registry;
+pub use traces::{trace_export_failed, trace_span_dropped};
 
 fn latency_histogram() -> Histogram {
     Histogram::new(BOUNDS)
@@ -73,6 +76,10 @@ pub struct Metrics {
     invalidation_delay: Histogram,
     /// 1 while the invalidation bus subscription is live, else 0.
     bus_connected: Gauge,
+    /// Replicas (this one included) heard on the bus within a second of
+    /// the last message heard: what the organization's budget is divided
+    /// by while Redis can not answer.
+    replicas_live: Gauge,
     /// Caches emptied because the invalidation bus came back after a loss.
     cache_epoch_resets: Counter,
     /// Requests waiting for an upstream slot (written only off the fast
@@ -88,6 +95,8 @@ pub struct Metrics {
     /// Writes that evicted cached users, by dependency-table rule and
     /// outcome (`applied`, `unknown`).
     write_evictions: Family<EvictionLabels, Counter>,
+    /// The organization's budget (`gateway_budget_*`).
+    budget: budget::BudgetMetrics,
 }
 
 impl Default for Metrics {
@@ -113,17 +122,20 @@ impl Metrics {
             invalidations_received: Counter::default(),
             invalidation_delay: latency_histogram(),
             bus_connected: Gauge::default(),
+            replicas_live: Gauge::default(),
             cache_epoch_resets: Counter::default(),
             upstream_queued: Gauge::default(),
             invalidation_outbox: Gauge::default(),
             invalidations_dropped: Family::default(),
             send_timeouts: Counter::default(),
             write_evictions: Family::default(),
+            budget: budget::BudgetMetrics::register(&mut Registry::default()),
             registry: Registry::default(),
             local: Local::default(),
         };
         let r = &mut m.registry;
         r.register_collector(Box::new(m.local.clone()));
+        traces::register(r);
         r.register(
             "gateway_cache_entries",
             "Users held in the cache (approximate)",
@@ -200,6 +212,11 @@ impl Metrics {
             m.bus_connected.clone(),
         );
         r.register(
+            "gateway_replicas_live",
+            "Replicas (this one included) heard on the invalidation bus within a second of the last message heard; while Redis is away each takes this share of the organization's budget",
+            m.replicas_live.clone(),
+        );
+        r.register(
             "gateway_write_evictions",
             "Writes that evicted cached users, by dependency rule (user_path, user_body; all, all_unlisted and all_body_unread empty the cache, so each costs a refill) and outcome (applied, unknown)",
             m.write_evictions.clone(),
@@ -230,6 +247,7 @@ impl Metrics {
              server.send_timeout_ms",
             m.send_timeouts.clone(),
         );
+        m.budget = budget::BudgetMetrics::register(r);
         m
     }
 
@@ -268,6 +286,12 @@ impl Metrics {
     /// Sets the bus gauge.
     pub fn bus_connected(&self, connected: bool) {
         self.bus_connected.set(i64::from(connected));
+    }
+
+    /// Sets the live replicas gauge.
+    pub fn replicas_live(&self, replicas: usize) {
+        self.replicas_live
+            .set(i64::try_from(replicas).unwrap_or(i64::MAX));
     }
 
     /// Counts an epoch reset.

@@ -104,7 +104,10 @@ impl<C: Clock> Limiter<C> {
         if let Some(s) = &self.shared {
             // Boxed: a Redis round trip's future is large, and only clients
             // with a shared budget should carry it.
-            if let Some(reply) = Box::pin(s.limits.check(&s.client, self.limit)).await {
+            // The one wait for a rate-limit answer: an event on the trace.
+            let check = s.limits.check(&s.client, self.limit);
+            let timed = crate::telemetry::span::timed("rate_limit", check);
+            if let Some(reply) = Box::pin(timed).await {
                 return Decision::from(reply);
             }
         }

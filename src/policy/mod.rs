@@ -91,7 +91,9 @@ impl ClientTable {
                     .orgs
                     .iter()
                     .filter_map(|name| orgs.by_name(name))
-                    .map(|org| Caller::new(ClientLabel::new(&c.name), org.clone()))
+                    .map(|org| {
+                        Caller::weighted(ClientLabel::new(&c.name), org.clone(), c.budget_weight)
+                    })
                     .collect(),
                 limiter,
                 scope: c.allow.clone(),
@@ -133,6 +135,7 @@ mod tests {
             rate_limit,
             allow: None,
             orgs: vec!["default".into()],
+            budget_weight: 1,
         }
     }
 

@@ -31,6 +31,7 @@ use crate::headers::{RequestIds, X_REQUEST_ID};
 use crate::metrics::{ClientLabel, Metrics, Opened};
 use crate::per_thread::{Handle, Handles};
 use crate::policy::{Client, Decision};
+use crate::telemetry::span::{self as trace_span, TraceId, Traced};
 use crate::upstream::Caller;
 
 use super::route::RouteClass;
@@ -119,7 +120,8 @@ pub(super) struct Access {
     method: Method,
     /// Its path, for the audit line (anything but GET/HEAD); `None` once a
     /// write task has taken it to write the audit line itself.
-    audit_path: Option<String>,
+    /// (A `Box<str>`, 8 bytes less than a `String`, pays for `traced`.)
+    audit_path: Option<Box<str>>,
     /// The route class (`rejected` until routed).
     pub route: RouteClass,
     /// The authenticated client.
@@ -138,10 +140,17 @@ pub(super) struct Access {
     pub forwarded: bool,
     /// Why the upstream exchange failed (502/503/504), for the log line.
     pub failure: Option<String>,
-    /// The answer's status and request id; `None` while unanswered.
-    answered: Option<(StatusCode, Option<HeaderValue>)>,
+    /// The answer's status and request id, and the milliseconds the
+    /// request waited for turns of the organization's budget (kept here,
+    /// in the status's padding: every request's future carries this);
+    /// `None` while unanswered.
+    answered: Option<(StatusCode, Option<HeaderValue>, u32)>,
     /// How the body ended, and the body bytes sent.
     body: (BodyEnd, u64),
+    /// The request's SERVER span and the trace id of its lines (`None`:
+    /// neither). The span ends when the account is written, or when the
+    /// work it caused (a write's task, a refresh) ends.
+    pub traced: Option<Arc<Traced>>,
 }
 
 impl Access {
@@ -151,6 +160,7 @@ impl Access {
         conn: Option<ConnectionRef>,
         method: &Method,
         path: &str,
+        traced: Option<Arc<Traced>>,
     ) -> Self {
         let opened = Some(metrics.request_opened());
         if let Some(c) = &conn {
@@ -162,7 +172,7 @@ impl Access {
             conn,
             start: Instant::now(),
             method: method.clone(),
-            audit_path: (!matches!(*method, Method::GET | Method::HEAD)).then(|| path.to_owned()),
+            audit_path: (!matches!(*method, Method::GET | Method::HEAD)).then(|| Box::from(path)),
             route: RouteClass::Rejected,
             client: None,
             org: 0,
@@ -173,6 +183,7 @@ impl Access {
             failure: None,
             answered: None,
             body: (BodyEnd::None, 0),
+            traced,
         }
     }
 
@@ -189,6 +200,13 @@ impl Access {
         }
     }
 
+    /// The trace id the request's lines carry (none: all zeros).
+    pub(super) fn trace_id(&self) -> TraceId {
+        self.traced
+            .as_ref()
+            .map_or_else(TraceId::default, |t| t.trace_id)
+    }
+
     pub(super) fn client_label(&self) -> ClientLabel {
         match &self.client {
             Some(c) => c.name.clone(),
@@ -199,7 +217,7 @@ impl Access {
     /// Hands the audit line to someone who will write it whatever happens
     /// to this request (a write's own task).
     pub(super) fn take_audit(&mut self) -> Option<String> {
-        self.audit_path.take()
+        self.audit_path.take().map(String::from)
     }
 
     /// Stamps the common headers (a request id when the upstream gave
@@ -219,7 +237,8 @@ impl Access {
             }
         }
         let id = resp.headers().get(X_REQUEST_ID).cloned();
-        self.answered = Some((resp.status(), id));
+        let waited = wait_ms(crate::budget::waited());
+        self.answered = Some((resp.status(), id, waited));
         let (parts, inner) = resp.into_parts();
         let body = Accounted {
             inner,
@@ -245,7 +264,7 @@ impl Drop for Access {
             }
         };
         let (status, request_id) = match &self.answered {
-            Some((s, id)) => (s.as_u16(), id.as_ref().map_or("-", header_str)),
+            Some((s, id, _)) => (s.as_u16(), id.as_ref().map_or("-", header_str)),
             None => (CLIENT_CLOSED, "-"),
         };
         if let Some(conn) = &self.conn {
@@ -268,7 +287,21 @@ impl Drop for Access {
             None => "-",
         };
         let latency_us = elapsed.as_micros() as u64;
+        let budget_wait_ms = match self.answered {
+            Some((_, _, waited)) => waited,
+            None => wait_ms(crate::budget::waited()),
+        };
         let (method, client) = (self.method.as_str(), client.as_str());
+        trace_span::finished(
+            self.traced.as_deref(),
+            method,
+            route,
+            status,
+            client,
+            cache,
+            org,
+        );
+        let trace_id = self.trace_id().field();
         // Cut for the send deadline while this body was still being sent:
         // whatever it had handed over, the client did not get it all.
         let cut = self.conn.as_ref().is_some_and(|c| c.cut_for_send_timeout());
@@ -289,11 +322,13 @@ impl Drop for Access {
         match error {
             None => info!(
                 target: "openai_admin_gateway::access",
-                request_id, client, org, method, route, status, cache, latency_us, body, bytes,
+                request_id, client, org, method, route, status, cache, latency_us, budget_wait_ms,
+                body, bytes, trace_id,
             ),
             Some(error) => warn!(
                 target: "openai_admin_gateway::access",
-                request_id, client, org, method, route, status, cache, latency_us, body, bytes, error,
+                request_id, client, org, method, route, status, cache, latency_us, budget_wait_ms,
+                body, bytes, error, trace_id,
             ),
         }
         if let (Some(path), true) = (&self.audit_path, self.forwarded) {
@@ -306,9 +341,15 @@ impl Drop for Access {
                 self.upstream_status,
                 status,
                 "none",
+                self.trace_id(),
             );
         }
     }
+}
+
+/// A wait in whole milliseconds, as the access line carries it.
+fn wait_ms(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// The audit line of a request that may have changed something upstream.
@@ -317,7 +358,7 @@ impl Drop for Access {
 /// `outcome`: `applied` (2xx), `refused` (another answer below 500) or
 /// `unknown` (no answer, or a 5xx: the change may or may not have
 /// happened). `evict` says which rule of the dependency table matched:
-/// `user:ID`, `all` or `none`.
+/// `user:ID`, `all` or `none`. `trace_id`: the request's (omitted if none).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn audit(
     request_id: &str,
@@ -328,6 +369,7 @@ pub(super) fn audit(
     upstream_status: Option<StatusCode>,
     status: u16,
     evict: &str,
+    trace_id: TraceId,
 ) {
     let outcome = match upstream_status {
         Some(s) if s.is_success() => "applied",
@@ -345,6 +387,7 @@ pub(super) fn audit(
         status,
         outcome,
         evict,
+        trace_id = trace_id.field(),
     );
 }
 

@@ -3,9 +3,10 @@
 //! 2 authenticate, 3 the client's rate limit and scope, 4 serve.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::{HeaderMap, Request, Response, StatusCode};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use super::access::{audit, Access, ConnectionRef};
 use super::canon::{canonicalize, decode_segment};
@@ -20,6 +21,7 @@ use crate::headers::X_REQUEST_ID;
 use crate::path::CanonicalPath;
 use crate::policy::Decision;
 use crate::runtime::spawn_lasting;
+use crate::telemetry::span::{self as trace_span, TraceId};
 use crate::upstream::{buffer, Caller};
 
 /// What a request's phases need to know about where it is going.
@@ -46,13 +48,27 @@ impl Gateway {
         conn: Option<ConnectionRef>,
     ) -> Response<BoxBody> {
         let shared = &*self.shared;
+        let traced = trace_span::server(req.method(), req.uri().path(), req.headers());
         let mut access = Access::open(
             &shared.metrics_handles,
             conn,
             req.method(),
             req.uri().path(),
+            traced,
         );
-        let resp = match self.handle_inner(req, &mut access).await {
+        // In the SERVER span when there is one. Boxed then: the span
+        // wrapper would add its pointer to every request's future.
+        let handled = if let Some(t) = &access.traced {
+            let t = Arc::clone(t);
+            Box::pin(trace_span::InSpan::new(
+                t,
+                self.handle_inner(req, &mut access),
+            ))
+            .await
+        } else {
+            self.handle_inner(req, &mut access).await
+        };
+        let resp = match handled {
             Ok(r) => r,
             Err(e) => self.refused(e, &mut access),
         };
@@ -207,9 +223,12 @@ impl Gateway {
             audit_path: access.take_audit(),
             client: access.client_label(),
             caller: access.caller()?.clone(),
+            trace_id: access.trace_id(),
         };
         access.forwarded = true;
-        let done = spawn_lasting(write.run(req))
+        // In the request's span: the write's exchange is a CLIENT span
+        // under it even when the client has left.
+        let done = spawn_lasting(write.run(req).in_current_span())
             .await
             .map_err(|e| match e.is_cancelled() {
                 // Stopped at the end of the shutdown grace period: no answer in time.
@@ -267,6 +286,8 @@ struct Write {
     client: crate::metrics::ClientLabel,
     /// Who the write is sent for.
     caller: Caller,
+    /// The request's trace id, for the audit line.
+    trace_id: TraceId,
 }
 
 /// What a write task hands back.
@@ -293,6 +314,7 @@ impl Write {
             &self.client,
             self.caller.org(),
         );
+        unfinished.trace_id = self.trace_id;
         let mut upstream_status = None;
         let (mut eviction, mut outcome) = (Eviction::Nothing, Outcome::NotSent);
         let result = async {
@@ -350,6 +372,7 @@ impl Write {
                 upstream_status,
                 status,
                 &eviction.audit(),
+                self.trace_id,
             );
         }
         unfinished.finished();

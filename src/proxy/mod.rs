@@ -56,7 +56,7 @@ use hyper::body::Incoming;
 
 use crate::body::BoxBody;
 use crate::cache::{Settings, UserCache, UserRoute};
-use crate::cluster::{Bus, Evict, SharedLimits};
+use crate::cluster::{Bus, Evict, SharedBudget, SharedLimits};
 use crate::config::Config;
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
@@ -110,6 +110,8 @@ impl Gateway {
     /// Builds the gateway's shared state from a validated config.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
+        // Every organization's budget (`[upstream]` made the default's).
+        upstream.budgets().apply(&config.upstream, &config.orgs);
         let conn = match &config.redis {
             Some(r) => Some(crate::cluster::connect(r).map_err(std::io::Error::other)?),
             None => None,
@@ -131,10 +133,13 @@ impl Gateway {
             (Some(r), Some(c)) => {
                 let evict: Arc<dyn Evict> = Arc::new(OrgEvict::new(users.clone(), orgs.clone()));
                 let lifetime = eviction_lifetime(config);
-                Some(
-                    Bus::start(r, c, metrics.clone(), evict, lifetime)
-                        .map_err(std::io::Error::other)?,
-                )
+                let store = SharedBudget::new(c.clone(), r, metrics.clone());
+                let bus = Bus::start(r, c, metrics.clone(), evict, lifetime)
+                    .map_err(std::io::Error::other)?;
+                // The organization's budget is shared like the clients'
+                // limits: one in Redis, this replica's share without it.
+                upstream.budgets().share(store, bus.clone());
+                Some(bus)
             }
             _ => None,
         };
@@ -155,7 +160,8 @@ impl Gateway {
     }
 
     /// Applies the reloadable parts of `config`: clients, keys, limits,
-    /// scopes, cache TTL and body bound, the admin key. The cache is kept.
+    /// scopes, cache TTL and body bound, the admin key, the organization's
+    /// budget. The cache is kept.
     pub fn apply(&self, config: &Config) {
         let shared = &*self.shared;
         // Unchanged organizations are kept and take their new key here.
@@ -175,6 +181,10 @@ impl Gateway {
         }
         shared.orgs.store(Arc::new(orgs));
         shared.users.set_settings(Settings::from(&config.cache));
+        shared
+            .upstream
+            .budgets()
+            .apply(&config.upstream, &config.orgs);
         if let Some(bus) = &shared.bus {
             bus.set_lifetime(eviction_lifetime(config));
         }
@@ -291,7 +301,9 @@ impl hyper::service::Service<Request<Incoming>> for Gateway {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let gw = self.clone();
-        Box::pin(async move { Ok(gw.handle(req).await) })
+        Box::pin(crate::budget::recording(
+            async move { Ok(gw.handle(req).await) },
+        ))
     }
 }
 

@@ -13,6 +13,7 @@ use super::access::audit;
 use super::eviction::Eviction;
 use super::Gateway;
 use crate::metrics::ClientLabel;
+use crate::telemetry::span::TraceId;
 
 /// Armed while a write's task runs; [`Unfinished::finished`] disarms it.
 pub(super) struct Unfinished {
@@ -31,6 +32,8 @@ pub(super) struct Unfinished {
     org: Org,
     /// The upstream's status, once it answered.
     pub(super) upstream_status: Option<StatusCode>,
+    /// The write's trace id, for the audit line.
+    pub(super) trace_id: TraceId,
     /// Cleared when the write ended on its own.
     armed: bool,
 }
@@ -52,6 +55,7 @@ impl Unfinished {
             client: client.clone(),
             org: org.clone(),
             upstream_status: None,
+            trace_id: TraceId::default(),
             armed: true,
         }
     }
@@ -100,6 +104,7 @@ impl Drop for Unfinished {
                 self.upstream_status,
                 StatusCode::GATEWAY_TIMEOUT.as_u16(),
                 &self.eviction.audit(),
+                self.trace_id,
             );
         }
     }

@@ -322,7 +322,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let h2 = req.version() == Version::HTTP_2;
         Box::pin(async move {
             let conn = state.account.clone();
-            let resp = state.gateway.handle_on(req, Some(conn)).await;
+            let resp = crate::budget::recording(state.gateway.handle_on(req, Some(conn))).await;
             Ok(resp.map(|body| WatchedBody::new(body, state.progress.clone(), h2)))
         })
     }

@@ -150,6 +150,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         clients: _, // reloadable
         redis,
         orgs: _, // reloadable: added, removed, keys rotated
+        telemetry,
     } = a;
     let ServerConfig {
         listen,
@@ -176,6 +177,8 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         max_concurrent_requests,
         max_queued_requests,
         ca_file,
+        rate_limit: _,      // reloadable (the organization's budget)
+        budget_wait: _,     // reloadable
         pools: _,           // server.workers
         organization_id: _, // reloadable
     } = upstream;
@@ -234,6 +237,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         ("upstream.ca_file", *ca_file != u.ca_file),
         ("cache.max_entries", *max_entries != b.cache.max_entries),
         ("redis", *redis != b.redis),
+        ("telemetry", *telemetry != b.telemetry),
     ];
     checks
         .into_iter()

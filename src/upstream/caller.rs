@@ -26,14 +26,32 @@ struct Who {
     /// the one whose request started it).
     client: ClientLabel,
     /// The organization the exchange acts on: its admin key is injected
-    /// and its `organization_id` sent.
+    /// and its `organization_id` sent; its budget gives the turns.
     org: Org,
+    /// Its turns per round of the organization's budget while it waits
+    /// (`budget_weight`).
+    budget_weight: u32,
 }
 
 impl Caller {
-    /// The caller for `client`'s requests on `org`.
+    /// The caller for `client`'s requests on `org`, one turn per round.
     pub fn new(client: ClientLabel, org: Org) -> Self {
-        Self(Arc::new(Who { client, org }))
+        Self::weighted(client, org, 1)
+    }
+
+    /// The caller for `client`'s requests on `org`, with `budget_weight`
+    /// turns per round of the organization's budget.
+    pub fn weighted(client: ClientLabel, org: Org, budget_weight: u32) -> Self {
+        Self(Arc::new(Who {
+            client,
+            org,
+            budget_weight: budget_weight.max(1),
+        }))
+    }
+
+    /// Turns per round of the organization's budget.
+    pub fn budget_weight(&self) -> u32 {
+        self.0.budget_weight
     }
 
     /// The client's name.

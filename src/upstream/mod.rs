@@ -8,6 +8,9 @@
 //!   One pool per server worker (picked by the calling thread's
 //!   [`crate::runtime::index`]) plus a shared one for every other thread;
 //!   the cap and the queue stay global.
+//! - Every exchange first takes a turn of the organization's budget
+//!   ([`crate::budget`]; before the concurrency slot, so nobody holds a
+//!   slot while waiting for a turn), and an upstream 429 pauses it.
 //! - `connect`: the rustls client config and a deadline on the whole
 //!   connect (TCP and TLS).
 //! - `queue`: the concurrency cap and its bounded wait queue; a waiting
@@ -44,11 +47,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::error;
 
 use crate::body::{is_client_body_error, BoxBody, BoxError};
+use crate::budget::{pause_for, Budgets};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, TimeoutPhase, UpstreamOutcome};
 use crate::runtime;
+use crate::telemetry::span as trace_span;
 
 use auth::Forbidden;
 pub use caller::Caller;
@@ -77,6 +82,8 @@ pub struct Upstream {
     body_idle: Duration,
     /// The concurrency cap and its bounded wait queue.
     slots: Slots,
+    /// The organizations' budgets: every exchange takes a turn first.
+    budgets: Budgets,
     /// Where exchanges are counted.
     metrics: Arc<Metrics>,
 }
@@ -132,6 +139,7 @@ impl Upstream {
                 cfg.max_queued_requests,
                 metrics.clone(),
             ),
+            budgets: Budgets::new(cfg, metrics.clone()),
             metrics,
         })
     }
@@ -139,6 +147,11 @@ impl Upstream {
     /// `timeout_ms`: the wait for response headers.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The organizations' budgets (reload, `[redis]`, the stale path).
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// Sends `method {base}{rest}?{query}` with `headers` (client credential
@@ -179,6 +192,10 @@ impl Upstream {
             .await
     }
 
+    /// The one way upstream: a turn of the organization's budget first
+    /// (before the concurrency slot, so nobody holds a slot while waiting
+    /// for a turn), then a slot, then the request. An upstream 429 pauses
+    /// the organization and is relayed unchanged.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
@@ -193,6 +210,9 @@ impl Upstream {
         let uri = self.uri(rest, query)?;
         strip_hop_by_hop(&mut headers);
         headers.remove(HOST);
+        // This exchange's CLIENT span, under the span that caused it; its
+        // `traceparent` goes upstream. It ends with this call (at headers).
+        let span = trace_span::upstream(&method, &uri, &mut headers);
         // The key this request carries, for checking a 403 against it even
         // if a reload swaps the key meanwhile.
         let admin = caller.org().admin_key();
@@ -204,7 +224,23 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let slot = self.slots.acquire(deadline, self.timeout).await?;
+        let budget = self.budgets.get(caller.org().name());
+        if let Some(b) = &budget {
+            if let Err(e) = b
+                .turn(caller.client(), caller.budget_weight(), deadline)
+                .await
+            {
+                trace_span::answered(&span, Err("organization_budget_exceeded"));
+                return Err(e);
+            }
+        }
+        let slot = match self.slots.acquire(deadline, self.timeout).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                trace_span::answered(&span, Err("no_upstream_slot"));
+                return Err(e);
+            }
+        };
         let start = Instant::now();
         let headers_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
         let result = tokio::time::timeout_at(headers_by, self.pool().request(req)).await;
@@ -217,6 +253,15 @@ impl Upstream {
         };
         self.metrics
             .upstream(outcome, caller.org().metric(), start.elapsed());
+        trace_span::answered(
+            &span,
+            match outcome {
+                UpstreamOutcome::Status(s) => Ok(s),
+                UpstreamOutcome::ClientAborted => Err("client_body"),
+                UpstreamOutcome::Error => Err("unavailable"),
+                UpstreamOutcome::Timeout => Err("timeout"),
+            },
+        );
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) if is_client_body_error(&e) => {
@@ -230,6 +275,11 @@ impl Upstream {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if parts.status == StatusCode::TOO_MANY_REQUESTS {
+            if let Some(b) = budget {
+                b.pause(pause_for(&parts.headers, std::time::SystemTime::now()));
+            }
+        }
         // On the refusal paths the body is dropped unread and the slot is
         // released when this returns; a relayed 403 is whole, so it needs
         // the slot no longer either.

@@ -56,7 +56,7 @@ pub use gateway::{
 pub use logs::{json_lines, log_field, strip_ansi};
 pub use metrics::assert_settled;
 pub use metrics::{config_reloads, metric};
-pub use upstream::{pattern_chunk, start_upstream, Fault, Upstream};
+pub use upstream::{pattern_chunk, start_upstream, Fault, RetryAfter, Upstream};
 
 /// The organization's real admin key as the fake upstream expects it. It must never show up
 /// in anything the gateway sends back or logs.

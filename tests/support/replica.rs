@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 
 use super::client::{req, TestResponse};
-use super::gateway::GatewayConfig;
+use super::gateway::{with_upstream_keys, GatewayConfig};
 use super::metrics::metric;
 use super::process::{GatewayProcess, TempDir};
 use super::upstream::Upstream;
@@ -33,12 +33,24 @@ impl Replica {
         redis_url: &str,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> Replica {
+        Self::start_with(upstream, redis_url, "", tweak).await
+    }
+
+    /// [`Replica::start`] with `upstream_keys` (e.g. `budget_wait_ms = 100`) added to its
+    /// `[upstream]` table.
+    pub async fn start_with(
+        upstream: &Upstream,
+        redis_url: &str,
+        upstream_keys: &str,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Replica {
         let dir = TempDir::new("replica");
         let mut cfg = GatewayConfig::new(&upstream.base_url());
         let (addr, admin) = cfg.free_ports();
         cfg.extra = format!("[redis]\nurl = {redis_url:?}\ntimeout_ms = 200\n");
         tweak(&mut cfg);
-        let gw = GatewayProcess::spawn_json(&dir, &cfg.toml(), "info", addr, admin).await;
+        let toml = with_upstream_keys(&cfg.toml(), upstream_keys);
+        let gw = GatewayProcess::spawn_json(&dir, &toml, "info", addr, admin).await;
         let r = Replica {
             gw,
             addr,

@@ -76,7 +76,7 @@ use faults::FaultRule;
 use reply::{error, Resp};
 
 pub use echo::{hex, REDACTED_ADMIN_AUTH};
-pub use faults::{masked_admin_key, Fault, Flap, KeyRefusal};
+pub use faults::{masked_admin_key, Fault, Flap, KeyRefusal, RetryAfter};
 pub use rewrite::gzip_stored;
 pub use streams::{pattern_chunk, sse_event, Fnv};
 

@@ -26,6 +26,8 @@ pub struct Fault {
     pub gate: Option<String>,
     /// Answer with this status and an OpenAI error body (429 adds `retry-after`).
     pub status: Option<u16>,
+    /// What a 429 says about when to retry (None: `retry-after: 7`, `retry-after-ms: 7000`).
+    pub retry_headers: Option<RetryAfter>,
     /// Refuse the admin key the way OpenAI does (takes precedence over `status`).
     pub refusal: Option<KeyRefusal>,
     /// Close the connection without any response.
@@ -73,6 +75,12 @@ impl Fault {
     }
     pub fn status(mut self, status: u16) -> Self {
         self.status = Some(status);
+        self
+    }
+    /// A 429 whose retry headers are `how`.
+    pub fn too_many(mut self, how: RetryAfter) -> Self {
+        self.status = Some(429);
+        self.retry_headers = Some(how);
         self
     }
     pub fn refuse_key(mut self, how: KeyRefusal) -> Self {
@@ -126,6 +134,41 @@ impl Fault {
     pub fn times(mut self, n: usize) -> Self {
         self.times = Some(n);
         self
+    }
+}
+
+/// The retry headers of a scripted 429 ([`Fault::too_many`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// `retry-after: N` (whole seconds) only.
+    Seconds(u64),
+    /// `retry-after-ms: N` only.
+    Millis(u64),
+    /// `retry-after: <HTTP date>`, this long from when the 429 is sent (rounded up to
+    /// the next whole second, as an HTTP date has no finer unit).
+    Date(Duration),
+    /// `retry-after: S` and `retry-after-ms: MS` (the gateway's pause follows the ms).
+    Both(u64, u64),
+    /// No retry header at all.
+    Absent,
+}
+
+impl RetryAfter {
+    /// The headers it stands for, as of now.
+    fn headers(self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Seconds(s) => vec![("retry-after", s.to_string())],
+            Self::Millis(ms) => vec![("retry-after-ms", ms.to_string())],
+            Self::Date(d) => {
+                let at = std::time::SystemTime::now() + d + Duration::from_millis(999);
+                vec![("retry-after", httpdate::fmt_http_date(at))]
+            }
+            Self::Both(s, ms) => vec![
+                ("retry-after", s.to_string()),
+                ("retry-after-ms", ms.to_string()),
+            ],
+            Self::Absent => Vec::new(),
+        }
     }
 }
 
@@ -230,14 +273,21 @@ impl State {
     }
 }
 
-pub(super) fn status_error(status: u16) -> Resp {
+pub(super) fn status_error(status: u16, retry_after: Option<RetryAfter>) -> Resp {
     let status = StatusCode::from_u16(status).expect("fault status");
     let mut resp = error(status, "injected failure", "injected");
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("7"));
-        resp.headers_mut()
-            .insert("retry-after-ms", HeaderValue::from_static("7000"));
+        let headers = match retry_after {
+            Some(how) => how.headers(),
+            None => vec![
+                ("retry-after", "7".into()),
+                ("retry-after-ms", "7000".into()),
+            ],
+        };
+        for (name, value) in headers {
+            let value = HeaderValue::from_str(&value).expect("header value");
+            resp.headers_mut().insert(name, value);
+        }
     }
     resp
 }

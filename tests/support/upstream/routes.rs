@@ -56,7 +56,7 @@ pub(super) async fn respond(
                 .body(full(body))
                 .expect("response")
         }
-        (None, Some(status)) => status_error(status),
+        (None, Some(status)) => status_error(status, fault.retry_headers),
         (None, None) => route(state, index, req).await?,
     };
     if let Some(gate) = &fault.gate {
