@@ -304,7 +304,22 @@ async fn writes_evict_in_their_own_organization_on_every_replica() {
     a.wait_bus_connected().await;
     b.wait_bus_connected().await;
     for org in [None, Some("org-research")] {
-        assert_eq!(get(&b, CLIENT_KEY, org).await.cache_status(), stored_miss());
+        // Under a loaded machine a replica can still be answering as one
+        // without a cache (`fwd=miss`, not stored) for a moment after its
+        // bus gauge reads 1; the setup waits for a stored miss.
+        let start = std::time::Instant::now();
+        loop {
+            let r = get(&b, CLIENT_KEY, org).await;
+            if r.cache_status() == stored_miss() {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "{org:?} never stored: {}",
+                r.describe()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         assert!(is_hit(&get(&b, CLIENT_KEY, org).await));
     }
 
@@ -330,5 +345,55 @@ async fn writes_evict_in_their_own_organization_on_every_replica() {
     write(None).await.assert_status(200);
     until_evicted(&b, None).await;
     assert!(is_hit(&get(&b, CLIENT_KEY, Some("org-research")).await));
+    let _ = std::fs::remove_file(key_file);
+}
+
+/// Each organization has its own budget: research's (one request a minute) runs out while
+/// the default organization, with none, keeps sending; research's refusals never reach the
+/// upstream.
+#[tokio::test]
+async fn each_organization_spends_its_own_budget() {
+    let upstream = OrgUpstream::start().await;
+    let key_file = research_key_file("budget");
+    let research = format!(
+        "{}rate_limit = {{ requests_per_minute = 1, burst = 1 }}\n",
+        research_toml(&key_file)
+    );
+    let toml = with_upstream_keys(
+        &config(&upstream, &research, "[\"default\", \"research\"]"),
+        "budget_wait_ms = 100",
+    );
+    let gw = start_gateway(&toml).await;
+    // `no-store`: every retrieve goes upstream, so every one needs a turn.
+    let fetch = |org: Option<&'static str>| {
+        let mut r = req(Method::GET, &gw.url(&user_path(USER)))
+            .bearer(CLIENT_KEY)
+            .header("Cache-Control", "no-store");
+        if let Some(org) = org {
+            r = r.header("OpenAI-Organization", org);
+        }
+        r.send()
+    };
+    fetch(Some("org-research")).await.assert_status(200);
+    let refused = fetch(Some("org-research")).await;
+    refused.assert_status(429);
+    assert_eq!(
+        refused.json()["error"]["code"],
+        "organization_budget_exceeded",
+        "{}",
+        refused.describe()
+    );
+    assert!(refused.header("retry-after").is_some());
+    for _ in 0..3 {
+        fetch(None).await.assert_status(200);
+    }
+    let seen = upstream.seen();
+    let research_sent = seen.iter().filter(|s| s.org == "org-research").count();
+    let default_sent = seen.iter().filter(|s| s.org == "org-main").count();
+    assert_eq!(
+        (research_sent, default_sent),
+        (1, 3),
+        "research spent its one turn, the default was not held by it"
+    );
     let _ = std::fs::remove_file(key_file);
 }

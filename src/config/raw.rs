@@ -85,6 +85,7 @@ pub(super) struct RawFile {
     pub(super) redis: Option<RawRedis>,
     #[serde(default)]
     pub(super) orgs: Vec<RawOrg>,
+    #[serde(default)]
     pub(super) telemetry: RawTelemetry,
 }
 

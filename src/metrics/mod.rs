@@ -213,7 +213,7 @@ impl Metrics {
         );
         r.register(
             "gateway_replicas_live",
-            "Replicas (this one included) heard on the invalidation bus within a second of the last message heard; while Redis is away each takes this share of the organization's budget",
+            "Replicas (this one included) heard on the invalidation bus within a second of the last message heard; while Redis is away each takes this share of the upstream budget",
             m.replicas_live.clone(),
         );
         r.register(
