@@ -47,6 +47,7 @@ fn clients(n: usize) -> Vec<ClientConfig> {
             key_sha256: vec![digest(format!("key-{i}").as_bytes())],
             rate_limit: None,
             allow: None,
+            orgs: vec!["default".into()],
             budget_weight: 1,
         })
         .collect()
@@ -55,7 +56,12 @@ fn clients(n: usize) -> Vec<ClientConfig> {
 fn auth(c: &mut Criterion) {
     let mut g = c.benchmark_group("auth");
     for n in [1, 20] {
-        let table = ClientTable::build(&clients(n), None, None);
+        let cfg = openai_admin_gateway::Config::parse("", std::path::Path::new("."), &|_| {
+            Some("sk-admin-bench".to_string())
+        })
+        .expect("config");
+        let orgs = openai_admin_gateway::org::Orgs::build(&cfg, None);
+        let table = ClientTable::build(&clients(n), &orgs, None, None);
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer key-0"));
         g.bench_function(format!("sha256_ct_scan_{n}_clients"), |b| {
@@ -124,7 +130,7 @@ fn cache(c: &mut Criterion) {
     rt.block_on(async {
         for id in &ids {
             let u = user(id);
-            cache.insert(cache.key(id), u).await;
+            cache.insert(cache.key(&bench_org(), id), u).await;
         }
     });
     let mut g = c.benchmark_group("cache");
@@ -134,7 +140,8 @@ fn cache(c: &mut Criterion) {
         b.iter(|| rt.block_on(async { black_box(1) }))
     });
     // moka's lookup alone (keys built beforehand), and the key alone.
-    let keys: Vec<_> = ids.iter().map(|id| cache.key(id)).collect();
+    let org = bench_org();
+    let keys: Vec<_> = ids.iter().map(|id| cache.key(&bench_org(), id)).collect();
     g.bench_function("moka_get_10k_prebuilt_keys", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
@@ -144,7 +151,7 @@ fn cache(c: &mut Criterion) {
     g.bench_function("key_from_id", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
-            cache.key(black_box(&ids[i]))
+            cache.key(&org, black_box(&ids[i]))
         })
     });
     // The server's lookup: the key from the id, then `get` (the per-thread
@@ -153,7 +160,7 @@ fn cache(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % ids.len();
             let id = &ids[i];
-            rt.block_on(async { cache.get(&cache.key(id)).await.is_some() })
+            rt.block_on(async { cache.get(&cache.key(&org, id)).await.is_some() })
         })
     });
     // Baseline: Mutex<HashMap> (no TTL, no bound, no single flight).
@@ -184,3 +191,14 @@ fn response(c: &mut Criterion) {
 
 criterion_group!(benches, route, auth, limits, cache, response);
 criterion_main!(benches);
+
+/// The organization the benches cache in.
+fn bench_org() -> openai_admin_gateway::org::Org {
+    static ORG: std::sync::OnceLock<openai_admin_gateway::org::Org> = std::sync::OnceLock::new();
+    ORG.get_or_init(|| {
+        let key =
+            openai_admin_gateway::secret::AdminKey::from_bytes(b"sk-admin-bench").expect("key");
+        openai_admin_gateway::org::Org::new("default", None, key)
+    })
+    .clone()
+}

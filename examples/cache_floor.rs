@@ -68,6 +68,9 @@ async fn main() {
         _ => {
             let c = UserCache::new(n + 1);
             let json = HeaderValue::from_static("application/json");
+            let key =
+                openai_admin_gateway::secret::AdminKey::from_bytes(b"sk-admin-x").expect("key");
+            let org = openai_admin_gateway::org::Org::new("default", None, key);
             for i in 0..n {
                 let u = CachedUser::new(
                     body(i),
@@ -75,7 +78,7 @@ async fn main() {
                     false,
                     Duration::from_secs(3600),
                 );
-                c.insert(c.key(&format!("user-{i:012}")), u).await;
+                c.insert(c.key(&org, &format!("user-{i:012}")), u).await;
             }
             c.sync().await;
             let len = c.entry_count();

@@ -78,6 +78,10 @@ pub enum GatewayError {
     /// The method/path is outside the client's scope.
     #[error("request outside the client's scope")]
     Forbidden,
+    /// `OpenAI-Organization` names an organization the client may not act
+    /// on, or none that is configured.
+    #[error("organization not allowed for the client")]
+    OrganizationNotAllowed,
     /// The request body ended before its declared `content-length`.
     #[error("request body ended early")]
     IncompleteBody,
@@ -148,6 +152,7 @@ impl GatewayError {
             Self::RateLimited { .. } => row(429, "requests", "rate_limit_exceeded", "Rate limit reached for this gateway key. Retry after the time given in the retry-after header."),
             Self::BudgetExceeded { .. } => row(429, "requests", "organization_budget_exceeded", "The organization's request budget for the OpenAI API is used up (or paused after the API answered 429). Retry after the time given in the retry-after header."),
             Self::Forbidden => row(403, CLIENT, "insufficient_scope", "This gateway key is not allowed to call this method and path."),
+            Self::OrganizationNotAllowed => row(403, CLIENT, "organization_not_allowed", "The OpenAI-Organization header names an organization this gateway key may not act on."),
             Self::IncompleteBody => row(400, CLIENT, "incomplete_body", "The request body ended before its declared content-length."),
             Self::InvalidBody(_) => row(400, CLIENT, "invalid_body", "The request body could not be read (malformed or cut off by the client)."),
             Self::UpstreamAuthFailed(_) => row(502, GATEWAY, "upstream_auth_failed", "The OpenAI API refused the gateway's admin key. This is a gateway configuration problem, not a problem with your key: tell the gateway operator."),
@@ -252,6 +257,12 @@ mod tests {
                 "insufficient_scope",
             ),
             (
+                GatewayError::OrganizationNotAllowed,
+                403,
+                "invalid_request_error",
+                "organization_not_allowed",
+            ),
+            (
                 GatewayError::InvalidUserId,
                 400,
                 "invalid_request_error",
@@ -338,6 +349,7 @@ mod tests {
                 retry_after: Duration::from_secs(1),
             },
             GatewayError::Forbidden,
+            GatewayError::OrganizationNotAllowed,
             GatewayError::IncompleteBody,
             GatewayError::InvalidBody("x".into()),
             GatewayError::UpstreamAuthFailed(401),

@@ -5,7 +5,7 @@
 //!
 //! Folders by concern; imports run one way, from the top of this list to
 //! the bottom (`server → proxy → {policy, cache, upstream} → budget →
-//! cluster → config → leaves`). Each folder's `mod.rs` says its job and its public
+//! cluster → org → config → leaves`). Each folder's `mod.rs` says its job and its public
 //! surface.
 //!
 //! - [`server`]: listeners, the worker threads (`server.workers`, each with
@@ -28,6 +28,9 @@
 //!   pause after an upstream 429. Only the upstream exchange takes turns.
 //! - [`cluster`]: everything that talks to Redis (shared rate limits, and
 //!   the invalidation bus, whose outbox retries a failed publish).
+//! - [`org`]: the organizations ([`org::Org`]: name, id, admin key, purge
+//!   epoch), made from the config; cache keys and upstream exchanges take
+//!   one.
 //! - [`config`]: the TOML file, parsed then validated into a [`Config`]
 //!   (every problem reported with its key).
 //!
@@ -60,6 +63,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod org;
 pub mod path;
 pub mod per_thread;
 pub mod policy;

@@ -230,10 +230,14 @@ async fn a_pause_that_fails_is_counted() {
 struct NoCache;
 
 impl Evict for NoCache {
-    fn evict<'a>(&'a self, _id: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    fn evict<'a>(
+        &'a self,
+        _org: &'a str,
+        _id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async {})
     }
-    fn evict_all(&self) {}
+    fn evict_all(&self, _org: Option<&str>) {}
     fn set_serving(&self, _serving: bool) {}
 }
 

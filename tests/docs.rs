@@ -74,9 +74,13 @@ fn readme_keys(readme: &str) -> BTreeMap<String, String> {
         }
         for name in cells[0].trim_start_matches("| ").split(", ") {
             let name = name.trim_matches('`');
-            let name = match name.strip_prefix("[[clients]] ") {
-                Some(rest) => format!("clients.{rest}"),
-                None => name.to_string(),
+            let name = match (
+                name.strip_prefix("[[clients]] "),
+                name.strip_prefix("[[orgs]] "),
+            ) {
+                (Some(rest), _) => format!("clients.{rest}"),
+                (_, Some(rest)) => format!("orgs.{rest}"),
+                _ => name.to_string(),
             };
             let is_key = name.split_once('.').is_some_and(|(s, k)| {
                 [
@@ -86,6 +90,7 @@ fn readme_keys(readme: &str) -> BTreeMap<String, String> {
                     "redis",
                     "telemetry",
                     "clients",
+                    "orgs",
                 ]
                 .contains(&s)
                     && is_key_name(k)

@@ -4,6 +4,9 @@
 
 mod support;
 
+/// The label of the default organization's series.
+const DEFAULT_ORG: &[(&str, &str)] = &[("org", "default")];
+
 use std::collections::BTreeSet;
 
 use http::Method;
@@ -67,6 +70,8 @@ fn assert_bounded_labels(scrape: &Scrape) {
                 "result" => ["ok", "error"].contains(&v.as_str()),
                 "phase" => ["headers", "body"].contains(&v.as_str()),
                 "trigger" => ["signal", "file"].contains(&v.as_str()),
+                // Organization names come from the config (`*`: a purge of every one).
+                "org" => ["default", "*"].contains(&v.as_str()),
                 _ => false,
             };
             assert!(
@@ -198,13 +203,13 @@ async fn metrics_move_by_exact_deltas_for_miss_hit_500_502_and_401() {
         a1.text
     );
     assert_eq!(
-        delta(&a0, &a1, "gateway_cache_hits_total", &[]),
+        delta(&a0, &a1, "gateway_cache_hits_total", DEFAULT_ORG),
         1.0,
         "{}",
         a1.text
     );
     assert_eq!(
-        delta(&a0, &a1, "gateway_cache_misses_total", &[]),
+        delta(&a0, &a1, "gateway_cache_misses_total", DEFAULT_ORG),
         2.0,
         "the stored miss and the 500:\n{}",
         a1.text
@@ -218,18 +223,36 @@ async fn metrics_move_by_exact_deltas_for_miss_hit_500_502_and_401() {
     );
     let upstream_total = "gateway_upstream_requests_total";
     assert_eq!(
-        delta(&a0, &a1, upstream_total, &[("status", "200")]),
+        delta(
+            &a0,
+            &a1,
+            upstream_total,
+            &[("status", "200"), ("org", "default")]
+        ),
         2.0,
         "{}",
         a1.text
     );
     assert_eq!(
-        delta(&a0, &a1, upstream_total, &[("status", "500")]),
+        delta(
+            &a0,
+            &a1,
+            upstream_total,
+            &[("status", "500"), ("org", "default")]
+        ),
         1.0,
         "{}",
         a1.text
     );
-    assert_eq!(delta(&a0, &a1, upstream_total, &[("status", "error")]), 0.0);
+    assert_eq!(
+        delta(
+            &a0,
+            &a1,
+            upstream_total,
+            &[("status", "error"), ("org", "default")]
+        ),
+        0.0
+    );
     assert_eq!(delta_sum(&a0, &a1, upstream_total), 3.0, "{}", a1.text);
     let duration_count = "gateway_request_duration_seconds_count";
     assert_eq!(
@@ -286,7 +309,12 @@ async fn metrics_move_by_exact_deltas_for_miss_hit_500_502_and_401() {
     );
     assert_eq!(delta_sum(&b0, &b1, requests), 1.0, "{}", b1.text);
     assert_eq!(
-        delta(&b0, &b1, upstream_total, &[("status", "error")]),
+        delta(
+            &b0,
+            &b1,
+            upstream_total,
+            &[("status", "error"), ("org", "default")]
+        ),
         1.0,
         "a refused connection is status=\"error\":\n{}",
         b1.text
@@ -304,7 +332,10 @@ async fn metrics_move_by_exact_deltas_for_miss_hit_500_502_and_401() {
         "{}",
         b1.text
     );
-    assert_eq!(delta(&b0, &b1, "gateway_cache_hits_total", &[]), 0.0);
+    assert_eq!(
+        delta(&b0, &b1, "gateway_cache_hits_total", DEFAULT_ORG),
+        0.0
+    );
     assert_eq!(b1.value("gateway_cache_entries", &[]), 0.0, "{}", b1.text);
 
     // --- labels never carry ids, paths or keys ---

@@ -61,7 +61,7 @@ async fn purging_one_user_costs_exactly_one_upstream_fetch_for_that_user() {
             &m0,
             &m1,
             "gateway_cache_invalidations_total",
-            &[("reason", "purge")]
+            &[("reason", "purge"), ("org", "*")]
         ),
         1.0,
         "{}",
@@ -95,7 +95,7 @@ async fn purging_one_user_costs_exactly_one_upstream_fetch_for_that_user() {
     );
 
     let m2 = scrape(&gw).await;
-    let d = |name: &str| delta(&m1, &m2, name, &[]);
+    let d = |name: &str| delta(&m1, &m2, name, &[("org", "default")]);
     assert_eq!(d("gateway_cache_misses_total"), 1.0, "{}", m2.text);
     assert_eq!(d("gateway_cache_hits_total"), 4.0, "{}", m2.text);
     assert_eq!(m2.value("gateway_cache_entries", &[]), 2.0, "{}", m2.text);
@@ -127,7 +127,7 @@ async fn purging_everything_makes_every_user_a_miss_once() {
             &m0,
             &m1,
             "gateway_cache_invalidations_total",
-            &[("reason", "purge_all")]
+            &[("reason", "purge_all"), ("org", "*")]
         ),
         1.0,
         "{}",
@@ -146,7 +146,12 @@ async fn purging_everything_makes_every_user_a_miss_once() {
     let m2 = scrape(&gw).await;
     assert_eq!(m2.value("gateway_cache_entries", &[]), 4.0, "{}", m2.text);
     assert_eq!(
-        delta(&m1, &m2, "gateway_cache_misses_total", &[]),
+        delta(
+            &m1,
+            &m2,
+            "gateway_cache_misses_total",
+            &[("org", "default")]
+        ),
         4.0,
         "{}",
         m2.text

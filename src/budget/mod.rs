@@ -3,8 +3,8 @@
 //! clients and, with `[redis]`, all replicas), fair turns while it is
 //! empty, and a pause after an upstream 429.
 //!
-//! - [`Budgets`]: one [`Budget`] per organization, by name (for now only
-//!   [`DEFAULT_ORG`]), built from `[upstream]` and changed on reload.
+//! - [`Budgets`]: one [`Budget`] per organization, by name (`default` from
+//!   `[upstream]`, the others from `[[orgs]]`), changed on reload.
 //! - `gcra`: the local GCRA (and a replica's share while Redis is away).
 //! - `fair`: a queue per waiting client and the round robin between them.
 //! - `driver`: the one task per budget that hands turns to the waiting
@@ -20,7 +20,7 @@
 //! while waiting for a turn.
 //!
 //! Public surface: [`Budgets`], [`Budget`], [`Place`], [`pause_for`],
-//! [`recording`], [`waited`], [`DEFAULT_ORG`].
+//! [`recording`], [`waited`].
 
 mod driver;
 mod fair;
@@ -33,57 +33,91 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::cluster::{Bus, SharedBudget};
-use crate::config::{RateLimit, UpstreamConfig};
+use crate::config::defaults::DEFAULT_ORG;
+use crate::config::{OrgConfig, RateLimit, UpstreamConfig};
 use crate::metrics::Metrics;
 
 pub use pause::{pause_for, DEFAULT_PAUSE, MAX_PAUSE};
 pub use turn::Place;
 pub use wait::{recording, waited};
 
-/// The organization `[upstream]` configures.
-pub const DEFAULT_ORG: &str = "default";
-
-/// Every organization's budget, by name.
+/// Every organization's budget, by name. Reloads add and remove
+/// organizations; a budget that stays keeps its state and its waiters.
 #[derive(Debug)]
 pub struct Budgets {
-    /// Each organization's budget.
-    by_org: HashMap<Arc<str>, Budget>,
+    /// Each organization's budget (replaced whole on reload).
+    by_org: ArcSwap<HashMap<Arc<str>, Budget>>,
+    /// `gateway_budget_*`, for budgets made on reload.
+    metrics: Arc<Metrics>,
+    /// Where budgets are shared, once `[redis]`'s bus has started (budgets
+    /// made later are shared too).
+    cluster: OnceLock<(Arc<SharedBudget>, Bus)>,
 }
 
 impl Budgets {
-    /// The budgets `cfg` configures (the default organization's).
+    /// The default organization's budget from `cfg` (`[upstream]`); the
+    /// `[[orgs]]`' come with [`apply`](Self::apply).
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
         let org: Arc<str> = DEFAULT_ORG.into();
-        let budget = Budget::new(org.clone(), cfg.rate_limit, cfg.budget_wait, metrics);
+        let budget = Budget::new(
+            org.clone(),
+            cfg.rate_limit,
+            cfg.budget_wait,
+            metrics.clone(),
+        );
         Self {
-            by_org: HashMap::from([(org, budget)]),
+            by_org: ArcSwap::from_pointee(HashMap::from([(org, budget)])),
+            metrics,
+            cluster: OnceLock::new(),
         }
     }
 
-    /// Organization `org`'s budget.
-    pub fn get(&self, org: &str) -> Option<&Budget> {
-        self.by_org.get(org)
+    /// Organization `org`'s budget (by name).
+    pub fn get(&self, org: &str) -> Option<Budget> {
+        self.by_org.load().get(org).cloned()
     }
 
-    /// Applies a reloaded `[upstream]`: a budget whose limit did not change
-    /// keeps its state; requests waiting keep their places either way.
-    pub fn apply(&self, cfg: &UpstreamConfig) {
-        if let Some(b) = self.get(DEFAULT_ORG) {
-            b.apply(cfg.rate_limit, cfg.budget_wait);
+    /// Applies the organizations of a (re)loaded config: `[upstream]`'s
+    /// `rate_limit` for the default, each `[[orgs]]`' own. A budget whose
+    /// limit did not change keeps its state; requests waiting keep their
+    /// places either way; an organization no longer configured loses its
+    /// budget (its waiters finish on the one they hold).
+    pub fn apply(&self, upstream: &UpstreamConfig, orgs: &[OrgConfig]) {
+        let wait = upstream.budget_wait;
+        let current = self.by_org.load();
+        let wanted = std::iter::once((DEFAULT_ORG, upstream.rate_limit))
+            .chain(orgs.iter().map(|o| (o.name.as_str(), o.rate_limit)));
+        let mut next = HashMap::new();
+        for (name, limit) in wanted {
+            let budget = match current.get(name) {
+                Some(b) => {
+                    b.apply(limit, wait);
+                    b.clone()
+                }
+                None => {
+                    let b = Budget::new(name.into(), limit, wait, self.metrics.clone());
+                    if let Some((store, bus)) = self.cluster.get() {
+                        b.share(store.clone(), bus.clone());
+                    }
+                    b
+                }
+            };
+            next.insert(Arc::<str>::from(name), budget);
         }
+        self.by_org.store(Arc::new(next));
     }
 
     /// Shares every budget through `store` with the replicas `bus` counts
-    /// (`[redis]`). Called once, when the bus has started.
+    /// (`[redis]`), and every budget made later. Called once, when the bus
+    /// has started.
     pub fn share(&self, store: Arc<SharedBudget>, bus: Bus) {
-        for b in self.by_org.values() {
-            let _ = b.inner.cluster.set(Cluster {
-                store: store.clone(),
-                bus: bus.clone(),
-            });
+        let _ = self.cluster.set((store.clone(), bus.clone()));
+        for b in self.by_org.load().values() {
+            b.share(store.clone(), bus.clone());
         }
     }
 }
@@ -154,6 +188,11 @@ impl Budget {
                 cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Shares this budget through `store` (a second call changes nothing).
+    fn share(&self, store: Arc<SharedBudget>, bus: Bus) {
+        let _ = self.inner.cluster.set(Cluster { store, bus });
     }
 
     fn apply(&self, limit: Option<RateLimit>, wait: Duration) {

@@ -109,10 +109,10 @@ pub(super) struct Filler {
 impl Filler {
     /// True while the organization is paused after an upstream 429: a
     /// refetch would only wait (and most likely be refused).
-    pub(super) fn paused(&self) -> bool {
+    pub(super) fn paused(&self, caller: &Caller) -> bool {
         self.upstream
             .budgets()
-            .get(crate::budget::DEFAULT_ORG)
+            .get(caller.org().name())
             .is_some_and(|b| b.paused().is_some())
     }
 

@@ -1,7 +1,9 @@
 //! Cache keys: which key names an id now, and moka's hasher for them.
 //!
-//! A key is the id's hash (the high half) and a hash of the id with its
-//! write generation and the purge epoch (the low half). A write to a user
+//! A key is the hash of the organization and the id (the high half) and a
+//! hash of both with the id's write generation and the purge epochs (the
+//! low half): the same id in two organizations is two keys, and a write or
+//! a purge in one organization moves only its own ids on. A write to a user
 //! (or a purge) moves its generation (the epoch) on *before* evicting, so
 //! a fetch that started earlier fills a key nobody reads any more.
 //! Generations live in a fixed array of striped counters (ids hash onto
@@ -10,6 +12,8 @@
 
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::org::Org;
 
 /// Number of generation stripes (and of version stripes in the store).
 pub(super) const STRIPES: usize = 4096;
@@ -118,31 +122,43 @@ impl Keys {
         &self.gens[(id_hash as usize) % STRIPES]
     }
 
+    /// The id's hash within its organization (its stripe, the key's high
+    /// half).
     #[inline]
-    fn key_at(&self, id: &str, id_hash: u64, generation: u64, epoch: u64) -> CacheKey {
-        let low = self.gen_hasher.hash_one((generation, epoch, id));
+    fn id_hash(&self, org: &Org, id: &str) -> u64 {
+        self.id_hasher.hash_one((org.id().get(), id))
+    }
+
+    #[inline]
+    fn key_at(&self, org: &Org, id: &str, id_hash: u64, generation: u64) -> CacheKey {
+        let epochs = (self.epoch.load(Ordering::Acquire), org.epoch());
+        let low = self
+            .gen_hasher
+            .hash_one((org.id().get(), generation, epochs, id));
         CacheKey(u128::from(id_hash) << 64 | u128::from(low))
     }
 
-    /// The key for `id` as of now. Every hit takes one: `#[inline]` keeps
-    /// it in [`UserCache::key`](super::UserCache::key), whose body it was.
+    /// The key for `id` in `org` as of now. Every hit takes one:
+    /// `#[inline]` keeps it in [`UserCache::key`](super::UserCache::key),
+    /// whose body it was.
     #[inline]
-    pub(super) fn key(&self, id: &str) -> CacheKey {
-        let h = self.id_hasher.hash_one(id);
+    pub(super) fn key(&self, org: &Org, id: &str) -> CacheKey {
+        let h = self.id_hash(org, id);
         let generation = self.stripe(h).load(Ordering::Acquire);
-        self.key_at(id, h, generation, self.epoch.load(Ordering::Acquire))
+        self.key_at(org, id, h, generation)
     }
 
-    /// Moves `id` to its next generation, and returns the key it had.
-    pub(super) fn retire(&self, id: &str) -> CacheKey {
-        let h = self.id_hasher.hash_one(id);
+    /// Moves `id` in `org` to its next generation, and returns the key it
+    /// had.
+    pub(super) fn retire(&self, org: &Org, id: &str) -> CacheKey {
+        let h = self.id_hash(org, id);
         let old = self.stripe(h).fetch_add(1, Ordering::AcqRel);
-        self.key_at(id, h, old, self.epoch.load(Ordering::Acquire))
+        self.key_at(org, id, h, old)
     }
 
-    /// Moves `id` to its next generation (nothing to evict by key).
-    pub(super) fn forget(&self, id: &str) {
-        let h = self.id_hasher.hash_one(id);
+    /// Moves `id` in `org` to its next generation (nothing to evict by key).
+    pub(super) fn forget(&self, org: &Org, id: &str) {
+        let h = self.id_hash(org, id);
         self.stripe(h).fetch_add(1, Ordering::AcqRel);
     }
 
@@ -156,14 +172,32 @@ impl Keys {
 mod tests {
     use super::*;
 
+    fn org(name: &str) -> Org {
+        let key = crate::secret::AdminKey::from_bytes(b"sk-admin-x").expect("key");
+        Org::new(name, None, key)
+    }
+
     #[test]
-    fn keys_differ_by_id_generation_and_epoch() {
+    fn keys_differ_by_organization_id_generation_and_epoch() {
         let c = Keys::new();
-        let a = c.key("user_a");
-        assert_eq!(a, c.key("user_a"), "stable while nothing changes");
-        assert_ne!(a, c.key("user_b"));
-        let h = c.id_hasher.hash_one("user_a");
-        assert_ne!(a, c.key_at("user_a", h, 1, 0), "generation");
-        assert_ne!(a, c.key_at("user_a", h, 0, 1), "epoch");
+        let (o, p) = (org("default"), org("research"));
+        let a = c.key(&o, "user_a");
+        assert_eq!(a, c.key(&o, "user_a"), "stable while nothing changes");
+        assert_ne!(a, c.key(&o, "user_b"));
+        assert_ne!(a, c.key(&p, "user_a"), "organization");
+        let h = c.id_hash(&o, "user_a");
+        assert_ne!(a, c.key_at(&o, "user_a", h, 1), "generation");
+        c.retire_all();
+        assert_ne!(a, c.key(&o, "user_a"), "epoch");
+        let (b, q) = (c.key(&o, "user_a"), c.key(&p, "user_a"));
+        o.retire_all();
+        assert_ne!(b, c.key(&o, "user_a"), "the organization's epoch");
+        assert_eq!(
+            q,
+            c.key(&p, "user_a"),
+            "another organization keeps its keys"
+        );
+        c.retire(&p, "user_a");
+        assert_ne!(q, c.key(&p, "user_a"));
     }
 }

@@ -5,7 +5,9 @@
 //! - `entry`: [`CachedUser`], the stored user and its clock (the
 //!   upstream's `Date` kept in front of the body).
 //! - `key`: [`CacheKey`], the hashing, and the write generations, so a
-//!   fetch that began before a write can never store the old user.
+//!   fetch that began before a write can never store the old user. Every
+//!   key names an [`crate::org::Org`]: the same id in two organizations is
+//!   two entries.
 //! - `expiry`: the TTL policy (each entry's TTL plus the stale window).
 //! - `front`: a per-thread table of copies of fresh users in front of
 //!   moka, so most hits write nothing another core writes.

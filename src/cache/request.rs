@@ -37,12 +37,13 @@ pub fn directive(headers: &HeaderMap) -> Directive {
 }
 
 /// True when the request carries a header that changes the answer: a
-/// `Range`, any `If-*` precondition, or an `OpenAI-Organization` /
-/// `OpenAI-Project` that picks another tenant. Such a request bypasses the
-/// cache and is forwarded as sent.
+/// `Range`, any `If-*` precondition, or an `OpenAI-Project` that picks
+/// another tenant. Such a request bypasses the cache and is forwarded as
+/// sent. `OpenAI-Organization` does not: by the time a request gets here it
+/// names the organization it was admitted to, which is part of the cache
+/// key, and a fill sends that organization's own id.
 pub fn bypasses(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::RANGE)
-        || headers.contains_key("openai-organization")
         || headers.contains_key("openai-project")
         || headers.keys().any(|k| k.as_str().starts_with("if-"))
 }
@@ -63,6 +64,15 @@ mod tests {
         assert_eq!(directive(&h), Directive::Refresh);
         h.append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         assert_eq!(directive(&h), Directive::NoStore);
+    }
+
+    #[test]
+    fn a_project_bypasses_and_an_admitted_organization_does_not() {
+        let mut h = HeaderMap::new();
+        h.insert("openai-organization", HeaderValue::from_static("org-main"));
+        assert!(!bypasses(&h));
+        h.insert("openai-project", HeaderValue::from_static("proj_1"));
+        assert!(bypasses(&h));
     }
 
     /// Found by `fuzz/` (cache_control): a non-ASCII byte elsewhere in the

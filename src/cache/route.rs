@@ -112,10 +112,10 @@ impl UserRoute {
         }
         match directive(headers) {
             Directive::Normal => {
-                let key = inner.cache.key(id);
+                let key = inner.cache.key(caller.org(), id);
                 if let Some(u) = inner.cache.get(&key).await {
                     if u.is_fresh(Instant::now()) {
-                        inner.metrics.cache_hit();
+                        inner.metrics.cache_hit(caller.org().metric());
                         return Ok((hit_response(u), CacheStatus::Hit));
                     }
                     return Box::pin(self.stale(caller, headers, rest, id, key, u)).await;
@@ -151,21 +151,21 @@ impl UserRoute {
         trace_span::waited("single_flight", waiting);
         match looked_up {
             (Lookup::Hit(u), _) => {
-                inner.metrics.cache_hit();
+                inner.metrics.cache_hit(caller.org().metric());
                 Ok((hit_response(u), CacheStatus::Hit))
             }
             (Lookup::Filled(u), kept) => {
-                inner.metrics.cache_miss();
+                inner.metrics.cache_miss(caller.org().metric());
                 let upstream_id = kept.and_then(Kept::upstream_id);
                 Ok((fetched_response(&u, upstream_id), CacheStatus::MissStored))
             }
             (Lookup::Failed(failed), kept) => match (&*failed, kept) {
                 (FillFailed::Error(e), _) => {
-                    inner.metrics.cache_miss();
+                    inner.metrics.cache_miss(caller.org().metric());
                     Err(e.clone())
                 }
                 (FillFailed::Answer(_), Some(Kept::Answer(answer))) => {
-                    inner.metrics.cache_miss();
+                    inner.metrics.cache_miss(caller.org().metric());
                     Ok((answer, CacheStatus::Miss))
                 }
                 (FillFailed::Answer(_), _) => {
@@ -188,10 +188,10 @@ impl UserRoute {
         why: Alone,
     ) -> Result<(Response<BoxBody>, CacheStatus)> {
         let inner = &*self.inner;
-        let key = inner.cache.key(id);
+        let key = inner.cache.key(caller.org(), id);
         let (stored, unstored) = why.statuses();
         if matches!(why, Alone::Waiter | Alone::Offline) {
-            inner.metrics.cache_miss();
+            inner.metrics.cache_miss(caller.org().metric());
         }
         match inner.filler.fetch(caller, headers, rest, id).await {
             Ok(fetched) => {
@@ -286,23 +286,6 @@ impl Alone {
     }
 }
 
-impl crate::cluster::Evict for UserRoute {
-    fn evict<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        Box::pin(self.inner.cache.invalidate(id))
-    }
-
-    fn evict_all(&self) {
-        self.inner.cache.invalidate_all();
-    }
-
-    fn set_serving(&self, serving: bool) {
-        self.inner.cache.set_serving(serving);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::fill::is_user;
@@ -376,7 +359,7 @@ mod tests {
 
     async fn get(r: &UserRoute, id: &str, headers: &HeaderMap) -> (StatusCode, CacheStatus, Bytes) {
         let rest = format!("/organization/users/{id}");
-        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        let caller = Caller::for_tests("test");
         let (resp, status) = r
             .get_user(&caller, headers, &rest, id)
             .await
@@ -439,7 +422,7 @@ mod tests {
         };
         // The entry is past its TTL, and a refetch of it that was cancelled between its fill
         // and its cleanup left its (now expired too) result under the refresh key.
-        let key = route.inner.cache.key("u1");
+        let key = route.inner.cache.key(Caller::for_tests("test").org(), "u1");
         route.inner.cache.insert(key, expired("Old")).await;
         route
             .inner
@@ -448,7 +431,7 @@ mod tests {
             .await;
         let (resp, status) = route
             .get_user(
-                &Caller::new(crate::metrics::ClientLabel::new("test")),
+                &Caller::for_tests("test"),
                 &HeaderMap::new(),
                 "/organization/users/u1",
                 "u1",
@@ -483,9 +466,9 @@ mod tests {
             metrics,
             Settings::from(&cfg.cache),
         );
-        let key = route.inner.cache.key("u1");
+        let key = route.inner.cache.key(Caller::for_tests("test").org(), "u1");
         // The refresh is spawned, and its runtime shuts down before it runs.
-        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        let caller = Caller::for_tests("test");
         rt.block_on(async { route.revalidate(&caller, "/organization/users/u1", "u1", key) });
         assert!(route.inner.refreshing.contains(key));
         drop(rt);

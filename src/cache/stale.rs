@@ -121,7 +121,7 @@ impl<'a> Stale<'a> {
         settings: &Settings,
     ) -> Option<(Response<BoxBody>, CacheStatus)> {
         let within = old.past <= settings.stale_if_error.as_secs();
-        if within && self.filler.paused() {
+        if within && self.filler.paused(caller) {
             // The organization is paused after an upstream 429: the refetch
             // could not be sent, so the stale user is served at once rather
             // than after waiting for a turn.
@@ -135,11 +135,11 @@ impl<'a> Stale<'a> {
         match self.refetch(caller, headers, rest, id, key).await {
             Refetched::User(u, leader, upstream_id) => {
                 if leader {
-                    self.metrics.cache_miss();
+                    self.metrics.cache_miss(caller.org().metric());
                     Some((fetched_response(&u, upstream_id), CacheStatus::MissStored))
                 } else {
                     // The user another request's refetch just stored.
-                    self.metrics.cache_hit();
+                    self.metrics.cache_hit(caller.org().metric());
                     Some((hit_response(u), CacheStatus::Hit))
                 }
             }
@@ -154,7 +154,7 @@ impl<'a> Stale<'a> {
                 ))
             }
             Refetched::Answer(answer) => {
-                self.metrics.cache_miss();
+                self.metrics.cache_miss(caller.org().metric());
                 if is_gone(answer.status()) {
                     self.cache.remove(&key).await;
                 }

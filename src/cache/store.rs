@@ -23,6 +23,7 @@ use super::entry::CachedUser;
 use super::expiry::PerEntryTtl;
 use super::front;
 use super::key::{CacheKey, KeyBits, Keys, STRIPES};
+use crate::org::Org;
 
 /// Each shard holds at least this many entries, so small caches (tests,
 /// tiny deployments) keep one shard and an exact bound.
@@ -120,9 +121,9 @@ impl UserCache {
         &self.versions[(key.id_hash() as usize) % STRIPES]
     }
 
-    /// The key for `id` as of now. Take it *before* fetching.
-    pub fn key(&self, id: &str) -> CacheKey {
-        self.keys.key(id)
+    /// The key for `id` in `org` as of now. Take it *before* fetching.
+    pub fn key(&self, org: &Org, id: &str) -> CacheKey {
+        self.keys.key(org, id)
     }
 
     /// The stored user under `key`, if any (a plain lookup: allocates
@@ -240,21 +241,29 @@ impl UserCache {
         key.refresh()
     }
 
-    /// Evicts `id`, and makes sure no fetch already under way can store an
-    /// older version afterwards.
-    pub async fn invalidate(&self, id: &str) {
-        let key = self.keys.retire(id);
+    /// Evicts `id` in `org`, and makes sure no fetch already under way can
+    /// store an older version afterwards.
+    pub async fn invalidate(&self, org: &Org, id: &str) {
+        let key = self.keys.retire(org, id);
         self.shard(&key).invalidate(&key).await;
     }
 
     /// [`UserCache::invalidate`] without awaiting, for code that can not:
     /// the entry becomes unreachable at once (the id's generation moves on)
     /// and moka drops it at its TTL or under capacity pressure.
-    pub fn forget(&self, id: &str) {
-        self.keys.forget(id);
+    pub fn forget(&self, org: &Org, id: &str) {
+        self.keys.forget(org, id);
     }
 
-    /// Evicts everything; fetches under way can not store afterwards.
+    /// Evicts everything of `org`: its entries become unreachable at once
+    /// (its epoch moves on; moka drops them at their TTL or under capacity
+    /// pressure), and fetches under way can not store afterwards.
+    pub fn invalidate_org(&self, org: &Org) {
+        org.retire_all();
+    }
+
+    /// Evicts everything in every organization; fetches under way can not
+    /// store afterwards.
     pub fn invalidate_all(&self) {
         self.keys.retire_all();
         for s in self.shards.iter() {
@@ -280,6 +289,12 @@ impl UserCache {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    /// The organization every test here caches in.
+    static ORG: std::sync::LazyLock<Org> = std::sync::LazyLock::new(|| {
+        let key = crate::secret::AdminKey::from_bytes(b"sk-admin-x").expect("key");
+        Org::new("default", None, key)
+    });
 
     fn body(b: &'static str) -> CachedUser {
         CachedUser::new(
@@ -307,7 +322,7 @@ mod tests {
     async fn the_front_never_outlives_a_replacement_a_removal_or_a_write() {
         let cache = Arc::new(UserCache::new(100_000));
         assert!(cache.front.is_some());
-        let key = cache.key("u1");
+        let key = cache.key(&ORG, "u1");
         cache.insert(key, body("v1")).await;
         // Read twice here: the second read is a front hit.
         assert_eq!(cache.get(&key).await.unwrap().body().as_ref(), b"v1");
@@ -329,24 +344,24 @@ mod tests {
         cache.remove(&key).await;
         assert!(cache.get(&key).await.is_none());
         // A write: the key changes, and the old copy is never found again.
-        let key = cache.key("u1");
+        let key = cache.key(&ORG, "u1");
         cache.insert(key, body("v3")).await;
         assert!(cache.get(&key).await.is_some());
-        cache.invalidate("u1").await;
-        assert!(cache.get(&cache.key("u1")).await.is_none());
+        cache.invalidate(&ORG, "u1").await;
+        assert!(cache.get(&cache.key(&ORG, "u1")).await.is_none());
         // A purge of everything.
-        let key = cache.key("u1");
+        let key = cache.key(&ORG, "u1");
         cache.insert(key, body("v4")).await;
         assert!(cache.get(&key).await.is_some());
         cache.invalidate_all();
-        assert!(cache.get(&cache.key("u1")).await.is_none());
+        assert!(cache.get(&cache.key(&ORG, "u1")).await.is_none());
     }
 
     #[tokio::test]
     async fn small_caches_have_no_front() {
         let cache = UserCache::new(10);
         assert_eq!(cache.front, None);
-        let key = cache.key("u1");
+        let key = cache.key(&ORG, "u1");
         cache.insert(key, body("v1")).await;
         assert!(cache.get(&key).await.is_some());
         cache.shards[0].invalidate(&key).await;
@@ -373,7 +388,7 @@ mod tests {
         let ids: Vec<String> = (0..2000).map(|i| format!("user_{i}")).collect();
         for id in &ids {
             cache
-                .insert(cache.key(id), user(Duration::from_secs(60)))
+                .insert(cache.key(&ORG, id), user(Duration::from_secs(60)))
                 .await;
         }
         cache.sync().await;
@@ -381,10 +396,10 @@ mod tests {
         let used = cache.shards.iter().filter(|s| s.entry_count() > 0).count();
         assert_eq!(used, cache.shards.len(), "keys spread over every shard");
         for id in &ids {
-            assert!(cache.get(&cache.key(id)).await.is_some(), "{id}");
+            assert!(cache.get(&cache.key(&ORG, id)).await.is_some(), "{id}");
         }
-        cache.invalidate(&ids[0]).await;
-        assert!(cache.get(&cache.key(&ids[0])).await.is_none());
+        cache.invalidate(&ORG, &ids[0]).await;
+        assert!(cache.get(&cache.key(&ORG, &ids[0])).await.is_none());
         cache.invalidate_all();
         cache.sync().await;
         assert_eq!(cache.entry_count(), 0);
@@ -396,7 +411,7 @@ mod tests {
     }
 
     async fn fill(c: &UserCache, id: &str, calls: &AtomicUsize) -> &'static str {
-        let key = c.key(id);
+        let key = c.key(&ORG, id);
         let r = c
             .get_or_fetch(key, async {
                 calls.fetch_add(1, Ordering::SeqCst);
@@ -424,8 +439,8 @@ mod tests {
         let c = UserCache::new(100);
         let calls = AtomicUsize::new(0);
         // A fetch that began before a write...
-        let stale_key = c.key("u1");
-        c.invalidate("u1").await;
+        let stale_key = c.key(&ORG, "u1");
+        c.invalidate(&ORG, "u1").await;
         // ...finishes after it and stores under the old generation.
         c.insert(stale_key, user(Duration::from_secs(60))).await;
         assert_eq!(
@@ -440,7 +455,7 @@ mod tests {
     async fn purge_all_blocks_stale_fill() {
         let c = UserCache::new(100);
         let calls = AtomicUsize::new(0);
-        let stale_key = c.key("u1");
+        let stale_key = c.key(&ORG, "u1");
         c.invalidate_all();
         c.insert(stale_key, user(Duration::from_secs(60))).await;
         assert_eq!(fill(&c, "u1", &calls).await, "filled");
@@ -454,7 +469,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
             let r = c
-                .get_or_fetch(c.key("u1"), async {
+                .get_or_fetch(c.key(&ORG, "u1"), async {
                     calls.fetch_add(1, Ordering::SeqCst);
                     Err::<CachedUser, _>(7u8)
                 })
@@ -469,7 +484,7 @@ mod tests {
     async fn entries_outlive_their_ttl_by_the_stale_window() {
         let c = UserCache::new(100);
         c.set_stale_window(Duration::from_secs(2));
-        let k = c.key("u1");
+        let k = c.key(&ORG, "u1");
         c.insert(k, user(Duration::from_secs(1))).await;
         tokio::time::sleep(Duration::from_millis(1_300)).await;
         let u = c.get(&k).await.expect("kept past its TTL");
@@ -479,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn per_entry_ttl_expires() {
         let c = UserCache::new(100);
-        let k = c.key("u1");
+        let k = c.key(&ORG, "u1");
         c.insert(k, user(Duration::from_secs(1))).await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let r = c.get_or_fetch(k, async { Err::<CachedUser, _>(()) }).await;

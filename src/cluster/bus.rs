@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 
 use super::outbox::{Item, Outbox, Queued};
 use super::replicas::Heard;
+use crate::config::defaults::DEFAULT_ORG;
 use crate::config::RedisConfig;
 use crate::metrics::{Metrics, PublishResult};
 
@@ -61,12 +62,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// First wait before retrying a publish.
 const RETRY: Duration = Duration::from_millis(50);
 
-/// What the bus does to the local cache.
+/// What the bus does to the local cache. Organizations are named as
+/// configured; a name this replica does not know is the caller's to decide
+/// (evicting in every organization is always safe).
 pub trait Evict: Send + Sync + 'static {
-    /// Another replica evicted `id` (bump its generation, drop its entry).
-    fn evict<'a>(&'a self, id: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-    /// Another replica purged everything.
-    fn evict_all(&self);
+    /// Another replica evicted `id` in `org` (bump its generation, drop its
+    /// entry).
+    fn evict<'a>(
+        &'a self,
+        org: &'a str,
+        id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// Another replica purged everything of `org`, or of every organization
+    /// (`None`).
+    fn evict_all(&self, org: Option<&str>);
     /// Hits allowed (`true`) or not (the link is down).
     fn set_serving(&self, serving: bool);
 }
@@ -74,14 +83,22 @@ pub trait Evict: Send + Sync + 'static {
 /// One message on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Message {
-    /// `u <origin> <sent_us> <id>`: a user was evicted.
+    /// `v <origin> <sent_us> <org> <id>`: a user of an organization was
+    /// evicted; `u <origin> <sent_us> <id>` (replicas from before
+    /// organizations) is the same in `default`.
     User {
         origin: String,
         sent_us: u64,
+        org: String,
         id: String,
     },
-    /// `a <origin> <sent_us>`: everything was evicted.
-    All { origin: String, sent_us: u64 },
+    /// `o <origin> <sent_us> <org>`: everything of an organization was
+    /// evicted; `a <origin> <sent_us>`: everything of every organization.
+    All {
+        origin: String,
+        sent_us: u64,
+        org: Option<String>,
+    },
     /// `h <origin> <sent_us>`: the sender is alive (and so is the link).
     Heartbeat { origin: String },
 }
@@ -96,9 +113,29 @@ impl Message {
             "u" => Some(Message::User {
                 origin,
                 sent_us,
+                org: DEFAULT_ORG.to_owned(),
                 id: parts.next()?.to_owned(),
             }),
-            "a" => Some(Message::All { origin, sent_us }),
+            "v" => {
+                // Organization names hold no space; ids may.
+                let (org, id) = parts.next()?.split_once(' ')?;
+                Some(Message::User {
+                    origin,
+                    sent_us,
+                    org: org.to_owned(),
+                    id: id.to_owned(),
+                })
+            }
+            "a" => Some(Message::All {
+                origin,
+                sent_us,
+                org: None,
+            }),
+            "o" => Some(Message::All {
+                origin,
+                sent_us,
+                org: Some(parts.next()?.to_owned()),
+            }),
             "h" => Some(Message::Heartbeat { origin }),
             _ => None,
         }
@@ -215,25 +252,31 @@ impl Bus {
             .is_ok()
     }
 
-    /// Queues the news that `id` was evicted here; see the module docs.
-    /// Returns at once.
-    pub async fn user_evicted(&self, id: &str) {
-        self.outbox.push(Item::User(id.to_owned()), now_us());
+    /// Queues the news that `id` was evicted here in the organization
+    /// named `org`; see the module docs. Returns at once.
+    pub async fn user_evicted(&self, org: &str, id: &str) {
+        self.user_evicted_now(org, id);
     }
 
-    /// Queues the news that everything was evicted here. Returns at once.
-    pub async fn all_evicted(&self) {
-        self.outbox.push(Item::All, now_us());
+    /// Queues the news that everything of `org` (every organization:
+    /// `None`) was evicted here. Returns at once.
+    pub async fn all_evicted(&self, org: Option<&str>) {
+        self.all_evicted_now(org);
     }
 
     /// [`Bus::user_evicted`] for code that can not await (a guard's drop).
-    pub fn user_evicted_now(&self, id: &str) {
-        self.outbox.push(Item::User(id.to_owned()), now_us());
+    pub fn user_evicted_now(&self, org: &str, id: &str) {
+        self.outbox
+            .push(Item::User(org.to_owned(), id.to_owned()), now_us());
     }
 
     /// [`Bus::all_evicted`] for code that can not await (a guard's drop).
-    pub fn all_evicted_now(&self) {
-        self.outbox.push(Item::All, now_us());
+    pub fn all_evicted_now(&self, org: Option<&str>) {
+        let item = match org {
+            Some(org) => Item::Org(org.to_owned()),
+            None => Item::All,
+        };
+        self.outbox.push(item, now_us());
     }
 
     /// Publishes the outbox in order, forever, retrying each failed
@@ -275,7 +318,8 @@ impl Bus {
 
     fn message(&self, q: &Queued) -> String {
         match &q.item {
-            Item::User(id) => format!("u {} {} {id}", self.origin, q.since_us),
+            Item::User(org, id) => format!("v {} {} {org} {id}", self.origin, q.since_us),
+            Item::Org(org) => format!("o {} {} {org}", self.origin, q.since_us),
             Item::All => format!("a {} {}", self.origin, q.since_us),
         }
     }
@@ -338,7 +382,7 @@ impl Bus {
             backoff = Duration::from_millis(50);
             // Subscribed: whatever is published from now on arrives. What
             // was missed before is covered by a new epoch.
-            evict.evict_all();
+            evict.evict_all(None);
             if !first {
                 self.metrics.cache_epoch_reset();
                 info!("invalidation bus back: cache emptied (new epoch), serving hits again");
@@ -384,13 +428,18 @@ impl Bus {
             Some(Message::User {
                 origin,
                 sent_us,
+                org,
                 id,
             }) if *origin != *self.origin => {
-                evict.evict(&id).await;
+                evict.evict(&org, &id).await;
                 self.received(sent_us);
             }
-            Some(Message::All { origin, sent_us }) if *origin != *self.origin => {
-                evict.evict_all();
+            Some(Message::All {
+                origin,
+                sent_us,
+                org,
+            }) if *origin != *self.origin => {
+                evict.evict_all(org.as_deref());
                 self.received(sent_us);
             }
             Some(_) => {}
@@ -412,20 +461,30 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_ids_may_hold_spaces() {
+        let user = |org: &str, id: &str| Message::User {
+            origin: "abc".into(),
+            sent_us: 17,
+            org: org.into(),
+            id: id.into(),
+        };
         assert_eq!(
             Message::parse("u abc 17 user a b"),
-            Some(Message::User {
-                origin: "abc".into(),
-                sent_us: 17,
-                id: "user a b".into()
-            })
+            Some(user("default", "user a b")),
+            "an older replica's message is in the default organization"
         );
         assert_eq!(
-            Message::parse("a abc 9"),
-            Some(Message::All {
-                origin: "abc".into(),
-                sent_us: 9
-            })
+            Message::parse("v abc 17 research user a b"),
+            Some(user("research", "user a b"))
+        );
+        let all = |org: Option<&str>| Message::All {
+            origin: "abc".into(),
+            sent_us: 9,
+            org: org.map(str::to_owned),
+        };
+        assert_eq!(Message::parse("a abc 9"), Some(all(None)));
+        assert_eq!(
+            Message::parse("o abc 9 research"),
+            Some(all(Some("research")))
         );
         assert_eq!(
             Message::parse("h abc 1"),
@@ -433,7 +492,16 @@ mod tests {
                 origin: "abc".into()
             })
         );
-        for bad in ["", "u", "u abc", "u abc x id", "z abc 1", "u abc 1"] {
+        for bad in [
+            "",
+            "u",
+            "u abc",
+            "u abc x id",
+            "z abc 1",
+            "u abc 1",
+            "v abc 1 org",
+            "o abc 1",
+        ] {
             assert_eq!(Message::parse(bad), None, "{bad:?}");
         }
     }

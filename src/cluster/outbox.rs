@@ -6,7 +6,8 @@
 //! through. Nothing is lost while it still matters:
 //! - a later eviction of the same id replaces a queued one (the later one
 //!   is sent after both writes, which is what the other replicas need);
-//! - an evict-all replaces everything queued before it;
+//! - an evict-all replaces everything queued before it, and an
+//!   organization's evict-all everything of that organization;
 //! - the queue is bounded ([`CAPACITY`]): when it is full it collapses to
 //!   one evict-all, which covers every eviction it replaces;
 //! - an eviction still unsent after its lifetime (the cache TTL, the stale
@@ -29,10 +30,22 @@ pub const CAPACITY: usize = 4096;
 /// One eviction to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Item {
-    /// One user was evicted.
-    User(String),
-    /// Everything was evicted.
+    /// One user of an organization (by name) was evicted: (org, id).
+    User(String, String),
+    /// Everything of one organization (by name) was evicted.
+    Org(String),
+    /// Everything of every organization was evicted.
     All,
+}
+
+impl Item {
+    /// True when evicting everything of `org` covers this item.
+    fn in_org(&self, org: &str) -> bool {
+        match self {
+            Item::User(o, _) | Item::Org(o) => o == org,
+            Item::All => false,
+        }
+    }
 }
 
 /// An eviction and when it was made.
@@ -110,9 +123,15 @@ impl Outbox {
                 s.queue.clear();
                 s.superseded = s.in_flight.is_some();
             }
-            Item::User(_) => {
+            Item::User(..) => {
                 s.queue.retain(|q| q.item != item);
                 if s.in_flight.as_ref() == Some(&item) {
+                    s.superseded = true;
+                }
+            }
+            Item::Org(org) => {
+                s.queue.retain(|q| !q.item.in_org(org));
+                if s.in_flight.as_ref().is_some_and(|i| i.in_org(org)) {
                     s.superseded = true;
                 }
             }
@@ -221,7 +240,16 @@ mod tests {
     }
 
     fn user(id: &str) -> Item {
-        Item::User(id.into())
+        Item::User("default".into(), id.into())
+    }
+
+    #[test]
+    fn an_organizations_evict_all_replaces_only_its_own_evictions() {
+        let o = outbox();
+        o.push(user("a"), 0);
+        o.push(Item::User("r".into(), "a".into()), 0);
+        o.push(Item::Org("r".into()), 0);
+        assert_eq!(items(&o), vec![user("a"), Item::Org("r".into())]);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub const MAX_BODY_BYTES: usize = 65_536;
 pub const STALE_IF_ERROR_SECS: u64 = 0;
 /// `cache.stale_while_revalidate_secs` (off).
 pub const STALE_WHILE_REVALIDATE_SECS: u64 = 0;
+/// The organization `[upstream]` configures, and every client's
+/// organization when `clients.orgs` is not set.
+pub const DEFAULT_ORG: &str = "default";
 /// `redis.key_prefix`.
 pub const REDIS_KEY_PREFIX: &str = "openai-admin-gateway:ratelimit:";
 /// `redis.channel`.
@@ -134,6 +137,7 @@ pub const KEYS: &[Key] = &[
     value("upstream.max_concurrent_requests", "256"),
     value("upstream.max_queued_requests", "1024"),
     described("upstream.ca_file"),
+    described("upstream.organization_id"),
     described("upstream.rate_limit"),
     value("upstream.budget_wait_ms", "5000"),
     value("cache.ttl_secs", "300"),
@@ -152,5 +156,11 @@ pub const KEYS: &[Key] = &[
     described("clients.key_sha256"),
     described("clients.rate_limit"),
     described("clients.allow"),
+    described("clients.orgs"),
+    described("orgs.name"),
+    described("orgs.organization_id"),
+    described("orgs.admin_key_env"),
+    described("orgs.admin_key_file"),
+    described("orgs.rate_limit"),
     value("clients.budget_weight", "1"),
 ];

@@ -8,6 +8,7 @@
 //! together.
 
 pub mod defaults;
+mod orgs;
 mod raw;
 mod scope;
 mod telemetry;
@@ -93,8 +94,26 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Shared rate-limit state for replicas, when configured.
     pub redis: Option<RedisConfig>,
+    /// The organizations besides the default (`[[orgs]]`), in file order.
+    pub orgs: Vec<OrgConfig>,
     /// Trace export (`[telemetry]`); restart-only.
     pub telemetry: TelemetryConfig,
+}
+
+/// One `[[orgs]]` entry: an organization besides the default one.
+#[derive(Debug, Clone)]
+pub struct OrgConfig {
+    /// Its name (clients list it in `orgs`; metrics and logs show it).
+    pub name: String,
+    /// Its OpenAI organization id: clients select it with
+    /// `OpenAI-Organization`, and it is sent upstream.
+    pub organization_id: String,
+    /// Its admin key (redacted in `Debug`).
+    pub admin_key: AdminKey,
+    /// The file the key was read from, when it came from one (watched).
+    pub admin_key_file: Option<PathBuf>,
+    /// Its budget upstream, when limited (the organization's budget).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `[redis]`: where replicas share rate-limit state.
@@ -177,6 +196,9 @@ pub struct UpstreamConfig {
     pub max_queued_requests: usize,
     /// Extra PEM roots trusted for the upstream (a corporate proxy's CA).
     pub ca_file: Option<PathBuf>,
+    /// The default organization's OpenAI id, when set: clients may select
+    /// it with `OpenAI-Organization`, and it is sent upstream.
+    pub organization_id: Option<String>,
     /// The organization's budget: everything sent upstream, all clients
     /// (and, with `[redis]`, all replicas) together. None: no ceiling (the
     /// pause after an upstream 429 still applies).
@@ -215,6 +237,9 @@ pub struct ClientConfig {
     pub rate_limit: Option<RateLimit>,
     /// Scope, if restricted.
     pub allow: Option<Scope>,
+    /// The organizations it may act on, by name; the first is used when a
+    /// request names none (`["default"]` unless set).
+    pub orgs: Vec<String>,
     /// Turns of the organization's budget per round while it waits (1..=100).
     pub budget_weight: u32,
 }
@@ -254,6 +279,7 @@ impl Config {
     /// file, the TLS certificate and key): what the file watch follows.
     pub fn dependent_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.upstream.admin_key_file.iter().cloned().collect();
+        files.extend(self.orgs.iter().filter_map(|o| o.admin_key_file.clone()));
         if let Some(tls) = &self.server.tls {
             files.push(tls.cert.clone());
             files.push(tls.key.clone());
@@ -297,6 +323,7 @@ impl Config {
             cache,
             clients,
             redis,
+            orgs,
             telemetry,
         } = raw;
         let server = v.server(server);
@@ -305,8 +332,11 @@ impl Config {
             u
         });
         let cache = v.cache(cache);
+        v.client_org_names(&orgs, &clients);
         let clients = v.clients(clients);
         let redis = redis.and_then(|r| v.redis(r));
+        let default_id = upstream.as_ref().and_then(|u| u.organization_id.as_deref());
+        let orgs = v.orgs(orgs, default_id, env);
         let telemetry = v.telemetry(telemetry);
         match (server, upstream, cache) {
             (Some(server), Some(upstream), Some(cache)) if v.problems.is_empty() => {
@@ -316,6 +346,7 @@ impl Config {
                     cache,
                     clients,
                     redis,
+                    orgs,
                     telemetry,
                 };
                 config.cross_checks()?;
@@ -328,12 +359,15 @@ impl Config {
     }
 
     fn cross_checks(&self) -> Result<(), ConfigError> {
-        let admin = crate::secret::digest(self.upstream.admin_key.expose().as_bytes());
+        let admins: Vec<[u8; 32]> = std::iter::once(&self.upstream.admin_key)
+            .chain(self.orgs.iter().map(|o| &o.admin_key))
+            .map(|k| crate::secret::digest(k.expose().as_bytes()))
+            .collect();
         let mut problems = Vec::new();
         for (i, c) in self.clients.iter().enumerate() {
-            if c.key_sha256.contains(&admin) {
+            if c.key_sha256.iter().any(|k| admins.contains(k)) {
                 problems.push(format!(
-                    "clients[{i}].key_sha256: is the hash of the admin key; clients must get keys of their own"
+                    "clients[{i}].key_sha256: is the hash of an admin key; clients must get keys of their own"
                 ));
             }
         }

@@ -84,6 +84,8 @@ pub(super) struct RawFile {
     pub(super) clients: Vec<RawClient>,
     pub(super) redis: Option<RawRedis>,
     #[serde(default)]
+    pub(super) orgs: Vec<RawOrg>,
+    #[serde(default)]
     pub(super) telemetry: RawTelemetry,
 }
 
@@ -92,6 +94,16 @@ pub(super) struct RawTelemetry {
     pub(super) otlp_endpoint: Option<String>,
     pub(super) service_name: Option<String>,
     pub(super) sample_ratio: Option<f64>,
+}
+
+/// One `[[orgs]]` entry.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawOrg {
+    pub(super) name: Option<String>,
+    pub(super) organization_id: Option<String>,
+    pub(super) admin_key_env: Option<String>,
+    pub(super) admin_key_file: Option<PathBuf>,
+    pub(super) rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +143,7 @@ pub(super) struct RawUpstream {
     pub(super) max_concurrent_requests: Option<usize>,
     pub(super) max_queued_requests: Option<usize>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) organization_id: Option<String>,
     pub(super) rate_limit: Option<RawRateLimit>,
     pub(super) budget_wait_ms: Option<u64>,
 }
@@ -150,6 +163,7 @@ pub(super) struct RawClient {
     pub(super) key_sha256: Option<OneOrMany>,
     pub(super) rate_limit: Option<RawRateLimit>,
     pub(super) allow: Option<Vec<String>>,
+    pub(super) orgs: Option<Vec<String>>,
     pub(super) budget_weight: Option<u32>,
 }
 

@@ -274,6 +274,7 @@ fn defaults_keys_name_every_field_of_the_file() {
             max_concurrent_requests,
             max_queued_requests,
             ca_file,
+            organization_id,
             rate_limit,
             budget_wait_ms,
         ]
@@ -302,7 +303,18 @@ fn defaults_keys_name_every_field_of_the_file() {
     fields.extend(fields!(
         RawClient,
         "clients",
-        [name, key_sha256, rate_limit, allow, budget_weight]
+        [name, key_sha256, rate_limit, allow, orgs, budget_weight]
+    ));
+    fields.extend(fields!(
+        RawOrg,
+        "orgs",
+        [
+            name,
+            organization_id,
+            admin_key_env,
+            admin_key_file,
+            rate_limit
+        ]
     ));
     let mut keys: Vec<&str> = defaults::KEYS.iter().map(|k| k.name).collect();
     fields.sort_unstable();

@@ -46,7 +46,7 @@ impl Validator<'_> {
         v
     }
 
-    fn path(&self, p: PathBuf) -> PathBuf {
+    pub(super) fn path(&self, p: PathBuf) -> PathBuf {
         if p.is_absolute() {
             p
         } else {
@@ -188,12 +188,15 @@ impl Validator<'_> {
             max_concurrent_requests,
             max_queued_requests,
             ca_file,
+            organization_id,
             rate_limit,
             budget_wait_ms,
         } = raw;
         let base_url = self.base_url(base_url.unwrap_or_else(|| d::BASE_URL.into()));
         let key_file = admin_key_file.as_ref().map(|p| self.path(p.clone()));
-        let admin_key = self.admin_key(admin_key_env, admin_key_file, env);
+        let admin_key = self.admin_key("upstream", admin_key_env, admin_key_file, env);
+        let organization_id =
+            organization_id.and_then(|id| self.organization_id("upstream.organization_id", id));
         let connect = self.positive(
             "upstream.connect_timeout_ms",
             connect_timeout_ms,
@@ -234,6 +237,7 @@ impl Validator<'_> {
             max_concurrent_requests: max_concurrent,
             max_queued_requests: max_queued_requests.unwrap_or(d::MAX_QUEUED_REQUESTS),
             ca_file,
+            organization_id,
             rate_limit,
             budget_wait: Duration::from_millis(budget_wait),
             // Set from server.workers by Config::parse.
@@ -266,43 +270,51 @@ impl Validator<'_> {
         }
     }
 
-    fn admin_key(
+    /// The admin key `[section]` names (`upstream`, `orgs[i]`). Only
+    /// `upstream` has a default variable; an organization names its own.
+    pub(super) fn admin_key(
         &mut self,
+        section: &str,
         var: Option<String>,
         file: Option<PathBuf>,
         env: EnvLookup<'_>,
     ) -> Option<AdminKey> {
         let (key, value) = match (var, file) {
             (Some(_), Some(_)) => {
-                self.problem(
-                    "upstream.admin_key_env: set either admin_key_env or admin_key_file, not both"
-                        .into(),
-                );
+                self.problem(format!(
+                    "{section}.admin_key_env: set either admin_key_env or admin_key_file, not both"
+                ));
                 return None;
             }
             (None, Some(file)) => {
                 let file = self.path(file);
                 match std::fs::read(&file) {
                     Ok(bytes) => (
-                        format!("upstream.admin_key_file ({})", file.display()),
+                        format!("{section}.admin_key_file ({})", file.display()),
                         bytes,
                     ),
                     Err(e) => {
                         self.problem(format!(
-                            "upstream.admin_key_file: cannot read {}: {e}",
+                            "{section}.admin_key_file: cannot read {}: {e}",
                             file.display()
                         ));
                         return None;
                     }
                 }
             }
+            (None, None) if section != "upstream" => {
+                self.problem(format!(
+                    "{section}.admin_key_env: missing (set admin_key_env or admin_key_file)"
+                ));
+                return None;
+            }
             (var, None) => {
                 let name = var.unwrap_or_else(|| d::ADMIN_KEY_ENV.into());
                 match env(&name) {
-                    Some(v) => (format!("upstream.admin_key_env ({name})"), v.into_bytes()),
+                    Some(v) => (format!("{section}.admin_key_env ({name})"), v.into_bytes()),
                     None => {
                         self.problem(format!(
-                            "upstream.admin_key_env: environment variable {name} is not set"
+                            "{section}.admin_key_env: environment variable {name} is not set"
                         ));
                         return None;
                     }
@@ -398,6 +410,7 @@ impl Validator<'_> {
             key_sha256,
             rate_limit,
             allow,
+            orgs,
             budget_weight,
         } = raw;
         let name = match name {
@@ -442,6 +455,7 @@ impl Validator<'_> {
                 d::MAX_BUDGET_WEIGHT
             ));
         }
+        let orgs = self.client_orgs(i, orgs);
         let allow = allow.and_then(|a| match Scope::parse(&a) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -454,13 +468,14 @@ impl Validator<'_> {
             key_sha256: hashes,
             rate_limit,
             allow,
+            orgs,
             budget_weight,
         })
     }
 
     /// A `rate_limit` table at `key` (`clients[0].rate_limit`,
     /// `upstream.rate_limit`).
-    fn rate_limit(&mut self, key: &str, r: RawRateLimit) -> Option<RateLimit> {
+    pub(super) fn rate_limit(&mut self, key: &str, r: RawRateLimit) -> Option<RateLimit> {
         let burst = r.burst.unwrap_or(r.requests_per_minute.max(1));
         if r.requests_per_minute == 0 {
             self.problem(format!("{key}.requests_per_minute: must be greater than 0"));
@@ -485,7 +500,7 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn valid_name(n: &str) -> bool {
+pub(super) fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len())
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))

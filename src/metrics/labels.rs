@@ -296,6 +296,15 @@ pub(super) struct RouteLabels {
 pub(super) struct UpstreamLabels {
     /// The upstream status, or `error`, `timeout`, `client_aborted`.
     pub(super) status: UpstreamOutcome,
+    /// The organization the exchange was for (its configured name).
+    pub(super) org: String,
+}
+
+/// Metrics of one organization (`gateway_cache_hits`, `gateway_cache_misses`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct OrgLabels {
+    /// The organization's configured name.
+    pub(super) org: String,
 }
 
 /// `gateway_upstream_auth_failures`.
@@ -317,6 +326,8 @@ pub(super) struct ClientLabels {
 pub(super) struct InvalidationLabels {
     /// Why users were evicted.
     pub(super) reason: Invalidation,
+    /// The organization evicted in (`*`: every organization).
+    pub(super) org: String,
 }
 
 /// `gateway_cache_stale_served`.

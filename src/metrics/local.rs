@@ -21,7 +21,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use super::labels::{MethodLabel, RequestLabels, RouteClass, RouteLabels, UpstreamLabels};
+use super::labels::{
+    MethodLabel, OrgLabels, RequestLabels, RouteClass, RouteLabels, UpstreamLabels,
+};
+use super::org::{org_name, OrgSlot, ORG_SLOTS};
 use super::{ClientLabel, UpstreamOutcome};
 use crate::per_thread::PerThread;
 
@@ -91,7 +94,7 @@ struct Counts {
     /// Time to response headers by route.
     durations: Vec<(RouteClass, Buckets)>,
     /// Upstream exchanges by outcome.
-    upstream: Vec<(UpstreamOutcome, u64)>,
+    upstream: Vec<((UpstreamOutcome, OrgSlot), u64)>,
     /// Upstream time to headers.
     upstream_duration: Buckets,
 }
@@ -102,8 +105,10 @@ struct Slot {
     counts: Mutex<Counts>,
     in_flight: AtomicI64,
     upstream_in_flight: AtomicI64,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
+    /// Hits by organization slot.
+    cache_hits: [AtomicU64; ORG_SLOTS],
+    /// Misses by organization slot.
+    cache_misses: [AtomicU64; ORG_SLOTS],
 }
 
 impl Slot {
@@ -168,11 +173,12 @@ impl Local {
         Opened(())
     }
 
-    pub(super) fn upstream(&self, outcome: UpstreamOutcome, elapsed: Duration) {
+    pub(super) fn upstream(&self, outcome: UpstreamOutcome, org: OrgSlot, elapsed: Duration) {
         let mut c = self.slot().counts();
-        match c.upstream.iter_mut().find(|(o, _)| *o == outcome) {
+        let key = (outcome, org);
+        match c.upstream.iter_mut().find(|(o, _)| *o == key) {
             Some((_, n)) => *n += 1,
-            None => c.upstream.push((outcome, 1)),
+            None => c.upstream.push((key, 1)),
         }
         c.upstream_duration.observe(elapsed.as_secs_f64());
     }
@@ -183,12 +189,12 @@ impl Local {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
-    pub(super) fn cache_hit(&self) {
-        self.slot().cache_hits.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn cache_hit(&self, org: OrgSlot) {
+        self.slot().cache_hits[org.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn cache_miss(&self) {
-        self.slot().cache_misses.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn cache_miss(&self, org: OrgSlot) {
+        self.slot().cache_misses[org.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     fn sum_i64(&self, f: impl Fn(&Slot) -> &AtomicI64) -> i64 {
@@ -218,7 +224,7 @@ fn bump(v: &mut Vec<(RequestKey, u64)>, key: RequestKey) {
 struct Totals {
     requests: HashMap<(RequestKey, ClientLabel), u64>,
     durations: HashMap<RouteClass, Buckets>,
-    upstream: HashMap<UpstreamOutcome, u64>,
+    upstream: HashMap<(UpstreamOutcome, OrgSlot), u64>,
     upstream_duration: Buckets,
 }
 
@@ -281,43 +287,50 @@ impl Collector for Local {
         let gauge = |e: &mut DescriptorEncoder, name, help, v: i64| {
             ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
         };
-        let counter = |e: &mut DescriptorEncoder, name, help, v: u64| {
-            ConstCounter::new(v).encode(e.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)
-        };
         gauge(
             &mut encoder,
             "gateway_requests_in_flight",
             "Requests being handled now",
             self.sum_i64(|s| &s.in_flight),
         )?;
-        counter(
+        // One series per organization named so far (bounded: see `org`).
+        let named = super::org::named().max(1);
+        let by_org =
+            |e: &mut DescriptorEncoder, name, help, f: fn(&Slot) -> &[AtomicU64; ORG_SLOTS]| {
+                let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for i in 0..ORG_SLOTS {
+                    let n = self.sum_u64(|s| &f(s)[i]);
+                    if i < named || n > 0 {
+                        let org = org_name(i).to_string();
+                        ConstCounter::new(n).encode(m.encode_family(&OrgLabels { org })?)?;
+                    }
+                }
+                Ok::<_, std::fmt::Error>(())
+            };
+        by_org(
             &mut encoder,
             "gateway_cache_hits",
-            "Retrieve-user requests answered from the cache",
-            self.sum_u64(|s| &s.cache_hits),
+            "Retrieve-user requests answered from the cache, by org",
+            |s| &s.cache_hits,
         )?;
-        counter(
+        by_org(
             &mut encoder,
             "gateway_cache_misses",
-            "Retrieve-user requests that fetched from the upstream",
-            self.sum_u64(|s| &s.cache_misses),
+            "Retrieve-user requests that fetched from the upstream, by org",
+            |s| &s.cache_misses,
         )?;
 
         let mut upstream: Vec<_> = t.upstream.into_iter().collect();
-        upstream.sort_by_key(|(o, _)| outcome_order(*o));
+        upstream.sort_by_key(|((o, org), _)| (outcome_order(*o), *org));
         let mut m = encoder.encode_descriptor(
             "gateway_upstream_requests",
-            "Requests sent upstream, by upstream status (or error/timeout)",
+            "Requests sent upstream, by upstream status (or error/timeout) and org",
             None,
             MetricType::Counter,
         )?;
-        for (status, n) in upstream {
-            ConstCounter::new(n).encode(m.encode_family(&UpstreamLabels { status })?)?;
+        for ((status, org), n) in upstream {
+            let org = org_name(org.index()).to_string();
+            ConstCounter::new(n).encode(m.encode_family(&UpstreamLabels { status, org })?)?;
         }
         t.upstream_duration.encode(encoder.encode_descriptor(
             "gateway_upstream_duration_seconds",
@@ -368,6 +381,7 @@ mod tests {
     fn counts_from_many_threads_add_up() {
         let local = Local::default();
         let dash = ClientLabel::new("dash");
+        let org = super::super::org::org_slot("default");
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| {
@@ -375,7 +389,7 @@ mod tests {
                         let opened = local.request_opened();
                         let key = (RouteClass::GetUser, MethodLabel::Get, 200);
                         local.request(opened, key, &dash, Duration::ZERO);
-                        local.cache_hit();
+                        local.cache_hit(org);
                     }
                 });
             }
@@ -385,7 +399,7 @@ mod tests {
             t.requests[&((RouteClass::GetUser, MethodLabel::Get, 200), dash)],
             8000
         );
-        assert_eq!(local.sum_u64(|s| &s.cache_hits), 8000);
+        assert_eq!(local.sum_u64(|s| &s.cache_hits[org.index()]), 8000);
         assert_eq!(local.sum_i64(|s| &s.in_flight), 0);
         assert_eq!(t.durations[&RouteClass::GetUser].counts[0], 8000);
     }

@@ -13,6 +13,7 @@
 mod budget;
 mod labels;
 mod local;
+mod org;
 mod traces;
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub use labels::{
 };
 pub use local::Opened;
 use local::{Local, BOUNDS};
+pub use org::{org_slot, OrgSlot, ORG_SLOTS};
 use prometheus_client::registry::Registry;
 pub use traces::{trace_export_failed, trace_span_dropped};
 
@@ -211,7 +213,7 @@ impl Metrics {
         );
         r.register(
             "gateway_replicas_live",
-            "Replicas (this one included) heard on the invalidation bus within a second of the last message heard; while Redis is away each takes this share of the organization's budget",
+            "Replicas (this one included) heard on the invalidation bus within a second of the last message heard; while Redis is away each takes this share of the upstream budget",
             m.replicas_live.clone(),
         );
         r.register(
@@ -343,14 +345,14 @@ impl Metrics {
         self.local.request_opened()
     }
 
-    /// Counts a cache hit.
-    pub fn cache_hit(&self) {
-        self.local.cache_hit();
+    /// Counts a cache hit in the organization of `org`.
+    pub fn cache_hit(&self, org: OrgSlot) {
+        self.local.cache_hit(org);
     }
 
-    /// Counts a cache miss.
-    pub fn cache_miss(&self) {
-        self.local.cache_miss();
+    /// Counts a cache miss in the organization of `org`.
+    pub fn cache_miss(&self, org: OrgSlot) {
+        self.local.cache_miss(org);
     }
 
     /// Counts a write's eviction by the kind of rule that matched and the
@@ -361,16 +363,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts an invalidation (`write`, `write_all`, `purge`, `purge_all`).
-    pub fn invalidation(&self, reason: Invalidation) {
+    /// Counts an invalidation (`write`, `write_all`, `purge`, `purge_all`)
+    /// in the organization called `org` (`*`: every organization).
+    pub fn invalidation(&self, reason: Invalidation, org: &str) {
+        let org = org.to_owned();
         self.cache_invalidations
-            .get_or_create(&InvalidationLabels { reason })
+            .get_or_create(&InvalidationLabels { reason, org })
             .inc();
     }
 
-    /// Counts one upstream exchange.
-    pub fn upstream(&self, outcome: UpstreamOutcome, elapsed: Duration) {
-        self.local.upstream(outcome, elapsed);
+    /// Counts one upstream exchange for the organization of `org`.
+    pub fn upstream(&self, outcome: UpstreamOutcome, org: OrgSlot, elapsed: Duration) {
+        self.local.upstream(outcome, org, elapsed);
     }
 
     /// Moves the upstream in-flight gauge by `delta` (+1 or -1).
@@ -440,10 +444,12 @@ mod tests {
             &ClientLabel::new("dash"),
             Duration::from_millis(1),
         );
-        m.cache_hit();
-        m.cache_miss();
-        m.upstream(UpstreamOutcome::Status(200), Duration::from_millis(3));
-        m.upstream(UpstreamOutcome::Timeout, Duration::from_millis(3));
+        let org = org_slot("research");
+        m.cache_hit(org);
+        m.cache_miss(org);
+        m.upstream(UpstreamOutcome::Status(200), org, Duration::from_millis(3));
+        m.upstream(UpstreamOutcome::Timeout, org, Duration::from_millis(3));
+        m.invalidation(Invalidation::Purge, "research");
         m.upstream_auth_failure(401);
         m.upstream_auth_failure(401);
         m.upstream_auth_failure(999);
@@ -451,11 +457,12 @@ mod tests {
         for needle in [
             "gateway_requests_total{route=\"get_user\",method=\"GET\",status=\"200\",client=\"dash\"} 1",
             "gateway_request_duration_seconds_bucket",
-            "gateway_cache_hits_total 1",
-            "gateway_cache_misses_total 1",
+            "gateway_cache_hits_total{org=\"research\"} 1",
+            "gateway_cache_misses_total{org=\"research\"} 1",
             "gateway_cache_entries 7",
-            "gateway_upstream_requests_total{status=\"200\"} 1",
-            "gateway_upstream_requests_total{status=\"timeout\"} 1",
+            "gateway_upstream_requests_total{status=\"200\",org=\"research\"} 1",
+            "gateway_upstream_requests_total{status=\"timeout\",org=\"research\"} 1",
+            "gateway_cache_invalidations_total{reason=\"purge\",org=\"research\"} 1",
             "gateway_upstream_duration_seconds_count 2",
             "gateway_upstream_auth_failures_total{status=\"401\"} 2",
             "gateway_upstream_auth_failures_total{status=\"403\"} 1",
@@ -487,7 +494,7 @@ mod tests {
             &client,
             ms,
         );
-        m.upstream(UpstreamOutcome::Status(200), ms);
+        m.upstream(UpstreamOutcome::Status(200), org_slot("default"), ms);
         m.invalidation_received(ms);
         let text = m.encode(0);
         let shared = bounds_of(&text, "gateway_invalidation_delay_seconds");

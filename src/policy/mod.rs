@@ -17,8 +17,10 @@ use http::HeaderMap;
 
 use crate::cluster::SharedLimits;
 use crate::config::{ClientConfig, Scope};
+use crate::error::GatewayError;
 use crate::error::Result;
 use crate::metrics::ClientLabel;
+use crate::org::{Org, Orgs};
 use crate::per_thread::{Handle, Handles};
 use crate::upstream::Caller;
 
@@ -30,13 +32,26 @@ pub use limit::{format_reset, Decision, Limiter};
 pub struct Client {
     /// Name for logs and metrics.
     pub name: ClientLabel,
-    /// What its upstream exchanges say about it (made once, borrowed by
-    /// each request).
-    pub caller: Caller,
+    /// What its upstream exchanges say about it: one per organization it
+    /// may act on, in its `orgs` order (made once, borrowed by each
+    /// request; the first is used when a request names no organization).
+    pub callers: Box<[Caller]>,
     /// Its rate limiter, when limited.
     pub limiter: Option<Arc<Limiter>>,
     /// Its scope, when restricted.
     pub scope: Option<Scope>,
+}
+
+impl Client {
+    /// The position in [`Client::callers`] of the organization the request
+    /// acts on: the one its `OpenAI-Organization` names (by id), else the
+    /// client's first. A header naming an organization the client may not
+    /// act on, or none that is configured, is 403 `organization_not_allowed`.
+    pub fn select_org(&self, headers: &HeaderMap) -> Result<usize> {
+        Org::select(headers, self.callers.iter().map(Caller::org))
+            .filter(|&i| i < self.callers.len())
+            .ok_or(GatewayError::OrganizationNotAllowed)
+    }
 }
 
 /// All clients, by key digest. Rebuilt (not mutated) on reload.
@@ -53,6 +68,7 @@ impl ClientTable {
     /// every replica using it.
     pub fn build(
         configs: &[ClientConfig],
+        orgs: &Orgs,
         previous: Option<&ClientTable>,
         shared: Option<&Arc<SharedLimits>>,
     ) -> ClientTable {
@@ -71,7 +87,14 @@ impl ClientTable {
             });
             let client = Handles::new(Arc::new(Client {
                 name: ClientLabel::new(&c.name),
-                caller: Caller::weighted(ClientLabel::new(&c.name), c.budget_weight),
+                callers: c
+                    .orgs
+                    .iter()
+                    .filter_map(|name| orgs.by_name(name))
+                    .map(|org| {
+                        Caller::weighted(ClientLabel::new(&c.name), org.clone(), c.budget_weight)
+                    })
+                    .collect(),
                 limiter,
                 scope: c.allow.clone(),
             }));
@@ -111,8 +134,17 @@ mod tests {
             key_sha256: vec![digest(key)],
             rate_limit,
             allow: None,
+            orgs: vec!["default".into()],
             budget_weight: 1,
         }
+    }
+
+    fn orgs() -> Orgs {
+        let cfg = crate::config::Config::parse("", std::path::Path::new("."), &|n| {
+            (n == "OPENAI_ADMIN_KEY").then(|| "sk-admin-x".to_string())
+        })
+        .expect("config");
+        Orgs::build(&cfg, None)
     }
 
     fn bearer_header(key: &str) -> HeaderMap {
@@ -128,6 +160,7 @@ mod tests {
     fn keys_find_their_client() {
         let t = ClientTable::build(
             &[config("a", b"ka", None), config("b", b"kb", None)],
+            &orgs(),
             None,
             None,
         );
@@ -146,12 +179,22 @@ mod tests {
             requests_per_minute: 60,
             burst: 2,
         };
-        let first = ClientTable::build(&[config("a", b"ka", Some(rl))], None, None);
+        let first = ClientTable::build(&[config("a", b"ka", Some(rl))], &orgs(), None, None);
         let before = first.limiter_of("a").unwrap();
-        let same = ClientTable::build(&[config("a", b"ka2", Some(rl))], Some(&first), None);
+        let same = ClientTable::build(
+            &[config("a", b"ka2", Some(rl))],
+            &orgs(),
+            Some(&first),
+            None,
+        );
         assert!(Arc::ptr_eq(&before, &same.limiter_of("a").unwrap()));
         let wider = RateLimit { burst: 5, ..rl };
-        let changed = ClientTable::build(&[config("a", b"ka", Some(wider))], Some(&first), None);
+        let changed = ClientTable::build(
+            &[config("a", b"ka", Some(wider))],
+            &orgs(),
+            Some(&first),
+            None,
+        );
         assert!(!Arc::ptr_eq(&before, &changed.limiter_of("a").unwrap()));
     }
 }

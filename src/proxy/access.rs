@@ -126,6 +126,10 @@ pub(super) struct Access {
     pub route: RouteClass,
     /// The authenticated client.
     pub client: Option<Handle<Client>>,
+    /// The organization it acts on: a position in the client's `callers`
+    /// (a byte, so the account, part of every request's future, does not
+    /// grow; a client lists at most 255 organizations).
+    pub org: u8,
     /// The rate-limit decision, for the `x-ratelimit-*` headers.
     pub limit: Option<Decision>,
     /// What the cache did.
@@ -171,6 +175,7 @@ impl Access {
             audit_path: (!matches!(*method, Method::GET | Method::HEAD)).then(|| Box::from(path)),
             route: RouteClass::Rejected,
             client: None,
+            org: 0,
             limit: None,
             cache: None,
             upstream_status: None,
@@ -187,7 +192,10 @@ impl Access {
     /// authentication ask; without a client the answer is 401, not a panic.
     pub(super) fn caller(&self) -> crate::error::Result<&Caller> {
         match &self.client {
-            Some(c) => Ok(&c.caller),
+            Some(c) => c
+                .callers
+                .get(usize::from(self.org))
+                .ok_or(crate::error::GatewayError::OrganizationNotAllowed),
             None => Err(crate::error::GatewayError::Unauthorized),
         }
     }
@@ -270,13 +278,29 @@ impl Drop for Access {
         }
 
         let cache = self.cache.map_or("-", CacheStatus::as_str);
+        // The organization acted on, once admitted (`-` before that).
+        let org = match &self.client {
+            Some(c) => c
+                .callers
+                .get(usize::from(self.org))
+                .map_or("-", |c| c.org().name()),
+            None => "-",
+        };
         let latency_us = elapsed.as_micros() as u64;
         let budget_wait_ms = match self.answered {
             Some((_, _, waited)) => waited,
             None => wait_ms(crate::budget::waited()),
         };
         let (method, client) = (self.method.as_str(), client.as_str());
-        trace_span::finished(self.traced.as_deref(), method, route, status, client, cache);
+        trace_span::finished(
+            self.traced.as_deref(),
+            method,
+            route,
+            status,
+            client,
+            cache,
+            org,
+        );
         let trace_id = self.trace_id().field();
         // Cut for the send deadline while this body was still being sent:
         // whatever it had handed over, the client did not get it all.
@@ -298,12 +322,12 @@ impl Drop for Access {
         match error {
             None => info!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us, budget_wait_ms,
+                request_id, client, org, method, route, status, cache, latency_us, budget_wait_ms,
                 body, bytes, trace_id,
             ),
             Some(error) => warn!(
                 target: "openai_admin_gateway::access",
-                request_id, client, method, route, status, cache, latency_us, budget_wait_ms,
+                request_id, client, org, method, route, status, cache, latency_us, budget_wait_ms,
                 body, bytes, error, trace_id,
             ),
         }
@@ -311,6 +335,7 @@ impl Drop for Access {
             audit(
                 request_id,
                 client,
+                org,
                 method,
                 path,
                 self.upstream_status,
@@ -338,6 +363,7 @@ fn wait_ms(d: std::time::Duration) -> u32 {
 pub(super) fn audit(
     request_id: &str,
     client: &str,
+    org: &str,
     method: &str,
     path: &str,
     upstream_status: Option<StatusCode>,
@@ -354,6 +380,7 @@ pub(super) fn audit(
         target: "openai_admin_gateway::audit",
         request_id,
         client,
+        org,
         method,
         path,
         upstream_status = upstream_status.map_or(0, |s| s.as_u16()),

@@ -16,6 +16,7 @@
 //!   has passed (by when the upstream is assumed to have applied it), so
 //!   that a read racing a late write does not keep the old user.
 
+use crate::org::Org;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -171,19 +172,19 @@ impl Eviction {
         }
     }
 
-    /// Bumps the generation (or epoch) before the write is sent.
-    pub(super) async fn before(&self, gw: &Gateway) {
+    /// Bumps the generation (or `org`'s epoch) before the write is sent.
+    pub(super) async fn before(&self, gw: &Gateway, org: &Org) {
         let cache = gw.shared.users.cache();
         match self {
-            Eviction::User(id, _) => cache.invalidate(id).await,
-            Eviction::All(_) => cache.invalidate_all(),
+            Eviction::User(id, _) => cache.invalidate(org, id).await,
+            Eviction::All(_) => cache.invalidate_org(org),
             Eviction::Nothing => {}
         }
     }
 
     /// Evicts here and on every replica once the write is (or may be)
     /// applied; for an unknown outcome, again after `window`.
-    pub(super) async fn after(&self, gw: &Gateway, outcome: Outcome, window: Duration) {
+    pub(super) async fn after(&self, gw: &Gateway, org: &Org, outcome: Outcome, window: Duration) {
         let rule = match self {
             Eviction::User(_, rule) | Eviction::All(rule) => *rule,
             Eviction::Nothing => return,
@@ -192,35 +193,36 @@ impl Eviction {
             return;
         };
         gw.shared.metrics.write_eviction(rule, label);
-        self.everywhere(gw).await;
+        self.everywhere(gw, org).await;
         if outcome == Outcome::Unknown {
-            let (again, gw) = (self.clone(), gw.clone());
+            let (again, gw, org) = (self.clone(), gw.clone(), org.clone());
             drop(spawn_lasting(async move {
                 tokio::time::sleep(window).await;
-                again.everywhere(&gw).await;
+                again.everywhere(&gw, &org).await;
                 info!(evict = %again.audit(), "write with unknown outcome: evicted again after the upstream timeout");
             }));
         }
     }
 
-    /// Evicts here and publishes to the other replicas.
-    async fn everywhere(&self, gw: &Gateway) {
+    /// Evicts in `org` here and publishes to the other replicas: a write
+    /// changes its own organization only.
+    async fn everywhere(&self, gw: &Gateway, org: &Org) {
         let shared = &*gw.shared;
         match self {
             Eviction::User(id, _) => {
-                shared.users.cache().invalidate(id).await;
+                shared.users.cache().invalidate(org, id).await;
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::Write);
-                gw.published(id).await;
+                    .invalidation(crate::metrics::Invalidation::Write, org.name());
+                gw.published(org, id).await;
             }
             Eviction::All(_) => {
-                shared.users.cache().invalidate_all();
+                shared.users.cache().invalidate_org(org);
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::WriteAll);
+                    .invalidation(crate::metrics::Invalidation::WriteAll, org.name());
                 if let Some(bus) = &shared.bus {
-                    bus.all_evicted().await;
+                    bus.all_evicted(Some(org.name())).await;
                 }
             }
             Eviction::Nothing => {}

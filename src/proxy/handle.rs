@@ -111,6 +111,8 @@ impl Gateway {
     ) -> Result<()> {
         let client = self.shared.clients.load().authenticate(req.headers())?;
         let client = &**access.client.insert(client);
+        access.org = u8::try_from(client.select_org(req.headers())?)
+            .map_err(|_| GatewayError::OrganizationNotAllowed)?;
         if let Some(limiter) = &client.limiter {
             let d = limiter.decide().await;
             access.limit = Some(d);
@@ -310,6 +312,7 @@ impl Write {
             &method,
             self.audit_path.as_deref(),
             &self.client,
+            self.caller.org(),
         );
         unfinished.trace_id = self.trace_id;
         let mut upstream_status = None;
@@ -319,7 +322,7 @@ impl Write {
             let (body, e) = resolve(&self.plan, body, &parts.headers, window).await?;
             eviction = e;
             unfinished.eviction = eviction.clone();
-            eviction.before(&self.gateway).await;
+            eviction.before(&self.gateway, self.caller.org()).await;
             outcome = Outcome::Unknown;
             let resp = upstream
                 .send(
@@ -337,7 +340,9 @@ impl Write {
         }
         .await;
         unfinished.upstream_status = upstream_status;
-        eviction.after(&self.gateway, outcome, window).await;
+        eviction
+            .after(&self.gateway, self.caller.org(), outcome, window)
+            .await;
         let result = match result {
             Ok(resp) => buffer::response(resp).await,
             Err(e) => Err(e),
@@ -361,6 +366,7 @@ impl Write {
             audit(
                 request_id,
                 self.client.as_str(),
+                self.caller.org().name(),
                 method.as_str(),
                 path,
                 upstream_status,

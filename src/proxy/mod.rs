@@ -17,6 +17,13 @@
 //!   connection it came on (through a [`ConnectionRef`]).
 //! - `unfinished`: the guard of a write's task, which evicts and audits a
 //!   write dropped before it ended (shutdown).
+//! - `org_evict`: what the invalidation bus does here, by organization
+//!   name (a name not configured here evicts in every organization).
+//!
+//! Phase 2 also selects the organization (`OpenAI-Organization`, else the
+//! client's first): the request then borrows the client's
+//! [`crate::upstream::Caller`] for it, which every cache key, eviction and
+//! upstream exchange of the request takes.
 //!
 //! Everything a request holds (its account, an upstream slot or queue
 //! place, a single-flight fill, a write task) is a guard released on drop,
@@ -34,6 +41,7 @@ mod canon;
 mod evict;
 mod eviction;
 mod handle;
+mod org_evict;
 mod route;
 mod unfinished;
 
@@ -52,9 +60,12 @@ use crate::cluster::{Bus, Evict, SharedBudget, SharedLimits};
 use crate::config::Config;
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
+use crate::org::{Org, Orgs};
 use crate::per_thread::Handles;
 use crate::policy::ClientTable;
 use crate::upstream::Upstream;
+use org_evict::OrgEvict;
+pub use org_evict::UnknownOrg;
 
 pub use access::{ConnectionAccount, ConnectionRef, CLIENT_CLOSED, SEND_TIMEOUT};
 pub use canon::{canonicalize, decode_segment, user_id_of};
@@ -69,6 +80,9 @@ struct Shared {
     /// Clients by key digest, with their limiters and scopes; replaced on
     /// reload.
     clients: ArcSwap<ClientTable>,
+    /// The organizations; replaced on reload (shared with the bus, which
+    /// evicts by organization name).
+    orgs: Arc<ArcSwap<Orgs>>,
     /// The cached retrieve-user route (and the cache).
     users: UserRoute,
     /// The upstream client.
@@ -96,6 +110,8 @@ impl Gateway {
     /// Builds the gateway's shared state from a validated config.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
+        // Every organization's budget (`[upstream]` made the default's).
+        upstream.budgets().apply(&config.upstream, &config.orgs);
         let conn = match &config.redis {
             Some(r) => Some(crate::cluster::connect(r).map_err(std::io::Error::other)?),
             None => None,
@@ -104,7 +120,9 @@ impl Gateway {
             (Some(r), Some(c)) => Some(SharedLimits::new(c.clone(), r, metrics.clone())),
             _ => None,
         };
-        let clients = ClientTable::build(&config.clients, None, shared_limits.as_ref());
+        let orgs = Arc::new(ArcSwap::from_pointee(Orgs::build(config, None)));
+        let clients =
+            ClientTable::build(&config.clients, &orgs.load(), None, shared_limits.as_ref());
         let users = UserRoute::new(
             UserCache::new(config.cache.max_entries),
             upstream.clone(),
@@ -113,7 +131,7 @@ impl Gateway {
         );
         let bus = match (&config.redis, conn) {
             (Some(r), Some(c)) => {
-                let evict: Arc<dyn Evict> = Arc::new(users.clone());
+                let evict: Arc<dyn Evict> = Arc::new(OrgEvict::new(users.clone(), orgs.clone()));
                 let lifetime = eviction_lifetime(config);
                 let store = SharedBudget::new(c.clone(), r, metrics.clone());
                 let bus = Bus::start(r, c, metrics.clone(), evict, lifetime)
@@ -129,6 +147,7 @@ impl Gateway {
             shared: Arc::new(Shared {
                 prefix: config.server.path_prefix.clone(),
                 clients: ArcSwap::from_pointee(clients),
+                orgs,
                 users,
                 upstream,
                 metrics_handles: Handles::new(metrics.clone()),
@@ -145,18 +164,27 @@ impl Gateway {
     /// budget. The cache is kept.
     pub fn apply(&self, config: &Config) {
         let shared = &*self.shared;
+        // Unchanged organizations are kept and take their new key here.
+        let orgs = Orgs::build(config, Some(&shared.orgs.load()));
         let previous = shared.clients.load();
         let next = ClientTable::build(
             &config.clients,
+            &orgs,
             Some(&previous),
             shared.shared_limits.as_ref(),
         );
         shared.clients.store(Arc::new(next));
+        for gone in shared.orgs.load().dropped_by(&orgs) {
+            // No caller names it any more: its entries become unreachable
+            // now (moka drops them at their TTL).
+            gone.retire_all();
+        }
+        shared.orgs.store(Arc::new(orgs));
         shared.users.set_settings(Settings::from(&config.cache));
         shared
             .upstream
-            .set_admin_key(config.upstream.admin_key.clone());
-        shared.upstream.budgets().apply(&config.upstream);
+            .budgets()
+            .apply(&config.upstream, &config.orgs);
         if let Some(bus) = &shared.bus {
             bus.set_lifetime(eviction_lifetime(config));
         }
@@ -176,54 +204,82 @@ impl Gateway {
         self.shared.users.cache()
     }
 
+    /// The organization called `name`, as configured now.
+    pub fn org(&self, name: &str) -> Option<Org> {
+        self.shared.orgs.load().by_name(name).cloned()
+    }
+
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
     }
 
-    /// Evicts `id` here and on every replica (admin purge).
-    pub async fn purge(&self, id: &str) {
-        self.cache().invalidate(id).await;
+    /// Evicts `id` here and on every replica (admin purge), in every
+    /// organization or in the one named `org`.
+    pub async fn purge(&self, org: Option<&str>, id: &str) -> Result<(), UnknownOrg> {
+        for o in self.orgs_named(org)? {
+            self.cache().invalidate(&o, id).await;
+            self.published(&o, id).await;
+        }
         self.shared
             .metrics
-            .invalidation(crate::metrics::Invalidation::Purge);
-        self.published(id).await;
+            .invalidation(crate::metrics::Invalidation::Purge, org.unwrap_or("*"));
+        Ok(())
     }
 
-    /// Evicts everything here and on every replica (admin purge-all).
-    pub async fn purge_all(&self) {
-        self.cache().invalidate_all();
+    /// Evicts everything here and on every replica (admin purge-all), of
+    /// every organization or of the one named `org`.
+    pub async fn purge_all(&self, org: Option<&str>) -> Result<(), UnknownOrg> {
+        match org {
+            None => self.cache().invalidate_all(),
+            Some(_) => {
+                for org in self.orgs_named(org)? {
+                    self.cache().invalidate_org(&org);
+                }
+            }
+        }
         self.shared
             .metrics
-            .invalidation(crate::metrics::Invalidation::PurgeAll);
+            .invalidation(crate::metrics::Invalidation::PurgeAll, org.unwrap_or("*"));
         if let Some(bus) = &self.shared.bus {
-            bus.all_evicted().await;
+            bus.all_evicted(org).await;
+        }
+        Ok(())
+    }
+
+    /// Every organization (`None`), or the one called `name`.
+    fn orgs_named(&self, name: Option<&str>) -> Result<Vec<Org>, UnknownOrg> {
+        let orgs = self.shared.orgs.load();
+        match name {
+            None => Ok(orgs.iter().cloned().collect()),
+            Some(n) => orgs.by_name(n).cloned().map(|o| vec![o]).ok_or(UnknownOrg),
         }
     }
 
-    /// Tells the other replicas that `id` was evicted here.
-    async fn published(&self, id: &str) {
+    /// Tells the other replicas that `id` was evicted here in `org`.
+    async fn published(&self, org: &Org, id: &str) {
         if let Some(bus) = &self.shared.bus {
-            bus.user_evicted(id).await;
+            bus.user_evicted(org.name(), id).await;
         }
     }
 
-    /// Evicts `id` here and queues the news for the other replicas, without
-    /// awaiting (a write dropped unfinished, from its guard). The entry is
-    /// made unreachable at once; moka drops it at its TTL.
-    fn evicted_now(&self, id: &str) {
-        self.cache().forget(id);
+    /// Evicts `id` in `org` here and queues the news for the other
+    /// replicas, without awaiting (a write dropped unfinished, from its
+    /// guard). The entry is made unreachable at once; moka drops it at its
+    /// TTL.
+    fn evicted_now(&self, org: &Org, id: &str) {
+        self.cache().forget(org, id);
         if let Some(bus) = &self.shared.bus {
-            bus.user_evicted_now(id);
+            bus.user_evicted_now(org.name(), id);
         }
     }
 
-    /// Every cached user evicted here and queued for every replica, without
-    /// awaiting (for a guard's drop).
-    fn all_evicted_now(&self) {
-        self.cache().invalidate_all();
+    /// Every cached user of `org` evicted here and queued for every
+    /// replica, without awaiting (for a guard's drop).
+    fn org_evicted_now(&self, org: &Org) {
+        self.cache().invalidate_org(org);
         if let Some(bus) = &self.shared.bus {
-            bus.all_evicted_now();
+            bus.all_evicted_now(Some(org.name()));
         }
     }
 }

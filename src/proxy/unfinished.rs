@@ -5,6 +5,7 @@
 //! a client still waiting gets). It is treated as applied: the upstream may
 //! apply it after the gateway stopped waiting.
 
+use crate::org::Org;
 use http::{Method, StatusCode};
 use tracing::warn;
 
@@ -27,6 +28,8 @@ pub(super) struct Unfinished {
     audit_path: Option<String>,
     /// The client's name for the audit line.
     client: ClientLabel,
+    /// The organization the write acts on (where it evicts).
+    org: Org,
     /// The upstream's status, once it answered.
     pub(super) upstream_status: Option<StatusCode>,
     /// The write's trace id, for the audit line.
@@ -42,6 +45,7 @@ impl Unfinished {
         method: &Method,
         audit_path: Option<&str>,
         client: &ClientLabel,
+        org: &Org,
     ) -> Unfinished {
         Unfinished {
             gateway: gateway.clone(),
@@ -49,6 +53,7 @@ impl Unfinished {
             method: method.clone(),
             audit_path: audit_path.map(str::to_owned),
             client: client.clone(),
+            org: org.clone(),
             upstream_status: None,
             trace_id: TraceId::default(),
             armed: true,
@@ -70,16 +75,16 @@ impl Drop for Unfinished {
         let shared = &*self.gateway.shared;
         match &self.eviction {
             Eviction::User(id, _) => {
-                self.gateway.evicted_now(id);
+                self.gateway.evicted_now(&self.org, id);
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::Write);
+                    .invalidation(crate::metrics::Invalidation::Write, self.org.name());
             }
             Eviction::All(_) => {
-                self.gateway.all_evicted_now();
+                self.gateway.org_evicted_now(&self.org);
                 shared
                     .metrics
-                    .invalidation(crate::metrics::Invalidation::WriteAll);
+                    .invalidation(crate::metrics::Invalidation::WriteAll, self.org.name());
             }
             Eviction::Nothing => {}
         }
@@ -93,6 +98,7 @@ impl Drop for Unfinished {
             audit(
                 request_id,
                 self.client.as_str(),
+                self.org.name(),
                 self.method.as_str(),
                 path,
                 self.upstream_status,

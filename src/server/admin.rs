@@ -82,12 +82,27 @@ impl Admin {
             (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
             (&Method::GET, "/metrics") => self.metrics().await,
             (&Method::DELETE, "/cache") => {
-                self.gateway.purge_all().await;
-                info!(target: "openai_admin_gateway::audit", action = "purge_all", "cache purged");
-                json(StatusCode::OK, r#"{"purged":"all"}"#.to_string())
+                let org = match org_param(req.uri().query()) {
+                    Ok(org) => org,
+                    Err(r) => return r,
+                };
+                if self.gateway.purge_all(org.as_deref()).await.is_err() {
+                    return unknown_org();
+                }
+                let org = org.as_deref().unwrap_or("*");
+                info!(target: "openai_admin_gateway::audit", action = "purge_all", org, "cache purged");
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({ "purged": "all", "org": org }).to_string(),
+                )
             }
             (&Method::DELETE, p) if p.starts_with("/cache/users/") => {
-                self.purge_user(&p["/cache/users/".len()..]).await
+                let org = match org_param(req.uri().query()) {
+                    Ok(org) => org,
+                    Err(r) => return r,
+                };
+                self.purge_user(&p["/cache/users/".len()..], org.as_deref())
+                    .await
             }
             (_, "/healthz" | "/readyz" | "/metrics" | "/cache") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
@@ -98,15 +113,18 @@ impl Admin {
 
     /// Purges the user `raw` names, spelled as in a request path: every
     /// spelling of one id (`user%2D1`, `user-1`) purges the same entry.
-    async fn purge_user(&self, raw: &str) -> Response<BoxBody> {
+    async fn purge_user(&self, raw: &str, org: Option<&str>) -> Response<BoxBody> {
         let Some(id) = user_id_of(raw) else {
             return text(StatusCode::BAD_REQUEST, "invalid user id\n");
         };
-        self.gateway.purge(&id).await;
-        info!(target: "openai_admin_gateway::audit", action = "purge", user_id = id.as_str(), "cache entry purged");
+        if self.gateway.purge(org, &id).await.is_err() {
+            return unknown_org();
+        }
+        let org = org.unwrap_or("*");
+        info!(target: "openai_admin_gateway::audit", action = "purge", org, user_id = id.as_str(), "cache entry purged");
         json(
             StatusCode::OK,
-            serde_json::json!({ "purged": id }).to_string(),
+            serde_json::json!({ "purged": id, "org": org }).to_string(),
         )
     }
 
@@ -121,6 +139,55 @@ impl Admin {
         );
         r
     }
+}
+
+/// The `org` a purge is limited to (`?org=NAME`), `None` for every
+/// organization; a query with anything else, or an empty or repeated
+/// `org`, is 400 in OpenAI's error shape.
+#[allow(clippy::result_large_err)]
+fn org_param(query: Option<&str>) -> Result<Option<String>, Response<BoxBody>> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let mut org = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("org", v)) if !v.is_empty() && org.is_none() => {
+                org = Some(crate::proxy::decode_segment(v).map(|v| v.into_owned()))
+            }
+            _ => return Err(bad_org()),
+        }
+    }
+    match org {
+        Some(Some(name)) => Ok(Some(name)),
+        Some(None) => Err(bad_org()),
+        None => Ok(None),
+    }
+}
+
+fn bad_org() -> Response<BoxBody> {
+    openai_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_org",
+        "The only query parameter is org=NAME, once, naming a configured organization.",
+    )
+}
+
+fn unknown_org() -> Response<BoxBody> {
+    openai_error(
+        StatusCode::NOT_FOUND,
+        "unknown_org",
+        "No configured organization has this name.",
+    )
+}
+
+/// An error in OpenAI's shape (the admin listener's own, not a
+/// `GatewayError`: these never reach a client of the public listener).
+fn openai_error(status: StatusCode, code: &str, message: &str) -> Response<BoxBody> {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code }
+    });
+    json(status, body.to_string())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<BoxBody> {

@@ -149,6 +149,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         cache,
         clients: _, // reloadable
         redis,
+        orgs: _, // reloadable: added, removed, keys rotated
         telemetry,
     } = a;
     let ServerConfig {
@@ -176,9 +177,10 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
         max_concurrent_requests,
         max_queued_requests,
         ca_file,
-        rate_limit: _,  // reloadable (the organization's budget)
-        budget_wait: _, // reloadable
-        pools: _,       // server.workers
+        rate_limit: _,      // reloadable (the organization's budget)
+        budget_wait: _,     // reloadable
+        pools: _,           // server.workers
+        organization_id: _, // reloadable
     } = upstream;
     let CacheConfig {
         ttl: _,                    // reloadable (new entries)

@@ -83,7 +83,7 @@ pub fn server(method: &Method, path: &str, headers: &HeaderMap) -> Option<Arc<Tr
         http.response.status_code = Empty,
         gateway.client = Empty,
         gateway.cache_status = Empty,
-        gateway.organization = "default",
+        gateway.organization = Empty,
     );
     let mut trace = TraceId::default();
     if !span.is_disabled() {
@@ -145,6 +145,7 @@ pub fn finished(
     status: u16,
     client: &str,
     cache: &str,
+    org: &str,
 ) {
     let Some(span) = traced.map(|t| &t.span).filter(|s| !s.is_disabled()) else {
         return;
@@ -158,6 +159,7 @@ pub fn finished(
     span.record("http.response.status_code", status);
     span.record("gateway.client", client);
     span.record("gateway.cache_status", cache);
+    span.record("gateway.organization", org);
     if status >= 500 {
         span.record("otel.status_code", "error");
     }

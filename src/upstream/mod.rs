@@ -38,7 +38,6 @@ mod slot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
@@ -48,13 +47,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::error;
 
 use crate::body::{is_client_body_error, BoxBody, BoxError};
-use crate::budget::{pause_for, Budgets, DEFAULT_ORG};
+use crate::budget::{pause_for, Budgets};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, TimeoutPhase, UpstreamOutcome};
 use crate::runtime;
-use crate::secret::AdminKey;
 use crate::telemetry::span as trace_span;
 
 use auth::Forbidden;
@@ -78,8 +76,6 @@ pub struct Upstream {
     origin: String,
     /// Path of `base_url` without a trailing slash (e.g. `/v1`).
     base_path: String,
-    /// The admin key; swapped on reload.
-    admin: ArcSwap<AdminKey>,
     /// Time allowed until response headers.
     timeout: Duration,
     /// A streamed body is cut after this long without a frame.
@@ -136,7 +132,6 @@ impl Upstream {
             shared: pool(),
             origin,
             base_path: base.path().trim_end_matches('/').to_string(),
-            admin: ArcSwap::from_pointee(cfg.admin_key.clone()),
             timeout: cfg.timeout,
             body_idle: cfg.body_idle_timeout,
             slots: Slots::new(
@@ -157,11 +152,6 @@ impl Upstream {
     /// The organizations' budgets (reload, `[redis]`, the stale path).
     pub fn budgets(&self) -> &Budgets {
         &self.budgets
-    }
-
-    /// Replaces the admin key (reload).
-    pub fn set_admin_key(&self, key: AdminKey) {
-        self.admin.store(Arc::new(key));
     }
 
     /// Sends `method {base}{rest}?{query}` with `headers` (client credential
@@ -225,16 +215,17 @@ impl Upstream {
         let span = trace_span::upstream(&method, &uri, &mut headers);
         // The key this request carries, for checking a 403 against it even
         // if a reload swaps the key meanwhile.
-        let admin = self.admin.load_full();
+        let admin = caller.org().admin_key();
         headers.insert(AUTHORIZATION, admin.header().clone());
+        caller.org().identify(&mut headers);
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let budget = self.budgets.get(DEFAULT_ORG);
-        if let Some(b) = budget {
+        let budget = self.budgets.get(caller.org().name());
+        if let Some(b) = &budget {
             if let Err(e) = b
                 .turn(caller.client(), caller.budget_weight(), deadline)
                 .await
@@ -260,7 +251,8 @@ impl Upstream {
             Ok(Err(_)) => UpstreamOutcome::Error,
             Err(_) => UpstreamOutcome::Timeout,
         };
-        self.metrics.upstream(outcome, start.elapsed());
+        self.metrics
+            .upstream(outcome, caller.org().metric(), start.elapsed());
         trace_span::answered(
             &span,
             match outcome {
@@ -397,7 +389,7 @@ mod tests {
 
     /// Sends `GET /x` and reads the body to its end (so the connection goes back to its pool).
     async fn get(up: &Upstream) -> std::result::Result<(), String> {
-        let caller = Caller::new(crate::metrics::ClientLabel::new("test"));
+        let caller = Caller::for_tests("test");
         let resp = up
             .send(
                 &caller,

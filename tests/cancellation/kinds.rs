@@ -145,7 +145,8 @@ impl Kind {
                     let body = format!(r#"{{"object":"organization.user","id":"{id}"}}"#);
                     let user = CachedUser::new(Bytes::from(body), None, false, SECOND)
                         .backdated(SECOND * (past + 1));
-                    gw.cache().insert(gw.cache().key(&id), user).await;
+                    let org = gw.org("default").expect("the default organization");
+                    gw.cache().insert(gw.cache().key(&org, &id), user).await;
                 }
             }
             _ => {}
