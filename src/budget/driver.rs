@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::turn::take_local;
 use super::{Inner, State};
 use crate::cluster::BudgetReply;
 
@@ -131,7 +130,7 @@ fn hand_local(
     if st.fair.is_empty() {
         return Step::Again;
     }
-    match take_local(st, now, limit) {
+    match st.take_local(now, limit) {
         Ok(remaining) => {
             hand(inner, st, remaining);
             Step::Again

@@ -260,6 +260,19 @@ impl Inner {
 }
 
 impl State {
+    /// Takes a turn from the local GCRA under `limit` (none: always):
+    /// the turns left, or when the next one comes.
+    fn take_local(
+        &mut self,
+        now: Instant,
+        limit: Option<RateLimit>,
+    ) -> std::result::Result<Option<u32>, Instant> {
+        match limit {
+            None => Ok(None),
+            Some(l) => self.gcra.take(now, l).map(Some),
+        }
+    }
+
     /// The time left of the pause at `now`.
     fn pause_left(&self, now: Instant) -> Option<Instant> {
         self.paused_until.filter(|p| *p > now)

@@ -97,7 +97,7 @@ impl Budget {
             }
             if inner.cluster.get().is_none() {
                 let limit = st.limit;
-                return take_local(&mut st, now, limit);
+                return st.take_local(now, limit);
             }
             st.limit
         };
@@ -115,7 +115,7 @@ impl Budget {
                 st.paused_elsewhere(now, left);
                 Err(now + left)
             }
-            None => take_local(&mut st, now, inner.local_limit(limit)),
+            None => st.take_local(now, inner.local_limit(limit)),
         }
     }
 
@@ -155,18 +155,6 @@ impl Budget {
                 .saturating_duration_since(now)
                 .max(Duration::from_millis(1)),
         }
-    }
-}
-
-/// Takes a turn from the local GCRA under `limit` (none: always).
-pub(super) fn take_local(
-    st: &mut State,
-    now: Instant,
-    limit: Option<crate::config::RateLimit>,
-) -> std::result::Result<Option<u32>, Instant> {
-    match limit {
-        None => Ok(None),
-        Some(l) => st.gcra.take(now, l).map(Some),
     }
 }
 

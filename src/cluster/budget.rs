@@ -23,14 +23,14 @@
 //! `take` answers `None`: the caller decides locally with this replica's
 //! share of the budget.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 use tracing::warn;
 
+use super::backoff::Backoff;
 use crate::config::{RateLimit, RedisConfig};
 use crate::metrics::Metrics;
 
@@ -73,9 +73,6 @@ end
 redis.call('SET', KEYS[1], '1', 'PX', ms)
 return 1
 "#;
-
-/// How long Redis is skipped after a failure.
-const BACKOFF: Duration = Duration::from_secs(1);
 
 /// What the shared store answered for one turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +126,8 @@ pub struct SharedBudget {
     prefix: String,
     /// Bound on one call.
     timeout: Duration,
-    /// Microseconds since `epoch` before which Redis is not tried.
-    skip_until_us: AtomicU64,
-    /// Reference point for `skip_until_us`.
-    epoch: Instant,
+    /// Redis is left alone for a second after a failure.
+    backoff: Backoff,
     /// Counts failures.
     metrics: Arc<Metrics>,
 }
@@ -155,8 +150,7 @@ impl SharedBudget {
             pause: Script::new(PAUSE),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
-            skip_until_us: AtomicU64::new(0),
-            epoch: Instant::now(),
+            backoff: Backoff::new(),
             metrics,
         })
     }
@@ -168,8 +162,8 @@ impl SharedBudget {
     /// could not answer within `redis.timeout_ms`, or failed less than a
     /// second ago (the caller decides locally).
     pub async fn take(&self, org: &str, limit: Option<RateLimit>) -> Option<BudgetReply> {
-        let now_us = self.now_us();
-        if self.skipping(now_us) {
+        let now_us = self.backoff.now_us();
+        if self.backoff.skipping(now_us) {
             return None;
         }
         let interval_us = limit.map_or(0, |l| {
@@ -193,8 +187,8 @@ impl SharedBudget {
     /// other replicas then meet the upstream's 429 themselves). Skipped,
     /// like `take`, for a second after a failure.
     pub async fn pause(&self, org: &str, pause: Duration) {
-        let now_us = self.now_us();
-        if pause.is_zero() || self.skipping(now_us) {
+        let now_us = self.backoff.now_us();
+        if pause.is_zero() || self.backoff.skipping(now_us) {
             return;
         }
         let ms = pause.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
@@ -221,18 +215,9 @@ impl SharedBudget {
         format!("{}budget:{org}:pause", self.prefix)
     }
 
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
-    fn skipping(&self, now_us: u64) -> bool {
-        now_us < self.skip_until_us.load(Ordering::Relaxed)
-    }
-
     fn failed(&self, cause: &str, now_us: u64) -> Option<BudgetReply> {
         self.metrics.ratelimit_store_error();
-        let until = now_us + BACKOFF.as_micros() as u64;
-        if self.skip_until_us.swap(until, Ordering::Relaxed) <= now_us {
+        if self.backoff.failed(now_us) {
             warn!(
                 cause,
                 "organization budget store unavailable; each replica takes its share for now"

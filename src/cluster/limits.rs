@@ -8,14 +8,14 @@
 //! never to no limit), Redis is left alone for a second, and
 //! `gateway_ratelimit_store_errors_total` counts it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 use tracing::warn;
 
+use super::backoff::Backoff;
 use crate::config::{RateLimit, RedisConfig};
 use crate::metrics::Metrics;
 
@@ -36,9 +36,6 @@ end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 return {1, 0, math.floor((now - allow_at) / interval)}
 "#;
-
-/// How long Redis is skipped after a failure.
-const BACKOFF: Duration = Duration::from_secs(1);
 
 /// What the shared GCRA answered for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +62,8 @@ pub struct SharedLimits {
     prefix: String,
     /// Bound on one check.
     timeout: Duration,
-    /// Microseconds since `epoch` before which Redis is not tried.
-    skip_until_us: AtomicU64,
-    /// Reference point for `skip_until_us`.
-    epoch: Instant,
+    /// Redis is left alone for a second after a failure.
+    backoff: Backoff,
     /// Counts failures.
     metrics: Arc<Metrics>,
 }
@@ -90,8 +85,7 @@ impl SharedLimits {
             script: Script::new(GCRA),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
-            skip_until_us: AtomicU64::new(0),
-            epoch: Instant::now(),
+            backoff: Backoff::new(),
             metrics,
         })
     }
@@ -99,8 +93,8 @@ impl SharedLimits {
     /// Takes one request from `client`'s shared budget; `None` when Redis
     /// could not answer in time (the caller decides locally).
     pub async fn check(&self, client: &str, limit: RateLimit) -> Option<GcraReply> {
-        let now_us = self.epoch.elapsed().as_micros() as u64;
-        if now_us < self.skip_until_us.load(Ordering::Relaxed) {
+        let now_us = self.backoff.now_us();
+        if self.backoff.skipping(now_us) {
             return None;
         }
         let interval_us = (60_000_000u64 / u64::from(limit.requests_per_minute.max(1))).max(1);
@@ -126,8 +120,7 @@ impl SharedLimits {
 
     fn failed(&self, cause: &str, now_us: u64) -> Option<GcraReply> {
         self.metrics.ratelimit_store_error();
-        let until = now_us + BACKOFF.as_micros() as u64;
-        if self.skip_until_us.swap(until, Ordering::Relaxed) <= now_us {
+        if self.backoff.failed(now_us) {
             warn!(
                 cause,
                 "rate-limit store unavailable; using per-replica limits for now"

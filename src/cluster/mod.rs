@@ -18,6 +18,7 @@
 //! [`SharedBudget`], [`BudgetReply`], [`Bus`],
 //! [`Evict`], [`OUTBOX_CAPACITY`].
 
+mod backoff;
 mod budget;
 mod bus;
 mod limits;
