@@ -437,7 +437,7 @@ SCENARIOS = {
     "hit_10k": ("spread", "/", ["gateway", "nginx", "ceiling"], True, "hk"),
     "hit_10k_unpinned": ("spread", "/", ["gateway", "nginx"], False, "hu"),
     "miss": ("seq", "/", ["gateway", "nginx", "direct"], True, "ms"),
-    "pass_get": ("static", LIST_PATH, ["gateway", "nginx"], True, "pg"),
+    "pass_get": ("static", LIST_PATH, ["gateway", "nginx", "direct"], True, "pg"),
     "pass_post": ("post", "/v1/organization/invites", ["gateway", "nginx", "direct"], True, "pp"),
 }
 TARGET_CODES = {"gateway": "gw", "gateway_before": "gb", "nginx": "ng", "ceiling": "ce", "direct": "di"}
@@ -537,6 +537,8 @@ class Bench:
                 total += n * (d + s + warm + 0.5)
         if self.a.memory:
             total += 60 + max(self.a.memory_points) / 8000 + 60  # fill at ≥ ~8k/s, then cache_floor
+        if self.a.syscalls:
+            total += (8 + (3 if self.before else 0)) * 7
         if self.a.profile:
             total += 5 * 8
         return total
@@ -922,6 +924,26 @@ class Bench:
             log(f"memory: {entries} users cached: RSS {rss} KiB, {per:.0f} B/entry, "
                 f"{per - body_len:.0f} B over the {body_len}-byte body")
             self.save(memory=out)
+        # The per-thread fronts copy users that are read again (hits); the
+        # fill above is misses only, so they are empty. One read pass over
+        # distinct cached ids fills them as far as any hit pattern can
+        # (each front is direct-mapped and bounded), and the figure of
+        # record counts them.
+        n = max(self.a.memory_points)
+        passed = min(n, 300_000)
+        r = self.wrk("gateway-mem", 64, 10, "seq", "/", {"BENCH_TAG": tag, "BENCH_IDS": str(n),
+                     "BENCH_START": str(n - passed)}, measure=False, port=port)
+        self.metrics(admin)
+        time.sleep(1)
+        m = self.metrics(admin)
+        rss = rss_kb([gw.pid])
+        entries = int(m.get("gateway_cache_entries", 0))
+        per = (rss - base) * 1024 / max(1, entries)
+        out["after_reads"] = {"users": n, "entries": entries, "reads": r["sent"], "distinct_ids": passed,
+                              "rss_kb": rss, "bytes_per_entry": per, "overhead_per_entry": per - body_len}
+        log(f"memory: after {r['sent']} reads over {passed} distinct cached ids: RSS {rss} KiB, "
+            f"{per - body_len:.0f} B over the body per user (fronts included)")
+        self.save(memory=out)
         self.procs.stop(gw)
         out["floor"] = self.cache_floor(max(self.a.memory_points))
         self.save(memory=out)
@@ -990,6 +1012,58 @@ class Bench:
                 f"{summary['cpu_us_per_request']:.1f} CPU-us per request")
         return res
 
+    def syscalls(self):
+        """System calls and context switches per request: `perf stat` on the
+        syscall tracepoints of the server's processes (every thread) for
+        5 s while wrk runs the scenario at 64 connections. Tracepoint
+        counting costs little, so the server runs at about its usual pace
+        and the counts are its usual batching. Pass-through beside nginx
+        (and the gateway before, when given), hits beside the ceiling."""
+        if not shutil.which("perf"):
+            return {"error": "perf not installed"}
+        res = {}
+        plan = [("pass_get", "static", LIST_PATH), ("pass_post", "post", "/v1/organization/invites"),
+                ("hit_10k", "spread", "/")]
+        for scen, script, path in plan:
+            targets = ["gateway"] + (["gateway_before"] if self.before else [])
+            targets += ["ceiling"] if scen == "hit_10k" else ["nginx"]
+            for target in targets:
+                tag = f"sys{scen[:4]}{TARGET_CODES[target]}".ljust(12, "z")
+                env = {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS) if scen == "hit_10k" else "0",
+                       "BENCH_START": "0"}
+                if scen == "hit_10k" and target != "ceiling":
+                    self.warm(target, tag, HOT_IDS)
+                out = self.work / f"syscalls-{scen}-{target}.csv"
+                pids = ",".join(str(p) for p in self.server_pids(target))
+                rec = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(out),
+                                        "-e", "raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_*",
+                                        "-p", pids, "--", "sleep", "5.5"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(0.25)
+                r = self.wrk(target, 64, 5, script, path, env, measure=True)
+                _, err = rec.communicate()
+                if rec.returncode != 0 or not out.exists():
+                    return {"error": err.decode(errors="replace")[-2000:]}
+                counts = {}
+                for line in out.read_text().splitlines():
+                    f = line.split(",")
+                    if len(f) < 3 or not f[0].strip().isdigit():
+                        continue
+                    name = f[2].replace("syscalls:sys_enter_", "")
+                    counts[name] = int(f[0])
+                n = r["requests"]
+                total = counts.pop("raw_syscalls:sys_enter", 0)
+                cs = counts.pop("context-switches", 0)
+                per = {k: v / n for k, v in counts.items() if v / n >= 0.01}
+                res[f"{scen}/{target}"] = {
+                    "requests": n, "rps": r["rps"], "syscalls_per_request": total / n,
+                    "context_switches_per_request": cs / n,
+                    "by_call": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+                }
+                log(f"syscalls {scen} on {target}: {total / n:.2f} per request, "
+                    f"{cs / n:.2f} context switches per request")
+        return res
+
     # -- output
 
     def machine(self):
@@ -1040,6 +1114,7 @@ class Bench:
             "runs": [{k: v for k, v in r.items() if k != "wrk_output"} for r in self.runs],
             "memory": getattr(self, "mem", None),
             "profile": getattr(self, "prof", None),
+            "syscalls": getattr(self, "sys", None),
             "complete": final,
         }
         tmp = Path(self.a.out + ".tmp")
@@ -1068,6 +1143,8 @@ def main():
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("--memory-timeout", type=int, default=900)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-syscalls", dest="syscalls", action="store_false",
+                    help="skip the system calls per request (perf stat on syscall tracepoints)")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
     ap.add_argument("--plan", action="store_true", help="print the scenarios and the expected time, and exit")
     ap.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
@@ -1112,6 +1189,10 @@ def main():
         b.run_matrix()
         if a.memory:
             b.memory()
+        if a.syscalls:
+            log("counting system calls per request (perf stat, 64 conns)")
+            b.sys = b.syscalls()
+            b.save()
         if a.profile:
             log("profiling the gateway (perf, hits over 10k ids, 64 conns)")
             b.prof = b.profile()

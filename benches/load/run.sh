@@ -7,7 +7,8 @@
 #        BEFORE_BIN=old/openai-admin-gateway SCALING=scaling.json benches/load/run.sh
 # Knobs (environment): DURATION=10 (s per wrk run), REPEATS=3 (>= 3 for a run
 #   of record), CONNS=64,256, MEMORY=1 (100k / 1M users RSS test),
-#   MEMORY_POINTS=100000,1000000, PROFILE=0 (1: perf profiles), PIN=1 (taskset
+#   MEMORY_POINTS=100000,1000000, PROFILE=0 (1: perf profiles), SYSCALLS=1
+#   (system calls per request, perf stat; 0: skip), PIN=1 (taskset
 #   for the pinned scenarios: server on the upper half of the CPUs, wrk +
 #   upstream on the lower half; hit_10k_unpinned is never pinned),
 #   BENCH_NICE=0 (e.g. -5 when other jobs share the machine),
@@ -32,6 +33,7 @@ CONNS=${CONNS:-64,256}
 MEMORY=${MEMORY:-1}
 MEMORY_POINTS=${MEMORY_POINTS:-100000,1000000}
 PROFILE=${PROFILE:-0}
+SYSCALLS=${SYSCALLS:-1}
 PIN=${PIN:-1}
 BENCH_NICE=${BENCH_NICE:-0}
 ONLY=${ONLY:-}
@@ -51,7 +53,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
-if [[ $PROFILE == 1 ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
+if [[ $PROFILE == 1 || $SYSCALLS == 1 ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
 if ((${#missing[@]})); then
   say "installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
@@ -79,6 +81,7 @@ shown=()
 [[ $MEMORY == 1 ]] || shown+=("MEMORY=$MEMORY")
 [[ $MEMORY_POINTS == 100000,1000000 ]] || shown+=("MEMORY_POINTS=$MEMORY_POINTS")
 [[ $PROFILE == 0 ]] || shown+=("PROFILE=$PROFILE")
+[[ $SYSCALLS == 1 ]] || shown+=("SYSCALLS=$SYSCALLS")
 [[ $PIN == 1 ]] || shown+=("PIN=$PIN")
 [[ $BENCH_NICE == 0 ]] || shown+=("BENCH_NICE=$BENCH_NICE")
 [[ -z $ONLY ]] || shown+=("ONLY=$ONLY")
@@ -95,6 +98,7 @@ args=(--out "$root/benches/load/results.json" --duration "$DURATION" --repeats "
       --command "${shown[*]}")
 [[ $MEMORY == 1 ]] || args+=(--no-memory)
 [[ $PROFILE == 1 ]] && args+=(--profile)
+[[ $SYSCALLS == 1 ]] || args+=(--no-syscalls)
 [[ $PIN == 1 ]] || args+=(--no-pin)
 [[ -n $ONLY ]] && args+=(--only "$ONLY")
 [[ -n $BIN_DIR ]] && args+=(--bin-dir "$BIN_DIR")
