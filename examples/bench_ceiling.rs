@@ -4,7 +4,13 @@
 //! metrics or logging. Whatever the gateway does on a cache hit costs the
 //! difference between this and the gateway.
 //!
-//! Usage: `bench_ceiling --listen 127.0.0.1:PORT --body-file PATH`.
+//! With `--bodies N` it keeps N copies of the bytes, each its own
+//! allocation, and answers a path ending in digits with copy
+//! `digits % N`: the ceiling for hits spread over N users, whose bytes
+//! are not all hot in the CPU's caches (the kernel copies each answer from
+//! wherever it lies), as a cache's are.
+//!
+//! Usage: `bench_ceiling --listen 127.0.0.1:PORT --body-file PATH [--bodies N]`.
 //! Worker threads = the CPUs it may run on (`taskset` restricts them), the
 //! same rule the gateway's runtime follows.
 
@@ -40,6 +46,13 @@ fn main() -> std::io::Result<()> {
         Some(p) => Bytes::from(std::fs::read(p)?),
         None => Bytes::from_static(br#"{"object":"organization.user","id":"user-x"}"#),
     };
+    let n: usize = arg("--bodies")
+        .map(|v| v.parse().map_err(std::io::Error::other))
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
+    // Copied one by one, so each is an allocation of its own.
+    let bodies: std::sync::Arc<[Bytes]> = (0..n).map(|_| Bytes::copy_from_slice(&body)).collect();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -56,10 +69,11 @@ fn main() -> std::io::Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let body = body.clone();
+                let bodies = bodies.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<Incoming>| {
-                        let mut r = Response::new(Full::new(body.clone()));
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let body = bodies[pick(req.uri().path(), bodies.len())].clone();
+                        let mut r = Response::new(Full::new(body));
                         r.headers_mut()
                             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                         async move { Ok::<_, Infallible>(r) }
@@ -71,4 +85,18 @@ fn main() -> std::io::Result<()> {
                 });
             }
         })
+}
+
+/// The copy a path asks for: its trailing digits modulo `n` (0 without any).
+fn pick(path: &str, n: usize) -> usize {
+    let digits = path
+        .bytes()
+        .rev()
+        .take_while(u8::is_ascii_digit)
+        .take(18)
+        .fold((0u64, 1u64), |(v, m), d| {
+            (v + u64::from(d - b'0') * m, m * 10)
+        })
+        .0;
+    (digits % n as u64) as usize
 }

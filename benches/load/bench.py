@@ -434,13 +434,14 @@ def source_revision(binary):
 # The tag code keeps the ids of every run distinct (see Bench.tag).
 SCENARIOS = {
     "hit_one": ("static", None, ["gateway", "nginx", "ceiling"], True, "h1"),
-    "hit_10k": ("spread", "/", ["gateway", "nginx", "ceiling"], True, "hk"),
+    "hit_10k": ("spread", "/", ["gateway", "nginx", "ceiling", "ceiling_spread"], True, "hk"),
     "hit_10k_unpinned": ("spread", "/", ["gateway", "nginx"], False, "hu"),
     "miss": ("seq", "/", ["gateway", "nginx", "direct"], True, "ms"),
     "pass_get": ("static", LIST_PATH, ["gateway", "nginx", "direct"], True, "pg"),
     "pass_post": ("post", "/v1/organization/invites", ["gateway", "nginx", "direct"], True, "pp"),
 }
-TARGET_CODES = {"gateway": "gw", "gateway_before": "gb", "nginx": "ng", "ceiling": "ce", "direct": "di"}
+TARGET_CODES = {"gateway": "gw", "gateway_before": "gb", "nginx": "ng", "ceiling": "ce", "ceiling_spread": "cs",
+                "direct": "di"}
 # Instances of the unpinned scenarios carry this suffix.
 FREE = "@free"
 
@@ -533,7 +534,7 @@ class Bench:
         for scen in self.plan():
             for t in self.targets(scen):
                 n = self.a.repeats * len(self.a.conns)
-                warm = 3.0 if scen.startswith("hit") and t != "ceiling" else 0.0
+                warm = 3.0 if scen.startswith("hit") and not t.startswith("ceiling") else 0.0
                 total += n * (d + s + warm + 0.5)
         if self.a.memory:
             total += 60 + max(self.a.memory_points) / 8000 + 60  # fill at ≥ ~8k/s, then cache_floor
@@ -627,6 +628,18 @@ class Bench:
         )
         wait_port(port, p, "ceiling")
         self.inst["ceiling"] = {"proc": p, "port": port, "admin": None, "upstream": None}
+        # The ceiling for hits over HOT_IDS users: as many copies of the
+        # bytes, one picked by the id's digits, so its answers are not all
+        # hot in the CPU's caches either.
+        port = free_port()
+        p = self.procs.start(
+            "ceiling_spread",
+            [str(self.ceil_bin), "--listen", f"127.0.0.1:{port}", "--body-file", str(w / "ceiling-body.json"),
+             "--bodies", str(HOT_IDS)],
+            self.server_cpus,
+        )
+        wait_port(port, p, "ceiling_spread")
+        self.inst["ceiling_spread"] = {"proc": p, "port": port, "admin": None, "upstream": None}
 
     def check_list_upstream(self):
         """pass_get needs the fake upstream to answer GET /organization/users;
@@ -848,11 +861,11 @@ class Bench:
                         tag = self.tag(scen, rep, target, conns)
                         if scen == "hit_one":
                             path = f"/v1/organization/users/user-{tag}{0:012d}"
-                            if target != "ceiling":
+                            if not target.startswith("ceiling"):
                                 self.warm(inst, tag, 1)
                         elif scen.startswith("hit_10k"):
                             env = {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS)}
-                            if target != "ceiling":
+                            if not target.startswith("ceiling"):
                                 self.warm(inst, tag, HOT_IDS, passes=WARM_PASSES[target.split("_")[0]],
                                           pinned=pinned)
                         elif scen == "miss":
