@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
+use super::conn::ConnBody;
 use crate::body::BoxError;
 use crate::metrics::{Metrics, TimeoutPhase};
 
@@ -48,8 +49,8 @@ pub struct BodyIdle;
 /// An upstream response body that keeps its [`Slot`] until it ends, and is
 /// cut when it sends nothing for its idle timeout.
 pub(super) struct SlotBody {
-    /// The upstream body.
-    inner: hyper::body::Incoming,
+    /// The upstream body (it drives its HTTP/1.1 connection).
+    inner: ConnBody,
     /// Released when the body is dropped.
     slot: Slot,
     /// Longest wait for the next frame.
@@ -64,7 +65,7 @@ pub(super) struct SlotBody {
 
 impl SlotBody {
     /// `inner`, holding `slot`, cut after `idle` without a frame.
-    pub(super) fn new(inner: hyper::body::Incoming, slot: Slot, idle: Duration) -> Self {
+    pub(super) fn new(inner: ConnBody, slot: Slot, idle: Duration) -> Self {
         Self {
             inner,
             slot,
