@@ -30,10 +30,10 @@ use crate::body::{BoxBody, BoxError};
 use crate::config::UpstreamConfig;
 use crate::runtime;
 
-/// A request hyper gave back unsent on a new connection.
+/// An HTTP/2 request hyper gave back on a new connection.
 #[derive(Debug, thiserror::Error)]
-#[error("new upstream connection closed before the request was sent")]
-struct NewClosed;
+#[error("new upstream HTTP/2 connection closed before the request was sent")]
+struct H2Closed;
 
 /// The pooled HTTP/1.1 + HTTP/2 client.
 pub(super) struct Client {
@@ -149,7 +149,7 @@ impl Client {
         };
         match sent {
             Ok(resp) => Ok(resp),
-            Err(Failure::Unsent(_)) => Err(Box::new(NewClosed)),
+            Err(Failure::Unsent(_)) => Err(Box::new(H2Closed)),
             Err(Failure::Failed(e)) => Err(e),
         }
     }

@@ -8,20 +8,11 @@
 //!   One pool per server worker (picked by the calling thread's
 //!   [`crate::runtime::index`]) plus a shared one for every other thread;
 //!   the cap and the queue stay global.
-//! - `client`: our own client over hyper's `client::conn` (no hyper-util
-//!   legacy client): checkout, a fresh connection, and the one safe retry
-//!   (a request hyper gave back unsent on a reused connection).
-//! - `pool`: one worker's idle HTTP/1.1 connections and its shared HTTP/2
-//!   sender; idle timeout, closed-connection checks, the periodic sweep.
-//! - `conn`: an HTTP/1.1 connection driven in the request's own task, and
-//!   the response body that drives it on and gives it back at its end
-//!   (a `Lease`: dropped mid-body, the connection is closed).
 //! - Every exchange first takes a turn of the organization's budget
 //!   ([`crate::budget`]; before the concurrency slot, so nobody holds a
 //!   slot while waiting for a turn), and an upstream 429 pauses it.
-//! - `connect`: the rustls client config, and the connector: TCP (no
-//!   delay, keep-alive 60 s), TLS with ALPN `h2`/`http/1.1`, one deadline
-//!   over both (`connect_timeout_ms`).
+//! - `connect`: the rustls client config and a deadline on the whole
+//!   connect (TCP and TLS).
 //! - `queue`: the concurrency cap and its bounded wait queue; a waiting
 //!   request holds a `QueuePlace`, given back on drop (cancellation
 //!   included).
