@@ -335,40 +335,6 @@ async fn ca_file_makes_a_private_upstream_trusted_and_h2_is_used_when_offered() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_share_the_one_h2_connection() {
-    let (pki, leaf) = upstream_pki("upstream-ca-h2-shared");
-    let upstream = TlsUpstream::start(&leaf, &["h2", "http/1.1"]).await;
-    // One worker: one upstream pool, so one HTTP/2 connection.
-    let toml = gateway_toml(&upstream.base_url(), Some(&pki.ca_path)).replacen(
-        "[server]\n",
-        "[server]\nworkers = 1\n",
-        1,
-    );
-    let gw = start_gateway(&toml).await;
-    // The first request opens the connection and learns (ALPN) that it is h2.
-    gw.get("/v1/organization/users?limit=1")
-        .await
-        .assert_status(200);
-    // Forwarded (not cached), all in flight together.
-    let (a, b, c, d) = tokio::join!(
-        gw.get("/v1/organization/users?limit=2"),
-        gw.get("/v1/organization/users?limit=3"),
-        gw.get("/v1/organization/users?limit=4"),
-        gw.get("/v1/organization/users?limit=5"),
-    );
-    for r in [a, b, c, d] {
-        r.assert_status(200);
-    }
-    let seen = upstream.requests();
-    assert_eq!(seen.len(), 5, "{seen:?}");
-    assert!(
-        seen.iter().all(|r| r.version == Version::HTTP_2),
-        "{seen:?}"
-    );
-    assert_eq!(upstream.handshakes(), ["h2"], "one multiplexed connection");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_offering_only_http1_is_spoken_to_over_http1() {
     let (pki, leaf) = upstream_pki("upstream-ca-h1");
     let upstream = TlsUpstream::start(&leaf, &["http/1.1"]).await;

@@ -31,12 +31,7 @@
 mod auth;
 pub mod buffer;
 mod caller;
-mod client;
-mod conn;
 mod connect;
-mod pool;
-#[cfg(test)]
-mod pool_tests;
 mod queue;
 mod slot;
 
@@ -45,6 +40,10 @@ use std::time::{Duration, Instant};
 
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::error;
 
 use crate::body::{is_client_body_error, BoxBody, BoxError};
@@ -53,20 +52,26 @@ use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, Result};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, TimeoutPhase, UpstreamOutcome};
+use crate::runtime;
 use crate::telemetry::span as trace_span;
 
 use auth::Forbidden;
 pub use caller::Caller;
-use client::Client;
 pub use connect::tls_client_config;
+use connect::ConnectTimeout;
 use queue::Slots;
 use slot::SlotBody;
 
+/// The pooled HTTP/1.1 + HTTP/2 client.
+type Pool = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, BoxBody>;
+
 /// The upstream API.
 pub struct Upstream {
-    /// The connections: one pool per server worker (a connection is
-    /// driven by the request that has it, on that worker's runtime).
-    client: Client,
+    /// One pool per server worker: a pool spawns its connection tasks on
+    /// the runtime that opens them, so each worker keeps its own.
+    workers: Box<[Pool]>,
+    /// The pool of every other thread (the main runtime, tests).
+    shared: Pool,
     /// `scheme://authority` of `base_url`.
     origin: String,
     /// Path of `base_url` without a trailing slash (e.g. `/v1`).
@@ -94,7 +99,28 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the client for `cfg`.
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let client = Client::new(cfg, tls_client_config(cfg.ca_file.as_deref())?)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_client_config(cfg.ca_file.as_deref())?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        // HttpConnector's own timeout covers TCP only; this one covers the
+        // TLS handshake too, so a peer that accepts and then stalls costs
+        // connect_timeout_ms (502), not timeout_ms (504).
+        let https = ConnectTimeout::new(https, cfg.connect_timeout);
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(cfg.pool_idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(https.clone())
+        };
         let base = &cfg.base_url;
         let origin = format!(
             "{}://{}",
@@ -102,7 +128,8 @@ impl Upstream {
             base.authority().map_or("", |a| a.as_str())
         );
         Ok(Self {
-            client,
+            workers: (0..cfg.pools).map(|_| pool()).collect(),
+            shared: pool(),
             origin,
             base_path: base.path().trim_end_matches('/').to_string(),
             timeout: cfg.timeout,
@@ -216,11 +243,11 @@ impl Upstream {
         };
         let start = Instant::now();
         let headers_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
-        let result = tokio::time::timeout_at(headers_by, self.client.request(req)).await;
+        let result = tokio::time::timeout_at(headers_by, self.pool().request(req)).await;
         let outcome = match &result {
             Ok(Ok(r)) => UpstreamOutcome::Status(r.status().as_u16()),
             // The client's body broke: not the upstream's failure.
-            Ok(Err(e)) if is_client_body_error(e.as_ref()) => UpstreamOutcome::ClientAborted,
+            Ok(Err(e)) if is_client_body_error(e) => UpstreamOutcome::ClientAborted,
             Ok(Err(_)) => UpstreamOutcome::Error,
             Err(_) => UpstreamOutcome::Timeout,
         };
@@ -237,7 +264,7 @@ impl Upstream {
         );
         let resp = match result {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) if is_client_body_error(e.as_ref()) => {
+            Ok(Err(e)) if is_client_body_error(&e) => {
                 return Err(GatewayError::InvalidBody(describe(e).into()))
             }
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(e).into())),
@@ -274,6 +301,13 @@ impl Upstream {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// The calling worker's pool, or the shared one off the workers.
+    fn pool(&self) -> &Pool {
+        runtime::index()
+            .and_then(|i| self.workers.get(i))
+            .unwrap_or(&self.shared)
+    }
+
     /// Counts and logs an upstream refusal of the admin key. The log line
     /// carries the status and why, never the upstream's body.
     fn key_refused(&self, status: u16, reason: &'static str) -> GatewayError {
@@ -308,9 +342,9 @@ impl Upstream {
 
 /// The error chain as one line, for logs (never for clients). Request URIs
 /// and headers are not part of hyper's errors, so the admin key cannot be.
-fn describe(e: BoxError) -> BoxError {
+fn describe(e: hyper_util::client::legacy::Error) -> BoxError {
     let mut msg = e.to_string();
-    let mut src = e.source();
+    let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
@@ -322,7 +356,6 @@ fn describe(e: BoxError) -> BoxError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Barrier;
 

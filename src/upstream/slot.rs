@@ -12,7 +12,6 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
-use super::conn::ConnBody;
 use crate::body::BoxError;
 use crate::metrics::{Metrics, TimeoutPhase};
 
@@ -49,8 +48,8 @@ pub struct BodyIdle;
 /// An upstream response body that keeps its [`Slot`] until it ends, and is
 /// cut when it sends nothing for its idle timeout.
 pub(super) struct SlotBody {
-    /// The upstream body (it drives its HTTP/1.1 connection).
-    inner: ConnBody,
+    /// The upstream body.
+    inner: hyper::body::Incoming,
     /// Released when the body is dropped.
     slot: Slot,
     /// Longest wait for the next frame.
@@ -65,7 +64,7 @@ pub(super) struct SlotBody {
 
 impl SlotBody {
     /// `inner`, holding `slot`, cut after `idle` without a frame.
-    pub(super) fn new(inner: ConnBody, slot: Slot, idle: Duration) -> Self {
+    pub(super) fn new(inner: hyper::body::Incoming, slot: Slot, idle: Duration) -> Self {
         Self {
             inner,
             slot,
