@@ -981,6 +981,21 @@ class Bench:
 
     # -- profile
 
+    def under_perf(self, perf_args, out, secs, lead, target, script, path, env):
+        """Runs `perf <perf_args> -o out` on the target server's processes
+        while wrk runs the scenario at 64 connections for `secs` (perf
+        starts `lead` s earlier and stops as long after). Returns wrk's
+        result and perf's error text (None when it wrote `out`)."""
+        pids = ",".join(str(p) for p in self.server_pids(target))
+        rec = subprocess.Popen(["perf", *perf_args, "-o", str(out), "-p", pids, "--", "sleep", str(secs + lead)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(lead)
+        r = self.wrk(target, 64, secs, script, path, env, measure=True)
+        _, err = rec.communicate()
+        if rec.returncode != 0 or not out.exists():
+            return r, err.decode(errors="replace")[-2000:]
+        return r, None
+
     def profile(self):
         """perf profiles at 64 connections, 6 s each: the gateway on hits over
         10k ids, misses and pass-through, and beside it the server it is
@@ -1004,15 +1019,10 @@ class Bench:
             if scen == "hit_10k" and target == "gateway":
                 self.warm("gateway", tag, HOT_IDS)
             data = self.work / f"perf-{scen}-{target}.data"
-            pids = ",".join(str(p) for p in self.server_pids(target))
-            rec = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,8192",
-                                    "-p", pids, "-o", str(data), "--", "sleep", "6"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(0.5)
-            r = self.wrk(target, 64, 6, script, path, env, measure=True)
-            _, err = rec.communicate()
-            if rec.returncode != 0 or not data.exists():
-                return {"error": err.decode(errors="replace")[-2000:]}
+            r, err = self.under_perf(["record", "-F", "499", "--call-graph", "dwarf,8192"], data, 6, 0.5,
+                                     target, script, path, env)
+            if err is not None:
+                return {"error": err}
             summary = perf_summary(data)
             summary["target"] = target
             summary["rps"] = r["rps"]
@@ -1047,16 +1057,11 @@ class Bench:
                 if scen == "hit_10k" and target != "ceiling":
                     self.warm(target, tag, HOT_IDS)
                 out = self.work / f"syscalls-{scen}-{target}.csv"
-                pids = ",".join(str(p) for p in self.server_pids(target))
-                rec = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(out),
-                                        "-e", "raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_*",
-                                        "-p", pids, "--", "sleep", "5.5"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                time.sleep(0.25)
-                r = self.wrk(target, 64, 5, script, path, env, measure=True)
-                _, err = rec.communicate()
-                if rec.returncode != 0 or not out.exists():
-                    return {"error": err.decode(errors="replace")[-2000:]}
+                r, err = self.under_perf(["stat", "-x", ",", "-e",
+                                          "raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_*"],
+                                         out, 5, 0.25, target, script, path, env)
+                if err is not None:
+                    return {"error": err}
                 counts = {}
                 for line in out.read_text().splitlines():
                     f = line.split(",")

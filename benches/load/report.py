@@ -624,11 +624,7 @@ def main(src, dst, scaling=None):
         w("## Profile: where the gateway's time goes")
         w("")
         if "error" in prof:
-            w("perf failed:")
-            w("")
-            w("```")
-            w(prof["error"])
-            w("```")
+            failed(w, "perf", prof["error"])
         else:
             w(
                 "`perf record -F 499 --call-graph dwarf -p <server>` for 6 s while wrk runs the scenario at "
@@ -695,11 +691,7 @@ def main(src, dst, scaling=None):
         w("## System calls per request")
         w("")
         if "error" in sysc:
-            w("perf stat failed:")
-            w("")
-            w("```")
-            w(sysc["error"])
-            w("```")
+            failed(w, "perf stat", sysc["error"])
         else:
             w(
                 "`perf stat -e raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_*` on the server's "
@@ -737,6 +729,15 @@ def main(src, dst, scaling=None):
     w("")
     tail = kept_tail(dst)  # before open(dst, "w") empties it
     open(dst, "w").write("\n".join(out) + tail)
+
+
+def failed(w, tool, error):
+    """What a measuring tool printed when it failed, as a code block."""
+    w(f"{tool} failed:")
+    w("")
+    w("```")
+    w(error)
+    w("```")
 
 
 # Sections other benches write by hand (benches/budget) follow this line; a
