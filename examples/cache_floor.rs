@@ -7,13 +7,28 @@
 //! share. `cache_floor moka N`: a bare moka cache (bounded, `u128` keys,
 //! zero-sized values, no expiry): moka's own bookkeeping, the floor for any
 //! cache built on it. `cache_floor gateway N`: the gateway's `UserCache`
-//! holding real entries.
+//! holding real entries. `cache_floor front N`: the gateway's cache filled
+//! with N entries, then every entry read twice on this one thread (the
+//! second read a front hit), so this thread's front is full: the figure
+//! then counts one worker's front at its full `SLOTS` (the load bench's
+//! fill asks for each id once, which leaves the fronts empty).
+//! `moka-sync`, `moka-expiry` and `moka-ttl`: bare moka as in `moka`, but
+//! the sync cache, per-entry expiry (a timer wheel node per entry), or a
+//! global time-to-live (a write-order deque node per entry). `moka-v8`
+//! and `moka-v32`: bare moka holding an 8- or 32-byte value (a thin
+//! pointer, a `Bytes` handle) inline in each entry.
+//!
+//! Uses the gateway's allocator (mimalloc), so its figures are the
+//! gateway's.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
 use openai_admin_gateway::cache::{CachedUser, UserCache};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -31,6 +46,34 @@ fn body(i: u64) -> Bytes {
         "x".repeat(360)
     );
     Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Distinct, well-spread `u128` keys.
+fn spread(i: u64) -> u128 {
+    u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+}
+
+/// A bare moka cache (as `moka`) holding `value` under `n` keys: what a
+/// value of its size costs inline in moka's entry.
+async fn moka_with<V: Clone + Send + Sync + 'static>(n: u64, value: V) -> u64 {
+    let c: moka::future::Cache<u128, V> =
+        moka::future::Cache::builder().max_capacity(n + 1).build();
+    for i in 0..n {
+        c.insert(spread(i), value.clone()).await;
+    }
+    c.run_pending_tasks().await;
+    let len = c.entry_count();
+    std::mem::forget(c);
+    len
+}
+
+/// Every entry lives an hour (moka's per-entry expiry).
+struct Hour;
+
+impl moka::Expiry<u128, ()> for Hour {
+    fn expire_after_create(&self, _: &u128, _: &(), _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -54,11 +97,35 @@ async fn main() {
             let c: moka::future::Cache<u128, ()> =
                 moka::future::Cache::builder().max_capacity(n + 1).build();
             for i in 0..n {
-                c.insert(
-                    u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
-                    (),
-                )
-                .await;
+                c.insert(spread(i), ()).await;
+            }
+            c.run_pending_tasks().await;
+            let len = c.entry_count();
+            std::mem::forget(c);
+            (len, 0)
+        }
+        "moka-sync" => {
+            let c: moka::sync::Cache<u128, ()> =
+                moka::sync::Cache::builder().max_capacity(n + 1).build();
+            for i in 0..n {
+                c.insert(spread(i), ());
+            }
+            c.run_pending_tasks();
+            let len = c.entry_count();
+            std::mem::forget(c);
+            (len, 0)
+        }
+        "moka-v8" => (moka_with(n, 0u64).await, 0),
+        "moka-v32" => (moka_with(n, [0u64; 4]).await, 0),
+        "moka-expiry" | "moka-ttl" => {
+            let b = moka::future::Cache::builder().max_capacity(n + 1);
+            let c: moka::future::Cache<u128, ()> = if mode == "moka-ttl" {
+                b.time_to_live(Duration::from_secs(3600)).build()
+            } else {
+                b.expire_after(Hour).build()
+            };
+            for i in 0..n {
+                c.insert(spread(i), ()).await;
             }
             c.run_pending_tasks().await;
             let len = c.entry_count();
@@ -81,6 +148,14 @@ async fn main() {
                 c.insert(c.key(&org, &format!("user-{i:012}")), u).await;
             }
             c.sync().await;
+            if mode == "front" {
+                for _ in 0..2 {
+                    for i in 0..n {
+                        let key = c.key(&org, &format!("user-{i:012}"));
+                        std::hint::black_box(c.get(&key).await);
+                    }
+                }
+            }
             let len = c.entry_count();
             std::mem::forget(c);
             (len, body_len)

@@ -968,7 +968,8 @@ class Bench:
         zero-size values: the floor of any moka-based cache) and what the
         gateway's cache costs, all in one process without a server."""
         out = {}
-        for mode in ("bodies", "moka", "gateway"):
+        for mode in ("bodies", "moka", "moka-sync", "moka-v8", "moka-v32", "moka-ttl",
+                     "moka-expiry", "gateway", "front"):
             cmd = [str(self.floor_bin), mode, str(n)]
             if self.server_cpus:
                 cmd = ["taskset", "-c", self.server_cpus] + cmd

@@ -2,60 +2,43 @@
 //! front of the body), what a hit needs to answer, and when it was stored.
 //! Kept small: a million of them may be held, inline in moka's entries.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::HeaderValue;
 
 /// A stored `OrganizationUser` response: the upstream's bytes and what a
-/// hit needs to answer, kept small because a million of them may be held
-/// (the value lives inline in moka's entry; no allocation of its own).
+/// hit needs to answer, in one allocation, because a million of them may
+/// be held. The value moka keeps inline is one [`Bytes`] handle (32
+/// bytes); the allocation holds, in order:
+///
+/// | bytes | what |
+/// |---|---|
+/// | 8 | when it was stored, in ms on the process clock ([`clock_ms`]) |
+/// | 4 | how long it is served (the TTL in force when it was stored) |
+/// | 1 | length of the upstream's `Date` (0: none) |
+/// | 1 | [`IDENTITY`] and the content type's kind ([`CT_JSON`], [`CT_OTHER`]) |
+/// | 2 | length of an other content type |
+/// | `Date` | the upstream's `Date`: a hit sends it again beside `Age` (RFC 9111 §4.2.3) |
+/// | content type | the upstream's `content-type`, unless absent or `application/json` |
+/// | body | the upstream body, byte for byte |
 #[derive(Debug, Clone)]
 pub struct CachedUser {
-    /// The upstream's `Date` (its first `date_len` bytes), then the
-    /// upstream body, byte for byte: one allocation, no room in the entry.
-    body: Bytes,
-    /// When it was stored, in ms on the process clock ([`clock_ms`]).
-    stored_ms: u64,
-    /// How long it is served (the TTL in force when it was stored).
-    ttl_secs: u32,
-    /// The upstream said `content-encoding: identity` (no other encoding
-    /// is ever stored: a compressed body cannot be checked).
-    identity: bool,
-    /// Length of the upstream's `Date` at the front of `body` (0: none). A
-    /// hit sends it again beside `Age` (RFC 9111 §4.2.3).
-    date_len: u8,
-    /// The upstream `content-type`.
-    content_type: ContentType,
+    /// The fields above, then the body: one allocation (an exact-size one
+    /// when built here), no room in the entry.
+    buf: Bytes,
 }
 
-impl CachedUser {
-    /// A copy whose bytes this thread owns (for the per-thread front): its
-    /// clones then write reference counts no other core touches.
-    pub(super) fn thread_copy(&self) -> Self {
-        let content_type = match &self.content_type {
-            ContentType::Other(v) => match HeaderValue::from_bytes(v.as_bytes()) {
-                Ok(v) => ContentType::Other(Arc::new(v)),
-                Err(_) => ContentType::Other(v.clone()),
-            },
-            other => other.clone(),
-        };
-        Self {
-            body: Bytes::copy_from_slice(&self.body),
-            content_type,
-            ..*self
-        }
-    }
-}
-
-/// A stored `content-type`: the usual value costs nothing.
-#[derive(Debug, Clone)]
-enum ContentType {
-    Absent,
-    Json,
-    Other(Arc<HeaderValue>),
-}
+/// Bytes of fixed fields in front of the `Date`.
+const HEAD: usize = 16;
+/// Flag: the upstream said `content-encoding: identity` (no other encoding
+/// is ever stored: a compressed body cannot be checked).
+const IDENTITY: u8 = 1;
+/// Content type kind: `application/json` (the usual one costs nothing).
+const CT_JSON: u8 = 2;
+/// Content type kind: another value, stored after the `Date`.
+const CT_OTHER: u8 = 4;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -68,108 +51,183 @@ fn clock_ms(now: Instant) -> u64 {
     OFFSET_MS + now.saturating_duration_since(base).as_millis() as u64
 }
 
+/// The fields of a stored user, as written into its allocation.
+struct Fields<'a> {
+    /// When it was stored, in ms on the process clock ([`clock_ms`]).
+    stored_ms: u64,
+    /// How long it is served.
+    ttl_secs: u32,
+    /// [`IDENTITY`], [`CT_JSON`], [`CT_OTHER`].
+    flags: u8,
+    /// The upstream's `Date` (empty: none).
+    date: &'a [u8],
+    /// An other content type (empty unless [`CT_OTHER`]).
+    content_type: &'a [u8],
+    /// The upstream body.
+    body: &'a [u8],
+}
+
+impl Fields<'_> {
+    /// One exact-size allocation holding these fields.
+    fn write(&self) -> Bytes {
+        let len = HEAD + self.date.len() + self.content_type.len() + self.body.len();
+        let mut b = BytesMut::with_capacity(len);
+        b.put_u64_le(self.stored_ms);
+        b.put_u32_le(self.ttl_secs);
+        b.put_u8(self.date.len() as u8);
+        b.put_u8(self.flags);
+        b.put_u16_le(self.content_type.len() as u16);
+        b.extend_from_slice(self.date);
+        b.extend_from_slice(self.content_type);
+        b.extend_from_slice(self.body);
+        b.freeze()
+    }
+}
+
 impl CachedUser {
+    /// A copy whose bytes this thread owns (for the per-thread front): its
+    /// clones then write reference counts no other core touches.
+    pub(super) fn thread_copy(&self) -> Self {
+        Self {
+            buf: Bytes::copy_from_slice(&self.buf),
+        }
+    }
+
     /// A user response stored now. Header values given here must own their
-    /// bytes (see `fill`'s `own`): they live as long as the entry.
+    /// bytes (see `fill`'s `own`): they live as long as the entry. (An
+    /// other content type longer than 64 KiB, which none is, is dropped.)
     pub fn new(
         body: Bytes,
         content_type: Option<HeaderValue>,
         identity: bool,
         ttl: Duration,
     ) -> Self {
-        let content_type = match content_type {
-            None => ContentType::Absent,
-            Some(v) if v == JSON => ContentType::Json,
-            Some(v) => ContentType::Other(Arc::new(v)),
+        let (kind, other) = match &content_type {
+            None => (0, &[][..]),
+            Some(v) if *v == JSON => (CT_JSON, &[][..]),
+            Some(v) if v.len() <= usize::from(u16::MAX) => (CT_OTHER, v.as_bytes()),
+            Some(_) => (0, &[][..]),
         };
-        Self {
-            body,
+        let buf = Fields {
             stored_ms: clock_ms(Instant::now()),
             ttl_secs: ttl.as_secs().min(u64::from(u32::MAX)) as u32,
-            identity,
-            date_len: 0,
-            content_type,
+            flags: kind | if identity { IDENTITY } else { 0 },
+            date: &[],
+            content_type: other,
+            body: &body,
         }
+        .write();
+        Self { buf }
+    }
+
+    /// The fields, read back.
+    fn fields(&self) -> Fields<'_> {
+        let b = &self.buf[..];
+        let date_end = HEAD + usize::from(b[12]);
+        let ct_end = date_end + usize::from(u16::from_le_bytes([b[14], b[15]]));
+        Fields {
+            stored_ms: (&b[..8]).get_u64_le(),
+            ttl_secs: (&b[8..12]).get_u32_le(),
+            flags: b[13],
+            date: &b[HEAD..date_end],
+            content_type: &b[date_end..ct_end],
+            body: &b[ct_end..],
+        }
+    }
+
+    /// Where the body starts in the allocation.
+    fn body_start(&self) -> usize {
+        self.buf.len() - self.fields().body.len()
     }
 
     /// The same entry with the upstream's `Date` kept in front of its body
     /// (a value longer than 255 bytes, which no HTTP date is, is dropped).
-    pub fn with_date(mut self, date: Option<&HeaderValue>) -> Self {
+    pub fn with_date(self, date: Option<&HeaderValue>) -> Self {
         let Some(date) = date.filter(|d| (1..=255).contains(&d.len())) else {
             return self;
         };
-        let mut both = BytesMut::with_capacity(date.len() + self.body.len() - self.date_len());
-        both.extend_from_slice(date.as_bytes());
-        both.extend_from_slice(&self.body[self.date_len()..]);
-        self.body = both.freeze();
-        self.date_len = date.len() as u8;
-        self
+        let buf = Fields {
+            date: date.as_bytes(),
+            ..self.fields()
+        }
+        .write();
+        Self { buf }
     }
 
-    fn date_len(&self) -> usize {
-        usize::from(self.date_len)
-    }
-
-    /// Moves the body and the `Date` out (a looked-up copy about to become
-    /// a response).
-    pub fn take_body(&mut self) -> (Bytes, Option<HeaderValue>) {
-        let mut body = std::mem::take(&mut self.body);
-        if self.date_len == 0 {
+    /// The body and the `Date`, out of a looked-up copy about to become a
+    /// response (one reference count written, none without a `Date`).
+    pub fn into_body(self) -> (Bytes, Option<HeaderValue>) {
+        let (start, date_len) = (self.body_start(), usize::from(self.buf[12]));
+        let mut body = self.buf;
+        if date_len == 0 {
+            body.advance(start);
             return (body, None);
         }
-        let date = body.split_to(self.date_len());
+        let mut date = body.split_to(start);
+        date.advance(HEAD);
+        date.truncate(date_len);
         (body, HeaderValue::from_maybe_shared(date).ok())
     }
 
     /// The upstream's `Date`, when it sent one.
     pub fn date(&self) -> Option<HeaderValue> {
-        let date = self.body.slice(..self.date_len());
-        (self.date_len > 0)
-            .then(|| HeaderValue::from_maybe_shared(date).ok())
+        let len = self.fields().date.len();
+        (len > 0)
+            .then(|| HeaderValue::from_maybe_shared(self.buf.slice(HEAD..HEAD + len)).ok())
             .flatten()
     }
 
     /// The same entry, as if stored `age` earlier (tests and benches).
-    pub fn backdated(mut self, age: Duration) -> Self {
+    pub fn backdated(self, age: Duration) -> Self {
         let now = clock_ms(Instant::now());
-        self.stored_ms = now.saturating_sub(age.as_millis() as u64);
-        self
+        let buf = Fields {
+            stored_ms: now.saturating_sub(age.as_millis() as u64),
+            ..self.fields()
+        }
+        .write();
+        Self { buf }
     }
 
     /// The stored body (a new reference to its bytes).
     pub fn body(&self) -> Bytes {
-        self.body.slice(self.date_len()..)
+        self.buf.slice(self.body_start()..)
     }
 
     /// The stored `content-type`.
     pub fn content_type(&self) -> Option<HeaderValue> {
-        match &self.content_type {
-            ContentType::Absent => None,
-            ContentType::Json => Some(JSON),
-            ContentType::Other(v) => Some(HeaderValue::clone(v)),
+        let f = self.fields();
+        if f.flags & CT_JSON != 0 {
+            return Some(JSON);
         }
+        if f.flags & CT_OTHER == 0 {
+            return None;
+        }
+        let start = HEAD + f.date.len();
+        let ct = self.buf.slice(start..start + f.content_type.len());
+        HeaderValue::from_maybe_shared(ct).ok()
     }
 
     /// The stored `content-encoding` (only `identity` is ever stored).
     pub fn content_encoding(&self) -> Option<HeaderValue> {
-        self.identity.then(|| HeaderValue::from_static("identity"))
+        (self.fields().flags & IDENTITY != 0).then(|| HeaderValue::from_static("identity"))
     }
 
     /// Whole seconds since it was stored (floored).
     pub fn age_secs(&self, now: Instant) -> u64 {
-        clock_ms(now).saturating_sub(self.stored_ms) / 1000
+        clock_ms(now).saturating_sub(self.fields().stored_ms) / 1000
     }
 
     /// The TTL it was stored with.
     pub fn ttl(&self) -> Duration {
-        Duration::from_secs(u64::from(self.ttl_secs))
+        Duration::from_secs(u64::from(self.fields().ttl_secs))
     }
 
     /// Seconds of freshness left at `now`: negative once past its TTL
     /// (the seconds past expiry, as RFC 9211's `ttl` parameter reads).
     pub fn ttl_left(&self, now: Instant) -> i64 {
-        let age_ms = clock_ms(now).saturating_sub(self.stored_ms) as i64;
-        let ttl_ms = i64::from(self.ttl_secs) * 1000;
+        let f = self.fields();
+        let age_ms = clock_ms(now).saturating_sub(f.stored_ms) as i64;
+        let ttl_ms = i64::from(f.ttl_secs) * 1000;
         let left_ms = ttl_ms - age_ms;
         // Floor for the past (-0.5 s is -1), so a stale entry never says 0.
         left_ms.div_euclid(1000)
@@ -177,7 +235,8 @@ impl CachedUser {
 
     /// True while it is within its TTL.
     pub fn is_fresh(&self, now: Instant) -> bool {
-        clock_ms(now).saturating_sub(self.stored_ms) < u64::from(self.ttl_secs) * 1000
+        let f = self.fields();
+        clock_ms(now).saturating_sub(f.stored_ms) < u64::from(f.ttl_secs) * 1000
     }
 }
 
@@ -206,9 +265,39 @@ mod tests {
     }
 
     #[test]
+    fn date_content_type_and_body_share_one_allocation() {
+        let ttl = Duration::from_secs(60);
+        let ct = HeaderValue::from_static("application/json; charset=utf-8");
+        let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+        let u = CachedUser::new(
+            Bytes::from_static(b"{\"id\":1}"),
+            Some(ct.clone()),
+            true,
+            ttl,
+        )
+        .with_date(Some(&date))
+        .backdated(Duration::from_secs(5));
+        for u in [u.clone(), u.thread_copy()] {
+            assert_eq!(u.content_type(), Some(ct.clone()));
+            assert_eq!(u.content_encoding().unwrap(), "identity");
+            assert_eq!(u.date(), Some(date.clone()));
+            assert_eq!(u.body().as_ref(), b"{\"id\":1}");
+            assert_eq!((u.ttl(), u.age_secs(Instant::now())), (ttl, 5));
+            let (body, got) = u.into_body();
+            assert_eq!(
+                (body.as_ref(), got),
+                (&b"{\"id\":1}"[..], Some(date.clone()))
+            );
+        }
+        let plain = CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl);
+        assert_eq!(plain.date(), None);
+        assert_eq!(plain.into_body(), (Bytes::from_static(b"{}"), None));
+    }
+
+    #[test]
     fn value_stays_small() {
         // Inline in moka's entry: growing it costs bytes per cached user.
-        assert!(std::mem::size_of::<CachedUser>() <= 64);
+        assert!(std::mem::size_of::<CachedUser>() <= 32);
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //!   no older than the TTL allows.)
 //!
 //! Bounded: [`SLOTS`] entries per thread at most (fewer for a small cache),
-//! each a user's body copy plus about 100 bytes. Front hits do not reach
+//! each a user's body copy plus about 60 bytes. Front hits do not reach
 //! moka's frequency sketch; moka still sees each thread's first read of an
 //! entry and every read the front misses.
 

@@ -14,26 +14,41 @@ use crate::headers::{int_value, X_REQUEST_ID};
 
 /// A stored user as a response (no cache headers yet).
 pub(super) fn stored_response(u: &CachedUser) -> Response<BoxBody> {
-    stored_with(u, u.body(), u.date())
+    let stored = Stored {
+        content_type: u.content_type(),
+        content_encoding: u.content_encoding(),
+        date: u.date(),
+    };
+    stored_with(stored, u.body())
 }
 
-/// [`stored_response`] with `body`, `u`'s body, already in hand.
-fn stored_with(u: &CachedUser, body: Bytes, date: Option<HeaderValue>) -> Response<BoxBody> {
+/// A stored user's headers, read out before its body moves.
+struct Stored {
+    /// The stored `content-type`.
+    content_type: Option<HeaderValue>,
+    /// The stored `content-encoding`.
+    content_encoding: Option<HeaderValue>,
+    /// The upstream's `Date`.
+    date: Option<HeaderValue>,
+}
+
+/// [`stored_response`] from the headers and body of a stored user.
+fn stored_with(stored: Stored, body: Bytes) -> Response<BoxBody> {
     let len = body.len() as u64;
     let mut r = Response::new(full(body));
     // Room for everything a hit gets (cache headers, request id, rate
     // limit headers) without growing the map.
     *r.headers_mut() = HeaderMap::with_capacity(8);
     let h = r.headers_mut();
-    if let Some(ct) = u.content_type() {
+    if let Some(ct) = stored.content_type {
         h.insert(CONTENT_TYPE, ct);
     }
-    if let Some(ce) = u.content_encoding() {
+    if let Some(ce) = stored.content_encoding {
         h.insert(CONTENT_ENCODING, ce);
     }
     // The stored response's `Date`, beside `Age` (RFC 9111 §4.2.3); hyper
     // adds its own only when there is none.
-    if let Some(date) = date {
+    if let Some(date) = stored.date {
         h.insert(http::header::DATE, date);
     }
     h.insert(CONTENT_LENGTH, int_value(len));
@@ -57,14 +72,20 @@ pub(super) fn fetched_response(
 /// Takes the looked-up copy, whose body moves into the response: cloning it
 /// again would write the body's reference count (a line every core reading
 /// this user writes) twice more.
-pub fn hit_response(mut u: CachedUser) -> Response<BoxBody> {
+pub fn hit_response(u: CachedUser) -> Response<BoxBody> {
     let now = Instant::now();
-    let (body, date) = u.take_body();
-    let mut r = stored_with(&u, body, date);
     // Age floors to whole seconds; ttl is counted from the same figure so
     // that age + ttl always equals the stored TTL.
     let age = u.age_secs(now);
     let ttl = u.ttl().as_secs().saturating_sub(age);
+    let (content_type, content_encoding) = (u.content_type(), u.content_encoding());
+    let (body, date) = u.into_body();
+    let stored = Stored {
+        content_type,
+        content_encoding,
+        date,
+    };
+    let mut r = stored_with(stored, body);
     let h = r.headers_mut();
     h.insert(CACHE_STATUS, hit_status(ttl));
     h.insert(http::header::AGE, int_value(age));
