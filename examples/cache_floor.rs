@@ -43,7 +43,7 @@ fn rss_kib() -> u64 {
 fn body(i: u64) -> Bytes {
     let s = format!(
         r#"{{"object":"organization.user","id":"user-{i:012}","name":"{}","email":"u{i}@example.com","role":"reader","added_at":1711471533}}"#,
-        "x".repeat(360)
+        "x".repeat(356)
     );
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -135,6 +135,8 @@ async fn main() {
         _ => {
             let c = UserCache::new(n + 1);
             let json = HeaderValue::from_static("application/json");
+            // The upstream's Date, as every fill stores it.
+            let date = HeaderValue::from_static("Sun, 06 Dec 2026 05:29:45 GMT");
             let key =
                 openai_admin_gateway::secret::AdminKey::from_bytes(b"sk-admin-x").expect("key");
             let org = openai_admin_gateway::org::Org::new("default", None, key);
@@ -144,7 +146,8 @@ async fn main() {
                     Some(json.clone()),
                     false,
                     Duration::from_secs(3600),
-                );
+                )
+                .with_date(Some(&date));
                 c.insert(c.key(&org, &format!("user-{i:012}")), u).await;
             }
             c.sync().await;
