@@ -517,6 +517,8 @@ class Bench:
     def plan(self):
         """Scenario names to run, in order."""
         names = list(SCENARIOS)
+        if self.a.memory_only:
+            return []
         if self.a.only:
             keep = set(self.a.only.split(","))
             unknown = keep - set(names)
@@ -1160,6 +1162,8 @@ def main():
     ap.add_argument("--memory-points", type=lambda s: [int(x) for x in s.split(",")],
                     default=[100_000, 1_000_000])
     ap.add_argument("--no-memory", dest="memory", action="store_false")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the memory test (users cached, then the cache floor): e.g. for an older build")
     ap.add_argument("--memory-timeout", type=int, default=900)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-syscalls", dest="syscalls", action="store_false",
@@ -1203,18 +1207,21 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     try:
         b.start_all()
-        b.check_list_upstream()
-        b.sanity()
-        b.run_matrix()
-        if a.memory:
+        if a.memory_only:
             b.memory()
-        if a.syscalls:
-            log("counting system calls per request (perf stat, 64 conns)")
-            b.sys = b.syscalls()
-            b.save()
-        if a.profile:
-            log("profiling the gateway (perf, hits over 10k ids, 64 conns)")
-            b.prof = b.profile()
+        else:
+            b.check_list_upstream()
+            b.sanity()
+            b.run_matrix()
+            if a.memory:
+                b.memory()
+            if a.syscalls:
+                log("counting system calls per request (perf stat, 64 conns)")
+                b.sys = b.syscalls()
+                b.save()
+            if a.profile:
+                log("profiling the gateway (perf, hits over 10k ids, 64 conns)")
+                b.prof = b.profile()
         b.save(final=True)
         log(f"results: {a.out}")
     except BenchError as e:

@@ -7,7 +7,9 @@
 #        BEFORE_BIN=old/openai-admin-gateway SCALING=scaling.json benches/load/run.sh
 # Knobs (environment): DURATION=10 (s per wrk run), REPEATS=3 (>= 3 for a run
 #   of record), CONNS=64,256, MEMORY=1 (100k / 1M users RSS test),
-#   MEMORY_POINTS=100000,1000000, PROFILE=0 (1: perf profiles), SYSCALLS=1
+#   MEMORY_POINTS=100000,1000000, MEMORY_ONLY=0 (1: the memory test alone,
+#   written to target/memory-only.json; the run of record is left as it is),
+#   PROFILE=0 (1: perf profiles), SYSCALLS=1
 #   (system calls per request, perf stat; 0: skip), PIN=1 (taskset
 #   for the pinned scenarios: server on the upper half of the CPUs, wrk +
 #   upstream on the lower half; hit_10k_unpinned is never pinned),
@@ -32,6 +34,7 @@ REPEATS=${REPEATS:-3}
 CONNS=${CONNS:-64,256}
 MEMORY=${MEMORY:-1}
 MEMORY_POINTS=${MEMORY_POINTS:-100000,1000000}
+MEMORY_ONLY=${MEMORY_ONLY:-0}
 PROFILE=${PROFILE:-0}
 SYSCALLS=${SYSCALLS:-1}
 PIN=${PIN:-1}
@@ -104,6 +107,13 @@ args=(--out "$root/benches/load/results.json" --duration "$DURATION" --repeats "
 [[ -n $BIN_DIR ]] && args+=(--bin-dir "$BIN_DIR")
 [[ -n $BEFORE_BIN ]] && args+=(--before-bin "$BEFORE_BIN" --before-label "$BEFORE_LABEL")
 [[ -n $WORKERS ]] && args+=(--workers "$WORKERS")
+if [[ $MEMORY_ONLY == 1 ]]; then
+  mkdir -p "$root/target"
+  args+=(--memory-only --out "$root/target/memory-only.json")
+  python3 "$root/benches/load/bench.py" "${args[@]}"
+  say "memory test only: target/memory-only.json (benches/README.md is left as it is)"
+  exit 0
+fi
 ((REPEATS >= 3)) || say "REPEATS=$REPEATS: fewer than 3 repeats is not a run of record"
 python3 "$root/benches/load/bench.py" "${args[@]}" --plan >&2
 
