@@ -62,6 +62,8 @@ HOW_TO_RUN = [
      "connection counts"),
     ("MEMORY=1, PROFILE=0, PIN=1", "the 100k / 1M users RSS test, perf profiles, pinning of the pinned "
      "scenarios"),
+    ("MEMORY_ONLY=1", "the memory test alone (e.g. `BIN_DIR=` an older build), written to "
+     "`target/memory-only.json`; this file is left as it is"),
     ("TIME_LIMIT=4200", "hard stop (s) for the measuring part"),
 ]
 
@@ -600,7 +602,8 @@ def main(src, dst, scaling=None):
                 f"Where the bytes go, in one process without a server (`examples/cache_floor.rs`: "
                 "`cargo build --release --example cache_floor`, then "
                 f"`target/release/examples/cache_floor MODE {n}`, one mode per process; {n:,} entries "
-                "of a 488-byte body, no `Date`; RSS growth per entry, with the gateway's allocator, mimalloc):"
+                "of the fake upstream's 484-byte body, the `gateway` modes storing a `Date` as a fill does; RSS "
+                "growth per entry, with the gateway's allocator, mimalloc):"
             )
             w("")
             w("| mode | what is stored | bytes / entry over the body |")
@@ -624,13 +627,25 @@ def main(src, dst, scaling=None):
             w("")
             w(
                 "What each change bought (issue 23, part 3; 1,000,000 users, mimalloc, B per user over the "
-                "body): a 64-byte inline value (a `Bytes` body + header fields) 443 → the value as one `Bytes` "
-                "over one exact-size allocation (fields in front of the `Date` and body) 412 (−31). Measured on "
-                "bare moka and not done yet: the sync cache buys nothing (`moka-sync` ≈ `moka`); dropping "
-                "moka's per-entry expiry would buy `moka-expiry` − `moka`, and a thin (8-byte) value "
-                "`moka-v32` − `moka-v8`. The fronts at the fill above (each id asked once) hold nothing: only "
-                "a moka hit copies an entry into a front; `front` − `gateway` is one worker's front at its "
-                "full `SLOTS`, spread over these users."
+                "body). End to end, the 1M row above: 68fb635 564 (its build under `benches/load/run.sh` "
+                "`MEMORY_ONLY=1 BIN_DIR=<its build>`) → the value as one `Bytes` over one exact-size "
+                "allocation (its fields in front of the `Date` and body; 32 bytes inline in moka's entry, was "
+                "64) 556 (b760ade's run of record) → the `Date` kept as 4 bytes of seconds instead of 29 of "
+                "text 418 (`MEMORY_ONLY=1`) and 431 in this run. The second step is mostly the allocator's "
+                "size classes: 484 body bytes + 16 of fields + 29 of `Date` need the 640-byte class, + 4 of "
+                "seconds fit the 512-byte one. A body a few bytes longer pays the 128 again: `cache_floor "
+                "gateway` with a 488-byte body measures 411 without a `Date`, 525 with it as seconds and 537 "
+                "as text (the edge is between 506 and 508 bytes of allocation, not at 512 as a bare `BytesMut` "
+                "of 508 bytes in a `Vec` shows; not found why). Over all body sizes the `Date` change saves "
+                "its 25 bytes on average. In one process: a 64-byte inline value 443 → one `Bytes` 412 (the "
+                "488-byte body without `Date`). Measured on bare moka and not done: the sync "
+                "cache buys nothing (`moka-sync` ≈ `moka`); dropping moka's per-entry expiry would buy "
+                "`moka-expiry` − `moka` (entries past their TTL would then stay until evicted by size or "
+                "read, as nginx keeps them until `inactive`), and a thin (8-byte) value `moka-v32` − "
+                "`moka-v8`, which its own header in the body's allocation gives back on average. What is "
+                "left is moka's own entry (`moka`), which no value layout changes. The fronts at the fill "
+                "above (each id asked once) hold nothing: only a moka hit copies an entry into a front; "
+                "`front` − `gateway` is one worker's front at its full `SLOTS`, spread over these users."
             )
             w("")
     elif mem is None:

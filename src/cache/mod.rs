@@ -2,8 +2,9 @@
 //!
 //! - [`store`]: [`UserCache`], moka split in shards, with a size bound,
 //!   single flight, and the per-thread fronts kept in step.
-//! - `entry`: [`CachedUser`], the stored user and its clock (the
-//!   upstream's `Date` kept in front of the body).
+//! - `entry`: [`CachedUser`], the stored user and its clock in one
+//!   allocation (the upstream's `Date` kept as seconds in front of the
+//!   body).
 //! - `key`: [`CacheKey`], the hashing, and the write generations, so a
 //!   fetch that began before a write can never store the old user. Every
 //!   key names an [`crate::org::Org`]: the same id in two organizations is
