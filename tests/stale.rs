@@ -337,8 +337,8 @@ async fn stale_if_error_covers_429_and_a_200_that_is_not_the_user() {
     tokio::time::sleep(EXPIRE).await;
     let before = Scrape::of(&gw).await;
     let faults = [
-        // A 1 ms pause: over before the next case (a pause serves stale users at once,
-        // without a refetch: see tests/budget.rs).
+        // A 1 ms pause, over before the next case: the loop sleeps past it (a pause
+        // serves stale users at once, without a refetch: see tests/budget.rs).
         (429, Fault::new().too_many(RetryAfter::Millis(1))),
         (500, Fault::new().status(500)),
         (200, Fault::new().wrong_id()),
@@ -358,6 +358,11 @@ async fn stale_if_error_covers_429_and_a_200_that_is_not_the_user() {
         );
         assert_eq!(age(&r), 1);
         assert_eq!(r.body, stored);
+        if status == 429 {
+            // The pause began before this answer was sent; without the sleep the
+            // next request can arrive inside that 1 ms and be served stale unasked.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     assert_deltas(
         &before,
