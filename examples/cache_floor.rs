@@ -16,7 +16,9 @@
 //! the sync cache, per-entry expiry (a timer wheel node per entry), or a
 //! global time-to-live (a write-order deque node per entry). `moka-v8`
 //! and `moka-v32`: bare moka holding an 8- or 32-byte value (a thin
-//! pointer, a `Bytes` handle) inline in each entry.
+//! pointer, a `Bytes` handle) inline in each entry. `moka-body`: moka with
+//! per-entry expiry holding each body as a plain `Bytes`, the floor for any
+//! moka cache that keeps the upstream's bytes and expires each entry itself.
 //!
 //! Uses the gateway's allocator (mimalloc), so its figures are the
 //! gateway's.
@@ -70,8 +72,8 @@ async fn moka_with<V: Clone + Send + Sync + 'static>(n: u64, value: V) -> u64 {
 /// Every entry lives an hour (moka's per-entry expiry).
 struct Hour;
 
-impl moka::Expiry<u128, ()> for Hour {
-    fn expire_after_create(&self, _: &u128, _: &(), _: std::time::Instant) -> Option<Duration> {
+impl<V> moka::Expiry<u128, V> for Hour {
+    fn expire_after_create(&self, _: &u128, _: &V, _: std::time::Instant) -> Option<Duration> {
         Some(Duration::from_secs(3600))
     }
 }
@@ -116,6 +118,19 @@ async fn main() {
             (len, 0)
         }
         "moka-v8" => (moka_with(n, 0u64).await, 0),
+        "moka-body" => {
+            let c: moka::future::Cache<u128, Bytes> = moka::future::Cache::builder()
+                .max_capacity(n + 1)
+                .expire_after(Hour)
+                .build();
+            for i in 0..n {
+                c.insert(spread(i), body(i)).await;
+            }
+            c.run_pending_tasks().await;
+            let len = c.entry_count();
+            std::mem::forget(c);
+            (len, body_len)
+        }
         "moka-v32" => (moka_with(n, [0u64; 4]).await, 0),
         "moka-expiry" | "moka-ttl" => {
             let b = moka::future::Cache::builder().max_capacity(n + 1);

@@ -616,6 +616,8 @@ def main(src, dst, scaling=None):
                 ("moka-v32", "moka alone holding a 32-byte value inline (a `Bytes` handle)"),
                 ("moka-ttl", "moka alone with a global `time_to_live` (a write-order deque node per entry)"),
                 ("moka-expiry", "moka alone with per-entry expiry (`expire_after`: a timer wheel node per entry)"),
+                ("moka-body", "moka with per-entry expiry holding each body as a plain `Bytes` (no fields, "
+                              "no `Date`): the floor for a moka cache of the upstream's bytes"),
                 ("gateway", "the gateway's `UserCache` (moka + per-entry expiry + a 32-byte `Bytes` over one "
                             "allocation of the fields, the `Date` and the body)"),
                 ("front", "`gateway`, then every id read twice on one thread: that thread's front holds its "
