@@ -120,7 +120,7 @@ async fn every_row_evicts_its_users_and_only_them() {
             continue;
         }
         // A write moves its user's generation stripe on (src/cache/key.rs), so an id that
-        // shares the stripe (1 in 4,096, by per-process random hash keys) misses once too:
+        // shares the stripe (1 in 65,536, by per-process random hash keys) misses once too:
         // by design. A fresh gateway has fresh keys; a row that evicts too much does it
         // again.
         eprintln!(
