@@ -118,6 +118,7 @@ fn user(id: &str) -> CachedUser {
         Some(HeaderValue::from_static("application/json")),
         false,
         Duration::from_secs(300),
+        None,
     )
 }
 

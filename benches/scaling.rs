@@ -359,7 +359,7 @@ fn moka_alone(secs: f64, repeats: usize) {
     rt.block_on(async {
         for id in &ids {
             let body = Bytes::from(format!(r#"{{"object":"organization.user","id":"{id}"}}"#));
-            let u = CachedUser::new(body, None, false, Duration::from_secs(3600));
+            let u = CachedUser::new(body, None, false, Duration::from_secs(3600), None);
             cache.insert(keys_of.key(&bench_org(), id), u).await;
         }
     });

@@ -161,8 +161,8 @@ async fn main() {
                     Some(json.clone()),
                     false,
                     Duration::from_secs(3600),
-                )
-                .with_date(Some(&date));
+                    Some(&date),
+                );
                 c.insert(c.key(&org, &format!("user-{i:012}")), u).await;
             }
             c.sync().await;

@@ -115,6 +115,29 @@ impl Fields<'_> {
         }
     }
 
+    /// One allocation holding these fields with `date` as their `Date`:
+    /// 4 bytes of seconds when they render back to its bytes, else its
+    /// text; none when absent or longer than 255 bytes.
+    fn dated(self, date: Option<&HeaderValue>) -> Bytes {
+        let Some(date) = date.filter(|d| (1..=255).contains(&d.len())) else {
+            return self.write();
+        };
+        match date_secs(date).map(u32::to_le_bytes) {
+            Some(secs) => Fields {
+                flags: self.flags | DATE_SECS,
+                date: &secs,
+                ..self
+            }
+            .write(),
+            None => Fields {
+                flags: self.flags & !DATE_SECS,
+                date: date.as_bytes(),
+                ..self
+            }
+            .write(),
+        }
+    }
+
     /// One exact-size allocation holding these fields.
     fn write(&self) -> Bytes {
         let len = HEAD + self.date.len() + self.content_type.len() + self.body.len();
@@ -151,14 +174,17 @@ impl CachedUser {
         }
     }
 
-    /// A user response stored now. Header values given here must own their
-    /// bytes (see `fill`'s `own`): they live as long as the entry. (An
-    /// other content type longer than 64 KiB, which none is, is dropped.)
+    /// A user response stored now, with the upstream's `Date` when it sent
+    /// one (a value longer than 255 bytes, which no HTTP date is, is
+    /// dropped). Header values given here must own their bytes (see
+    /// `fill`'s `own`): they live as long as the entry. (An other content
+    /// type longer than 64 KiB, which none is, is dropped.)
     pub fn new(
         body: Bytes,
         content_type: Option<HeaderValue>,
         identity: bool,
         ttl: Duration,
+        date: Option<&HeaderValue>,
     ) -> Self {
         let (kind, other) = match &content_type {
             None => (0, &[][..]),
@@ -166,16 +192,15 @@ impl CachedUser {
             Some(v) if v.len() <= usize::from(u16::MAX) => (CT_OTHER, v.as_bytes()),
             Some(_) => (0, &[][..]),
         };
-        let buf = Fields {
+        let f = Fields {
             stored_ms: clock_ms(Instant::now()),
             ttl_secs: ttl.as_secs().min(u64::from(u32::MAX)) as u32,
             flags: kind | if identity { IDENTITY } else { 0 },
             date: &[],
             content_type: other,
             body: &body,
-        }
-        .write();
-        Self { buf }
+        };
+        Self { buf: f.dated(date) }
     }
 
     /// The fields, read back.
@@ -198,27 +223,15 @@ impl CachedUser {
         self.buf.len() - self.fields().body.len()
     }
 
-    /// The same entry with the upstream's `Date` kept in front of its body
-    /// (a value longer than 255 bytes, which no HTTP date is, is dropped).
-    pub fn with_date(self, date: Option<&HeaderValue>) -> Self {
-        let Some(date) = date.filter(|d| (1..=255).contains(&d.len())) else {
-            return self;
-        };
-        let f = self.fields();
-        let secs = date_secs(date).map(u32::to_le_bytes);
-        let buf = match &secs {
-            Some(secs) => Fields {
-                flags: f.flags | DATE_SECS,
-                date: secs,
-                ..f
-            },
-            None => Fields {
-                flags: f.flags & !DATE_SECS,
-                date: date.as_bytes(),
-                ..f
-            },
+    /// The same entry with the upstream's `Date` `date` instead.
+    #[cfg(test)]
+    pub(super) fn with_date(self, date: Option<&HeaderValue>) -> Self {
+        let buf = Fields {
+            flags: self.fields().flags & !DATE_SECS,
+            date: &[],
+            ..self.fields()
         }
-        .write();
+        .dated(date);
         Self { buf }
     }
 
@@ -323,21 +336,21 @@ mod tests {
     use super::*;
 
     fn user(ttl: Duration) -> CachedUser {
-        CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl)
+        CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl, None)
     }
 
     #[test]
     fn stored_headers_round_trip() {
         let ttl = Duration::from_secs(60);
-        let json = CachedUser::new(Bytes::new(), Some(JSON), true, ttl);
+        let json = CachedUser::new(Bytes::new(), Some(JSON), true, ttl, None);
         assert_eq!(json.content_type(), Some(JSON));
         assert_eq!(json.content_encoding().unwrap(), "identity");
         let other = HeaderValue::from_static("application/json; charset=utf-8");
-        let u = CachedUser::new(Bytes::new(), Some(other.clone()), false, ttl);
+        let u = CachedUser::new(Bytes::new(), Some(other.clone()), false, ttl, None);
         assert_eq!(u.content_type(), Some(other));
         assert_eq!(u.content_encoding(), None);
         assert_eq!(
-            CachedUser::new(Bytes::new(), None, false, ttl).content_type(),
+            CachedUser::new(Bytes::new(), None, false, ttl, None).content_type(),
             None
         );
     }
@@ -352,8 +365,8 @@ mod tests {
             Some(ct.clone()),
             true,
             ttl,
+            Some(&date),
         )
-        .with_date(Some(&date))
         .backdated(Duration::from_secs(5));
         for u in [u.clone(), u.thread_copy()] {
             assert_eq!(u.content_type(), Some(ct.clone()));
@@ -367,7 +380,7 @@ mod tests {
                 (&b"{\"id\":1}"[..], Some(date.clone()))
             );
         }
-        let plain = CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl);
+        let plain = CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl, None);
         assert_eq!(plain.date(), None);
         assert_eq!(plain.into_body(), (Bytes::from_static(b"{}"), None));
     }
@@ -376,7 +389,7 @@ mod tests {
     fn an_imf_date_is_stored_as_seconds_and_any_other_as_its_text() {
         let ttl = Duration::from_secs(60);
         let body = Bytes::from_static(b"{\"id\":1}");
-        let user = CachedUser::new(body.clone(), None, false, ttl);
+        let user = CachedUser::new(body.clone(), None, false, ttl, None);
         let imf = HeaderValue::from_static("Sun, 06 Dec 2026 05:29:45 GMT");
         let u = user.clone().with_date(Some(&imf));
         assert_eq!(u.buf.len(), HEAD + 4 + body.len(), "4 bytes of seconds");

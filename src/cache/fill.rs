@@ -242,8 +242,8 @@ impl Filler {
                 parts.headers.get(CONTENT_TYPE).map(own),
                 parts.headers.contains_key(CONTENT_ENCODING),
                 ttl,
-            )
-            .with_date(parts.headers.get(http::header::DATE));
+                parts.headers.get(http::header::DATE),
+            );
             Ok(Fetched { user, upstream_id })
         } else {
             Err(Ok(Response::from_parts(parts, full(bytes))))

@@ -114,7 +114,13 @@ mod tests {
     use std::time::Duration;
 
     fn user(ttl: Duration) -> CachedUser {
-        CachedUser::new(Bytes::from_static(b"{\"id\":\"u\"}"), None, false, ttl)
+        CachedUser::new(
+            Bytes::from_static(b"{\"id\":\"u\"}"),
+            None,
+            false,
+            ttl,
+            None,
+        )
     }
 
     fn key(n: u128) -> CacheKey {

@@ -119,6 +119,7 @@ mod tests {
             Some(HeaderValue::from_static("application/json")),
             false,
             std::time::Duration::from_secs(300),
+            None,
         )
         .backdated(std::time::Duration::from_secs(10));
         let r = hit_response(u);
@@ -140,6 +141,7 @@ mod tests {
             None,
             false,
             Duration::from_secs(300),
+            None,
         )
         .with_date(Some(&date))
         .backdated(Duration::from_secs(10));
@@ -161,6 +163,7 @@ mod tests {
             None,
             false,
             Duration::from_secs(1),
+            None,
         );
         assert!(hit_response(plain)
             .headers()

@@ -417,7 +417,7 @@ mod tests {
             let body = format!(
                 r#"{{"object":"organization.user","id":"u1","name":"{name}","email":"n@x","role":"reader","added_at":1}}"#
             );
-            CachedUser::new(Bytes::from(body), None, false, Duration::from_secs(1))
+            CachedUser::new(Bytes::from(body), None, false, Duration::from_secs(1), None)
                 .backdated(Duration::from_secs(5))
         };
         // The entry is past its TTL, and a refetch of it that was cancelled between its fill

@@ -302,6 +302,7 @@ mod tests {
             None,
             false,
             Duration::from_secs(60),
+            None,
         )
     }
 
@@ -407,7 +408,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn user(ttl: Duration) -> CachedUser {
-        CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl)
+        CachedUser::new(Bytes::from_static(b"{}"), None, false, ttl, None)
     }
 
     async fn fill(c: &UserCache, id: &str, calls: &AtomicUsize) -> &'static str {

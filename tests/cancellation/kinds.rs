@@ -143,7 +143,7 @@ impl Kind {
                 for i in (0..BATCH).step_by(2) {
                     let id = format!("user_{:04}", (first + i) / 2 % 30 + 1);
                     let body = format!(r#"{{"object":"organization.user","id":"{id}"}}"#);
-                    let user = CachedUser::new(Bytes::from(body), None, false, SECOND)
+                    let user = CachedUser::new(Bytes::from(body), None, false, SECOND, None)
                         .backdated(SECOND * (past + 1));
                     let org = gw.org("default").expect("the default organization");
                     gw.cache().insert(gw.cache().key(&org, &id), user).await;
