@@ -141,9 +141,8 @@ mod tests {
             None,
             false,
             Duration::from_secs(300),
-            None,
+            Some(&date),
         )
-        .with_date(Some(&date))
         .backdated(Duration::from_secs(10));
         assert_eq!(u.body().as_ref(), b"{\"id\":\"u\"}");
         assert_eq!(u.thread_copy().date(), Some(date.clone()));
