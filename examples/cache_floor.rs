@@ -12,6 +12,9 @@
 //! second read a front hit), so this thread's front is full: the figure
 //! then counts one worker's front at its full `SLOTS` (the load bench's
 //! fill asks for each id once, which leaves the fronts empty).
+//! `cache_floor filled N`: as `gateway`, but each entry stored as a miss
+//! stores it (the fill's single flight, which hands the caller the stored
+//! user too), as the load bench's fill does.
 //! `moka-sync`, `moka-expiry` and `moka-ttl`: bare moka as in `moka`, but
 //! the sync cache, per-entry expiry (a timer wheel node per entry), or a
 //! global time-to-live (a write-order deque node per entry). `moka-v8`
@@ -163,7 +166,15 @@ async fn main() {
                     Duration::from_secs(3600),
                     Some(&date),
                 );
-                c.insert(c.key(&org, &format!("user-{i:012}")), u).await;
+                let key = c.key(&org, &format!("user-{i:012}"));
+                if mode == "filled" {
+                    // As a miss stores it: the fill's single flight, whose
+                    // caller gets the stored user back.
+                    let got = c.fetch_once(key, async { Ok::<_, ()>(u) }).await;
+                    std::hint::black_box(got);
+                } else {
+                    c.insert(key, u).await;
+                }
             }
             c.sync().await;
             if mode == "front" {

@@ -5,13 +5,13 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::HeaderValue;
 
 /// A stored `OrganizationUser` response: the upstream's bytes and what a
 /// hit needs to answer, in one allocation, because a million of them may
-/// be held. The value moka keeps inline is one [`Bytes`] handle (32
-/// bytes); the allocation holds, in order:
+/// be held. Moka keeps the same bytes as a [`Stored`] (a boxed slice, 16
+/// bytes inline); the allocation holds, in order:
 ///
 /// | bytes | what |
 /// |---|---|
@@ -140,38 +140,113 @@ impl Fields<'_> {
 
     /// One exact-size allocation holding these fields.
     fn write(&self) -> Bytes {
+        Bytes::from(self.write_vec())
+    }
+
+    /// The fields, written into an exact-size `Vec` (its capacity is its
+    /// length, so it becomes a `Bytes` or a boxed slice without a copy).
+    fn write_vec(&self) -> Vec<u8> {
         let len = HEAD + self.date.len() + self.content_type.len() + self.body.len();
-        let mut b = BytesMut::with_capacity(len);
-        b.put_u64_le(self.stored_ms);
-        b.put_u32_le(self.ttl_secs);
-        b.put_u8(self.date.len() as u8);
-        b.put_u8(self.flags);
-        b.put_u16_le(self.content_type.len() as u16);
+        let mut b = Vec::with_capacity(len);
+        b.extend_from_slice(&self.stored_ms.to_le_bytes());
+        b.extend_from_slice(&self.ttl_secs.to_le_bytes());
+        b.push(self.date.len() as u8);
+        b.push(self.flags);
+        b.extend_from_slice(&(self.content_type.len() as u16).to_le_bytes());
         b.extend_from_slice(self.date);
         b.extend_from_slice(self.content_type);
         b.extend_from_slice(self.body);
-        b.freeze()
+        b
+    }
+
+    /// The fields of an allocation written by [`Fields::write`].
+    fn read(b: &[u8]) -> Fields<'_> {
+        let date_end = HEAD + usize::from(b[12]);
+        let ct_end = date_end + usize::from(u16::from_le_bytes([b[14], b[15]]));
+        Fields {
+            stored_ms: (&b[..8]).get_u64_le(),
+            ttl_secs: (&b[8..12]).get_u32_le(),
+            flags: b[13],
+            date: &b[HEAD..date_end],
+            content_type: &b[date_end..ct_end],
+            body: &b[ct_end..],
+        }
+    }
+
+    /// True while they are within their TTL.
+    fn is_fresh(&self, now: Instant) -> bool {
+        clock_ms(now).saturating_sub(self.stored_ms) < u64::from(self.ttl_secs) * 1000
+    }
+}
+
+/// A user as moka holds it: the same bytes as a [`CachedUser`], in a boxed
+/// slice (16 bytes inline in moka's entry, no reference count and no
+/// second allocation). A `Bytes` would cost 32 bytes inline, and the clone
+/// moka takes on insert turns a `Bytes` over a `Vec` into a shared one,
+/// allocating its 24-byte counter: 40 bytes a user more at a million
+/// users. The price: each read from moka (a miss's answer, a front's
+/// first read, stale serving) copies the bytes, as the front copied them
+/// anyway.
+#[derive(Debug, Clone)]
+pub(super) struct Stored(Box<[u8]>);
+
+impl Stored {
+    /// The TTL it was stored with.
+    pub(super) fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(Fields::read(&self.0).ttl_secs))
+    }
+
+    /// True while it is within its TTL.
+    pub(super) fn is_fresh(&self, now: Instant) -> bool {
+        Fields::read(&self.0).is_fresh(now)
+    }
+
+    /// The user, as this thread's own copy for its per-thread front: the
+    /// bytes are already this thread's (moka's read copied them), and a
+    /// `Date` stored as seconds is written out as text, so a hit from the
+    /// front renders nothing.
+    pub(super) fn into_front_copy(self) -> CachedUser {
+        let f = Fields::read(&self.0);
+        match f.date_text() {
+            Some(text) => CachedUser {
+                buf: Fields {
+                    flags: f.flags & !DATE_SECS,
+                    date: &text,
+                    ..f
+                }
+                .write(),
+            },
+            None => self.into(),
+        }
+    }
+}
+
+impl From<CachedUser> for Stored {
+    /// No copy when `user`'s bytes are its own (as [`CachedUser::new`]
+    /// makes them).
+    fn from(user: CachedUser) -> Self {
+        Self(Vec::from(user.buf).into_boxed_slice())
+    }
+}
+
+impl From<Stored> for CachedUser {
+    /// No copy.
+    fn from(s: Stored) -> Self {
+        Self {
+            buf: Bytes::from(s.0),
+        }
     }
 }
 
 impl CachedUser {
-    /// A copy whose bytes this thread owns (for the per-thread front): its
-    /// clones then write reference counts no other core touches.
-    /// A `Date` stored as seconds is written out as text here.
+    /// A copy as a front keeps it (tests): its own bytes, the `Date` as
+    /// text.
+    #[cfg(test)]
     pub(super) fn thread_copy(&self) -> Self {
-        let f = self.fields();
-        if let Some(text) = f.date_text() {
-            let buf = Fields {
-                flags: f.flags & !DATE_SECS,
-                date: &text,
-                ..f
-            }
-            .write();
-            return Self { buf };
-        }
-        Self {
+        Stored::from(Self {
             buf: Bytes::copy_from_slice(&self.buf),
-        }
+        })
+        .into_front_copy()
     }
 
     /// A user response stored now, with the upstream's `Date` when it sent
@@ -205,17 +280,7 @@ impl CachedUser {
 
     /// The fields, read back.
     fn fields(&self) -> Fields<'_> {
-        let b = &self.buf[..];
-        let date_end = HEAD + usize::from(b[12]);
-        let ct_end = date_end + usize::from(u16::from_le_bytes([b[14], b[15]]));
-        Fields {
-            stored_ms: (&b[..8]).get_u64_le(),
-            ttl_secs: (&b[8..12]).get_u32_le(),
-            flags: b[13],
-            date: &b[HEAD..date_end],
-            content_type: &b[date_end..ct_end],
-            body: &b[ct_end..],
-        }
+        Fields::read(&self.buf)
     }
 
     /// Where the body starts in the allocation.
@@ -326,8 +391,7 @@ impl CachedUser {
 
     /// True while it is within its TTL.
     pub fn is_fresh(&self, now: Instant) -> bool {
-        let f = self.fields();
-        clock_ms(now).saturating_sub(f.stored_ms) < u64::from(f.ttl_secs) * 1000
+        self.fields().is_fresh(now)
     }
 }
 
@@ -422,6 +486,7 @@ mod tests {
     #[test]
     fn value_stays_small() {
         // Inline in moka's entry: growing it costs bytes per cached user.
+        assert!(std::mem::size_of::<Stored>() <= 16);
         assert!(std::mem::size_of::<CachedUser>() <= 32);
     }
 

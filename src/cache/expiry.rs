@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
-use super::entry::CachedUser;
+use super::entry::Stored;
 use super::key::CacheKey;
 
 /// Each entry lives for its TTL plus the stale window in force when it was
@@ -23,25 +23,20 @@ impl PerEntryTtl {
         Self { grace_secs }
     }
 
-    fn life(&self, value: &CachedUser) -> Duration {
+    fn life(&self, value: &Stored) -> Duration {
         value.ttl() + Duration::from_secs(self.grace_secs.load(Ordering::Relaxed))
     }
 }
 
-impl Expiry<CacheKey, CachedUser> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _: &CacheKey,
-        value: &CachedUser,
-        _: Instant,
-    ) -> Option<Duration> {
+impl Expiry<CacheKey, Stored> for PerEntryTtl {
+    fn expire_after_create(&self, _: &CacheKey, value: &Stored, _: Instant) -> Option<Duration> {
         Some(self.life(value))
     }
 
     fn expire_after_update(
         &self,
         _: &CacheKey,
-        value: &CachedUser,
+        value: &Stored,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {

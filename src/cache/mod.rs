@@ -4,7 +4,7 @@
 //!   single flight, and the per-thread fronts kept in step.
 //! - `entry`: [`CachedUser`], the stored user and its clock in one
 //!   allocation (the upstream's `Date` kept as seconds in front of the
-//!   body).
+//!   body), and `Stored`, the same bytes as moka holds them.
 //! - `key`: [`CacheKey`], the hashing, and the write generations, so a
 //!   fetch that began before a write can never store the old user. Every
 //!   key names an [`crate::org::Org`]: the same id in two organizations is

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
-use super::entry::CachedUser;
+use super::entry::{CachedUser, Stored};
 use super::expiry::PerEntryTtl;
 use super::front;
 use super::key::{CacheKey, KeyBits, Keys, STRIPES};
@@ -41,7 +41,7 @@ fn shard_count(max_entries: u64) -> usize {
     1 << (usize::BITS - 1 - n.leading_zeros())
 }
 
-type Shard = Cache<CacheKey, CachedUser, KeyBits>;
+type Shard = Cache<CacheKey, Stored, KeyBits>;
 
 /// How a lookup was answered.
 #[derive(Debug)]
@@ -136,7 +136,7 @@ impl UserCache {
             return None;
         }
         let Some(front) = self.front else {
-            return self.shard(key).get(key).await;
+            return self.shard(key).get(key).await.map(CachedUser::from);
         };
         // Read before moka: a replacement bumps it after, so a copy taken
         // across one carries the old version and is dropped at next read.
@@ -145,10 +145,13 @@ impl UserCache {
         if let Some(u) = front::get(self.id, key, version, now) {
             return Some(u);
         }
-        let u = self.shard(key).get(key).await?;
-        if u.is_fresh(now) {
-            front::put(self.id, front, *key, version, &u);
+        // moka's read is a copy of its own: this thread's bytes.
+        let stored = self.shard(key).get(key).await?;
+        if !stored.is_fresh(now) {
+            return Some(stored.into());
         }
+        let u = stored.into_front_copy();
+        front::put(self.id, front, *key, version, u.clone());
         Some(u)
     }
 
@@ -175,9 +178,10 @@ impl UserCache {
         F: Future<Output = Result<CachedUser, E>>,
         E: Send + Sync + 'static,
     {
+        let fetch = async { fetch.await.map(Stored::from) };
         match self.shard(&key).entry(key).or_try_insert_with(fetch).await {
-            Ok(entry) if entry.is_fresh() => Lookup::Filled(entry.into_value()),
-            Ok(entry) => Lookup::Hit(entry.into_value()),
+            Ok(entry) if entry.is_fresh() => Lookup::Filled(entry.into_value().into()),
+            Ok(entry) => Lookup::Hit(entry.into_value().into()),
             Err(e) => Lookup::Failed(e),
         }
     }
@@ -208,7 +212,7 @@ impl UserCache {
     /// Stores `user` under `key` (a forced refresh). Copies of the old
     /// entry in the per-thread fronts are dropped at their next read.
     pub async fn insert(&self, key: CacheKey, user: CachedUser) {
-        self.shard(&key).insert(key, user).await;
+        self.shard(&key).insert(key, user.into()).await;
         self.version(&key).fetch_add(1, Ordering::AcqRel);
     }
 
@@ -503,5 +507,18 @@ mod tests {
             matches!(r, Lookup::Failed(_)),
             "expired entry must not be a hit"
         );
+    }
+
+    #[tokio::test]
+    async fn each_thread_reads_its_own_copy() {
+        // A front's copy shares no bytes (no reference count) with moka's
+        // entry or with another thread's copy.
+        let cache = Arc::new(UserCache::new(100_000));
+        let key = cache.key(&ORG, "u1");
+        cache.insert(key, body("v1")).await;
+        let a = read_on_thread(&cache, key).expect("read");
+        let b = read_on_thread(&cache, key).expect("read");
+        assert_eq!((a.as_ref(), b.as_ref()), (&b"v1"[..], &b"v1"[..]));
+        assert_ne!(a.as_ptr(), b.as_ptr());
     }
 }
