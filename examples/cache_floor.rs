@@ -15,9 +15,11 @@
 //! `cache_floor filled N`: as `gateway`, but each entry stored as a miss
 //! stores it (the fill's single flight, which hands the caller the stored
 //! user too), as the load bench's fill does.
-//! `moka-sync`, `moka-expiry` and `moka-ttl`: bare moka as in `moka`, but
-//! the sync cache, per-entry expiry (a timer wheel node per entry), or a
-//! global time-to-live (a write-order deque node per entry). `moka-v8`
+//! `moka-sync`, `moka-expiry`, `moka-ttl` and `moka-tti`: bare moka as in
+//! `moka`, but the sync cache, per-entry expiry (a timer wheel node per
+//! entry), a global time-to-live (a write-order deque node per entry), or
+//! a global time-to-idle (the access order moka keeps anyway; the
+//! gateway's choice). `moka-v8`
 //! and `moka-v32`: bare moka holding an 8- or 32-byte value (a thin
 //! pointer, a `Bytes` handle) inline in each entry. `moka-body`: moka with
 //! per-entry expiry holding each body as a plain `Bytes`, the floor for any
@@ -135,10 +137,12 @@ async fn main() {
             (len, body_len)
         }
         "moka-v32" => (moka_with(n, [0u64; 4]).await, 0),
-        "moka-expiry" | "moka-ttl" => {
+        "moka-expiry" | "moka-ttl" | "moka-tti" => {
             let b = moka::future::Cache::builder().max_capacity(n + 1);
             let c: moka::future::Cache<u128, ()> = if mode == "moka-ttl" {
                 b.time_to_live(Duration::from_secs(3600)).build()
+            } else if mode == "moka-tti" {
+                b.time_to_idle(Duration::from_secs(3600)).build()
             } else {
                 b.expire_after(Hour).build()
             };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::json;
+use support::metrics::scrape;
 use support::upstream::gzip_stored;
 use support::*;
 
@@ -132,6 +133,62 @@ async fn fifty_concurrent_cold_misses_make_one_upstream_call() {
         1,
         "concurrent misses must share one fetch"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_reads_of_an_expired_user_make_one_upstream_call() {
+    // The expired entry is still in moka (its end of life is judged on
+    // read): no read may serve it, and they share one refetch.
+    let (upstream, gw) = start_pair_with(|c| c.ttl_secs = 1).await;
+    assert_eq!(gw.get_user(USER).await.cache_status(), stored_miss());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    upstream.inject("GET", USER_PATH, Fault::new().delay_ms(600));
+    let gw = Arc::new(gw);
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (gw, barrier) = (gw.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                gw.get_user(USER).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let resp = within(60, "50 concurrent GETs", task).await.expect("task");
+        resp.assert_status(200);
+        let status = resp.cache_status();
+        assert!(
+            status == stored_miss() || status.contains("; hit; ttl="),
+            "an expired user served: {status}"
+        );
+        if status != stored_miss() {
+            // Panics unless a fresh hit (a served expired one has ttl=-N).
+            resp.hit_ttl();
+        }
+    }
+    assert_eq!(
+        upstream.count("GET", USER_PATH),
+        2,
+        "the first fill and one shared refetch"
+    );
+    // The first fill and the refetch's leader count as misses; the rest
+    // were answered by the refetch.
+    let m = scrape(&gw).await;
+    assert_eq!(m.sum("gateway_cache_misses_total"), 2.0, "{}", m.text);
+    assert_eq!(m.sum("gateway_cache_hits_total"), 49.0, "{}", m.text);
+}
+
+#[tokio::test]
+async fn an_expired_user_nobody_reads_leaves_memory() {
+    // With ttl_secs = 1 and no stale window, moka drops an entry nobody
+    // read for a second.
+    let (_upstream, gw) = start_pair_with(|c| c.ttl_secs = 1).await;
+    gw.get_user(USER).await.assert_status(200);
+    assert_eq!(scrape(&gw).await.value("gateway_cache_entries", &[]), 1.0);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let m = scrape(&gw).await;
+    assert_eq!(m.value("gateway_cache_entries", &[]), 0.0, "{}", m.text);
 }
 
 #[tokio::test]

@@ -971,7 +971,7 @@ class Bench:
         gateway's cache costs, all in one process without a server."""
         out = {}
         for mode in ("bodies", "moka", "moka-sync", "moka-v8", "moka-v32", "moka-ttl",
-                     "moka-expiry", "moka-body", "gateway", "front"):
+                     "moka-expiry", "moka-tti", "moka-body", "gateway", "filled", "front"):
             cmd = [str(self.floor_bin), mode, str(n)]
             if self.server_cpus:
                 cmd = ["taskset", "-c", self.server_cpus] + cmd

@@ -616,10 +616,13 @@ def main(src, dst, scaling=None):
                 ("moka-v32", "moka alone holding a 32-byte value inline (a `Bytes` handle)"),
                 ("moka-ttl", "moka alone with a global `time_to_live` (a write-order deque node per entry)"),
                 ("moka-expiry", "moka alone with per-entry expiry (`expire_after`: a timer wheel node per entry)"),
+                ("moka-tti", "moka alone with a global `time_to_idle` (the access order it keeps anyway; the "
+                             "gateway's choice)"),
                 ("moka-body", "moka with per-entry expiry holding each body as a plain `Bytes` (no fields, "
                               "no `Date`): the floor for a moka cache of the upstream's bytes"),
-                ("gateway", "the gateway's `UserCache` (moka + per-entry expiry + a 32-byte `Bytes` over one "
-                            "allocation of the fields, the `Date` and the body)"),
+                ("gateway", "the gateway's `UserCache` (moka + time-to-idle + a 16-byte boxed slice of the "
+                            "fields, the `Date` and the body)"),
+                ("filled", "`gateway`, each entry stored as a miss stores it (the fill's single flight)"),
                 ("front", "`gateway`, then every id read twice on one thread: that thread's front holds its "
                           "full `SLOTS` copies"),
             ]
@@ -642,15 +645,20 @@ def main(src, dst, scaling=None):
                 "as text (the edge is between 506 and 508 bytes of allocation, not at 512 as a bare `BytesMut` "
                 "of 508 bytes in a `Vec` shows; not found why). Over all body sizes the `Date` change saves "
                 "its 25 bytes on average. In one process: a 64-byte inline value 443 → one `Bytes` 412 (the "
-                "488-byte body without `Date`). Measured on bare moka and not done: the sync "
-                "cache buys nothing (`moka-sync` ≈ `moka`); dropping moka's per-entry expiry would buy "
-                "`moka-expiry` − `moka` (entries past their TTL would then stay until evicted by size or "
-                "read, as nginx keeps them until `inactive`), and a thin (8-byte) value `moka-v32` − "
-                "`moka-v8`, which its own header in the body's allocation gives back on average. What is "
-                "left is moka's own entry (`moka`), which no value layout changes: `moka-body`, moka with "
-                "per-entry expiry holding nothing but each body as a `Bytes`, is already above 350, and the "
-                "gateway's fields and `Date` add a few bytes to it. The fronts at the fill "
-                "above (each id asked once) hold nothing: only a moka hit copies an entry into a front; "
+                "488-byte body without `Date`). Then (45de80d measured 431 beside them, `MEMORY_ONLY=1`): "
+                "moka holds the same bytes as a 16-byte boxed slice, not a 32-byte `Bytes` 381: moka clones "
+                "each value on insert, and a clone of a `Bytes` over a `Vec` allocates a 24-byte shared "
+                "counter, so the boxed slice saves that allocation as well as 16 bytes inline (`cache_floor "
+                "gateway` 416 → 359) → moka's time-to-idle and each entry's end of life judged on read, "
+                "instead of moka's per-entry expiry (`moka-expiry` − `moka-tti` = 44) 337 (`cache_floor "
+                "gateway` 359 → 309). An entry nobody reads now stays until idle for the TTL plus the stale "
+                "window the gateway started with, or until evicted for room, as nginx keeps a response "
+                "until `inactive`. Measured on bare moka and not done: the sync cache buys nothing "
+                "(`moka-sync` ≈ `moka`); an 8-byte value instead of the 16-byte boxed slice would need a "
+                "thin pointer of our own, and its header in the body's allocation gives most of it back. "
+                "What is left is moka's own entry (`moka`), which no value layout changes. The fronts at "
+                "the fill above (each id asked once) hold nothing: only a moka hit copies an entry into a "
+                "front; the row after the reads counts the copies they made. "
                 "`front` − `gateway` is one worker's front at its full `SLOTS`, spread over these users."
             )
             w("")

@@ -201,6 +201,11 @@ impl Stored {
         Fields::read(&self.0).is_fresh(now)
     }
 
+    /// How long ago it was stored, at `now`.
+    pub(super) fn age(&self, now: Instant) -> Duration {
+        Duration::from_millis(clock_ms(now).saturating_sub(Fields::read(&self.0).stored_ms))
+    }
+
     /// The user, as this thread's own copy for its per-thread front: the
     /// bytes are already this thread's (moka's read copied them), and a
     /// `Date` stored as seconds is written out as text, so a hit from the

@@ -9,7 +9,8 @@
 //!   fetch that began before a write can never store the old user. Every
 //!   key names an [`crate::org::Org`]: the same id in two organizations is
 //!   two entries.
-//! - `expiry`: the TTL policy (each entry's TTL plus the stale window).
+//! - `expiry`: when an entry dies (its TTL plus the stale window, judged
+//!   on read) and the idle bound moka drops unread entries at.
 //! - `front`: a per-thread table of copies of fresh users in front of
 //!   moka, so most hits write nothing another core writes.
 //! - `route`: [`UserRoute`], `GET {prefix}/organization/users/{id}`

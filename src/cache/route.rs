@@ -83,7 +83,21 @@ impl UserRoute {
     }
 
     /// Applies reloaded settings; entries already stored keep their TTL.
+    /// A longer TTL plus stale window than the gateway started with is
+    /// served in full only to users read at least once per the old one:
+    /// moka's idle bound is fixed at start (see [`UserCache::idle`]).
     pub fn set_settings(&self, settings: Settings) {
+        let life = settings.ttl + settings.stale_window();
+        let idle = self.inner.cache.idle();
+        if life > idle {
+            tracing::warn!(
+                life_secs = life.as_secs(),
+                idle_secs = idle.as_secs(),
+                "cache: TTL plus stale window now longer than at start; \
+                 users unread for idle_secs are dropped before their TTL \
+                 until a restart"
+            );
+        }
         self.inner.cache.set_stale_window(settings.stale_window());
         self.inner.settings.store(Arc::new(settings));
     }

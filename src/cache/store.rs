@@ -1,4 +1,5 @@
-//! The retrieve-user cache: moka (TTL per entry, bounded size, single flight).
+//! The retrieve-user cache: moka (bounded size, idle bound, single flight),
+//! each entry's TTL judged on read ([`expiry`](super::expiry)).
 //!
 //! Entries are keyed by `(user id, generation)` ([`key`](super::key)). A
 //! write to a user (or a purge) bumps that user's generation *before*
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 
 use super::entry::{CachedUser, Stored};
-use super::expiry::PerEntryTtl;
+use super::expiry::{Life, DEFAULT_IDLE};
 use super::front;
 use super::key::{CacheKey, KeyBits, Keys, STRIPES};
 use crate::org::Org;
@@ -67,8 +68,8 @@ pub struct UserCache {
     id: u64,
     /// Entries per thread front (`None`: no front, for small caches).
     front: Option<usize>,
-    /// How long entries outlive their TTL (see [`PerEntryTtl`]).
-    grace_secs: Arc<AtomicU64>,
+    /// When entries die, and the idle bound moka drops them at.
+    life: Life,
     /// Hits may be served (false while the invalidation bus is down).
     serving: AtomicBool,
 }
@@ -83,9 +84,16 @@ impl std::fmt::Debug for UserCache {
 }
 
 impl UserCache {
-    /// A cache holding at most `max_entries` users.
+    /// A cache holding at most `max_entries` users, dropping those nobody
+    /// read for an hour (tests, benches).
     pub fn new(max_entries: u64) -> Self {
-        let grace_secs = Arc::new(AtomicU64::new(0));
+        Self::with_idle(max_entries, DEFAULT_IDLE)
+    }
+
+    /// A cache holding at most `max_entries` users, where moka drops an
+    /// entry nobody read for `idle` (see [`expiry`](super::expiry)): the
+    /// gateway passes the TTL plus the stale window it starts with.
+    pub fn with_idle(max_entries: u64, idle: Duration) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let n = shard_count(max_entries);
         let per_shard = max_entries.div_ceil(n as u64);
@@ -97,11 +105,11 @@ impl UserCache {
                 .map(|_| {
                     Cache::builder()
                         .max_capacity(per_shard)
-                        .expire_after(PerEntryTtl::new(grace_secs.clone()))
+                        .time_to_idle(idle)
                         .build_with_hasher(KeyBits)
                 })
                 .collect(),
-            grace_secs,
+            life: Life::new(idle),
             serving: AtomicBool::new(true),
             keys: Keys::new(),
             versions: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
@@ -135,24 +143,51 @@ impl UserCache {
         if !self.serving() {
             return None;
         }
+        let now = Instant::now();
         let Some(front) = self.front else {
-            return self.shard(key).get(key).await.map(CachedUser::from);
+            let stored = self.shard(key).get(key).await?;
+            if self.life.is_dead(&stored, now) {
+                Box::pin(self.drop_dead(key, now)).await;
+                return None;
+            }
+            return Some(stored.into());
         };
         // Read before moka: a replacement bumps it after, so a copy taken
         // across one carries the old version and is dropped at next read.
         let version = self.version(key).load(Ordering::Acquire);
-        let now = Instant::now();
         if let Some(u) = front::get(self.id, key, version, now) {
             return Some(u);
         }
         // moka's read is a copy of its own: this thread's bytes.
         let stored = self.shard(key).get(key).await?;
+        if self.life.is_dead(&stored, now) {
+            // Boxed: the hit path's future stays small.
+            Box::pin(self.drop_dead(key, now)).await;
+            return None;
+        }
         if !stored.is_fresh(now) {
             return Some(stored.into());
         }
         let u = stored.into_front_copy();
         front::put(self.id, front, *key, version, u.clone());
         Some(u)
+    }
+
+    /// Drops the entry under `key` if it is still a dead one (past its TTL
+    /// and the stale window at `now`), so the lookup that follows is a miss
+    /// with single flight, not a find of the dead entry. The compute reads
+    /// the entry again, so a fill that stored since is seen (it is not
+    /// dead) and kept.
+    async fn drop_dead(&self, key: &CacheKey, now: Instant) {
+        use moka::ops::compute::Op;
+        let life = &self.life;
+        self.shard(key)
+            .entry(*key)
+            .and_compute_with(|found| {
+                let dead = found.is_some_and(|e| life.is_dead(e.value(), now));
+                std::future::ready(if dead { Op::Remove } else { Op::Nop })
+            })
+            .await;
     }
 
     /// [`get`](Self::get), then [`fetch_once`](Self::fetch_once) on a miss,
@@ -236,7 +271,12 @@ impl UserCache {
 
     /// How long entries stored from now on outlive their TTL.
     pub fn set_stale_window(&self, window: Duration) {
-        self.grace_secs.store(window.as_secs(), Ordering::Relaxed);
+        self.life.set_grace(window);
+    }
+
+    /// How long moka keeps an entry nobody reads (fixed at build).
+    pub fn idle(&self) -> Duration {
+        self.life.idle()
     }
 
     /// The key under which `key`'s refresh runs its single flight: a
@@ -507,6 +547,73 @@ mod tests {
             matches!(r, Lookup::Failed(_)),
             "expired entry must not be a hit"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dead_entry_is_dropped_and_a_stampede_refills_it_once() {
+        // A small cache (moka's answer) and a large one (with fronts).
+        for max in [100, 100_000] {
+            let c = UserCache::new(max);
+            let k = c.key(&ORG, "u1");
+            let dead = user(Duration::from_secs(10)).backdated(Duration::from_secs(11));
+            c.insert(k, dead).await;
+            let calls = AtomicUsize::new(0);
+            let fetch = || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, ()>(user(Duration::from_secs(60)))
+            };
+            let lookups =
+                futures_util::future::join_all((0..16).map(|_| c.get_or_fetch(k, fetch()))).await;
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "max {max}");
+            for l in lookups {
+                let u = match l {
+                    Lookup::Hit(u) | Lookup::Filled(u) => u,
+                    Lookup::Failed(_) => panic!("max {max}: failed"),
+                };
+                assert!(u.is_fresh(Instant::now()), "max {max}: the dead one served");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_dead_entry_is_dropped() {
+        let c = UserCache::new(100);
+        let k = c.key(&ORG, "u1");
+        let now = Instant::now();
+        // A fill stored between the read that found it dead and the drop.
+        c.insert(
+            k,
+            user(Duration::from_secs(1)).backdated(Duration::from_secs(2)),
+        )
+        .await;
+        c.insert(k, user(Duration::from_secs(60))).await;
+        c.drop_dead(&k, now).await;
+        assert!(c.get(&k).await.is_some(), "the fresh fill was dropped");
+        // Within the stale window it is not dead either.
+        c.set_stale_window(Duration::from_secs(5));
+        c.insert(
+            k,
+            user(Duration::from_secs(1)).backdated(Duration::from_secs(2)),
+        )
+        .await;
+        c.drop_dead(&k, now).await;
+        assert!(c.get(&k).await.is_some(), "a stale entry was dropped");
+    }
+
+    #[tokio::test]
+    async fn an_entry_nobody_reads_is_dropped_once_idle() {
+        let c = UserCache::with_idle(100, Duration::from_millis(500));
+        let (read, unread) = (c.key(&ORG, "read"), c.key(&ORG, "unread"));
+        c.insert(read, user(Duration::from_secs(60))).await;
+        c.insert(unread, user(Duration::from_secs(60))).await;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert!(c.get(&read).await.is_some());
+        }
+        c.sync().await;
+        assert_eq!(c.entry_count(), 1);
+        assert!(c.get(&unread).await.is_none());
     }
 
     #[tokio::test]

@@ -123,11 +123,15 @@ impl Gateway {
         let orgs = Arc::new(ArcSwap::from_pointee(Orgs::build(config, None)));
         let clients =
             ClientTable::build(&config.clients, &orgs.load(), None, shared_limits.as_ref());
+        let settings = Settings::from(&config.cache);
         let users = UserRoute::new(
-            UserCache::new(config.cache.max_entries),
+            UserCache::with_idle(
+                config.cache.max_entries,
+                settings.ttl + settings.stale_window(),
+            ),
             upstream.clone(),
             metrics.clone(),
-            Settings::from(&config.cache),
+            settings,
         );
         let bus = match (&config.redis, conn) {
             (Some(r), Some(c)) => {
