@@ -177,7 +177,9 @@ impl UserCache {
     /// and the stale window at `now`), so the lookup that follows is a miss
     /// with single flight, not a find of the dead entry. The compute reads
     /// the entry again, so a fill that stored since is seen (it is not
-    /// dead) and kept.
+    /// dead) and kept. moka does not hold a fill's insert off between the
+    /// compute's read and its removal: a fill landing in that window (a
+    /// few instructions) is dropped, and the next read fetches once more.
     async fn drop_dead(&self, key: &CacheKey, now: Instant) {
         use moka::ops::compute::Op;
         let life = &self.life;
