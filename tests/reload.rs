@@ -266,6 +266,30 @@ async fn a_new_cache_ttl_applies_to_entries_stored_after_the_reload() {
 }
 
 #[tokio::test]
+async fn a_longer_ttl_after_a_reload_keeps_users_read_within_the_old_idle_bound() {
+    // Started with ttl_secs = 1: moka drops a user nobody read for 1 s.
+    // After a reload to 60 s, a user read at least that often is served
+    // for its new TTL; one left unread longer is fetched again (README,
+    // Reload), until a restart.
+    let upstream = start_upstream().await;
+    let mut cfg = GatewayConfig::new(&upstream.base_url());
+    cfg.ttl_secs = 1;
+    let gw = start_gateway(&cfg.toml()).await;
+    cfg.ttl_secs = 60;
+    gw.reload_toml(&cfg.toml()).expect("reload");
+    assert_eq!(gw.get_user("user_abc").await.cache_status(), stored_miss());
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let ttl = gw.get_user("user_abc").await.hit_ttl();
+        assert!(ttl > 50, "stored with the reloaded TTL, {ttl} left");
+    }
+    assert_eq!(upstream.count("GET", USER_PATH), 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(gw.get_user("user_abc").await.cache_status(), stored_miss());
+    assert_eq!(upstream.count("GET", USER_PATH), 2);
+}
+
+#[tokio::test]
 async fn an_invalid_config_is_refused_and_the_running_config_stays() {
     let upstream = start_upstream().await;
     let mut cfg = GatewayConfig::new(&upstream.base_url());
