@@ -434,14 +434,14 @@ def source_revision(binary):
 # The tag code keeps the ids of every run distinct (see Bench.tag).
 SCENARIOS = {
     "hit_one": ("static", None, ["gateway", "nginx", "ceiling"], True, "h1"),
-    "hit_10k": ("spread", "/", ["gateway", "nginx", "ceiling", "ceiling_spread"], True, "hk"),
+    "hit_10k": ("spread", "/", ["gateway", "nginx", "ceiling", "ceiling_spread", "ceiling_contract"], True, "hk"),
     "hit_10k_unpinned": ("spread", "/", ["gateway", "nginx"], False, "hu"),
     "miss": ("seq", "/", ["gateway", "nginx", "direct"], True, "ms"),
     "pass_get": ("static", LIST_PATH, ["gateway", "nginx", "direct"], True, "pg"),
     "pass_post": ("post", "/v1/organization/invites", ["gateway", "nginx", "direct"], True, "pp"),
 }
 TARGET_CODES = {"gateway": "gw", "gateway_before": "gb", "nginx": "ng", "ceiling": "ce", "ceiling_spread": "cs",
-                "direct": "di"}
+                "ceiling_contract": "cc", "direct": "di"}
 # Instances of the unpinned scenarios carry this suffix.
 FREE = "@free"
 
@@ -642,6 +642,18 @@ class Bench:
         )
         wait_port(port, p, "ceiling_spread")
         self.inst["ceiling_spread"] = {"proc": p, "port": port, "admin": None, "upstream": None}
+        # The same, also doing what the contract asks of every hit: the
+        # client key checked by its SHA-256, and Cache-Status, Age, Date and
+        # a fresh x-request-id sent.
+        port = free_port()
+        p = self.procs.start(
+            "ceiling_contract",
+            [str(self.ceil_bin), "--listen", f"127.0.0.1:{port}", "--body-file", str(w / "ceiling-body.json"),
+             "--bodies", str(HOT_IDS), "--contract", self.client_key],
+            self.server_cpus,
+        )
+        wait_port(port, p, "ceiling_contract")
+        self.inst["ceiling_contract"] = {"proc": p, "port": port, "admin": None, "upstream": None}
 
     def check_list_upstream(self):
         """pass_get needs the fake upstream to answer GET /organization/users;
@@ -746,6 +758,22 @@ class Bench:
         s, _, b = request(self.port("ceiling"), "GET", path, ck)
         if s != 200 or len(b) != self.body_len:
             raise BenchError("ceiling answered wrongly")
+        if "ceiling_contract" in self.inst:
+            # The contract ceiling sends what a gateway hit sends (header
+            # names), and refuses a wrong key.
+            s, ch, b = request(self.port("ceiling_contract"), "GET", path, ck)
+            if s != 200 or len(b) != self.body_len:
+                raise BenchError("ceiling_contract answered wrongly")
+            request(self.port("gateway"), "GET", path, ck)
+            s, gh, _ = request(self.port("gateway"), "GET", path, ck)
+            if s != 200 or "; hit" not in gh.get("cache-status", ""):
+                raise BenchError("gateway: a second GET of a user was not a hit")
+            if set(ch) != set(gh):
+                raise BenchError(f"ceiling_contract sends {sorted(ch)}, a gateway hit {sorted(gh)}")
+            s, _, _ = request(self.port("ceiling_contract"), "GET", path,
+                              {"Authorization": "Bearer oag_wrong"})
+            if s != 401:
+                raise BenchError("ceiling_contract accepted a wrong key")
         s, _, _ = request(self.ports["up_direct"], "GET", path)
         if s != 401:
             raise BenchError("upstream accepted a request without the admin key")

@@ -27,13 +27,14 @@ SCENARIOS = {
     "pass_post": "Pass-through, 1 KiB POST /v1/organization/invites",
 }
 PASS_NAMES = {"pass_get": "GET list (`?limit=1`)", "pass_post": "POST 1 KiB"}
-TARGETS = ["gateway", "gateway_before", "nginx", "ceiling", "ceiling_spread", "direct"]
+TARGETS = ["gateway", "gateway_before", "nginx", "ceiling", "ceiling_spread", "ceiling_contract", "direct"]
 TARGET_NAMES = {
     "gateway": "gateway",
     "gateway_before": "gateway (before)",
     "nginx": "nginx proxy_cache",
     "ceiling": "ceiling (bare hyper)",
     "ceiling_spread": "ceiling, 10k bodies",
+    "ceiling_contract": "ceiling, 10k bodies, key check + hit headers",
     "direct": "upstream direct",
 }
 # The performance issue's goals (the Goals table).
@@ -368,6 +369,9 @@ def main(src, dst, scaling=None):
         rs = eff_ratio("hit_10k", gc, t, "ceiling_spread")
         if rs is not None:
             text += f"; {rs:.2f}× the ceiling serving 10k distinct bodies"
+        rc = eff_ratio("hit_10k", gc, t, "ceiling_contract")
+        if rc is not None:
+            text += f"; {rc:.2f}× that ceiling checking the key and sending the hit's headers"
         return text, r >= GOAL_HIT_EFF_CEILING
 
     cells = {t: ceiling_cell(t) for t in targets_ab}
