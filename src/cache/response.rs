@@ -73,7 +73,11 @@ pub(super) fn fetched_response(
 /// again would write the body's reference count (a line every core reading
 /// this user writes) twice more.
 pub fn hit_response(u: CachedUser) -> Response<BoxBody> {
-    let now = Instant::now();
+    hit_response_at(u, Instant::now())
+}
+
+/// [`hit_response`] as of `now` (the time the request looked the user up).
+pub fn hit_response_at(u: CachedUser, now: Instant) -> Response<BoxBody> {
     // Age floors to whole seconds; ttl is counted from the same figure so
     // that age + ttl always equals the stored TTL.
     let age = u.age_secs(now);

@@ -20,7 +20,7 @@ use super::entry::CachedUser;
 use super::fill::{FillFailed, Filler, Kept};
 use super::key::CacheKey;
 use super::request::{directive, Directive};
-use super::response::{fetched_response, hit_response};
+use super::response::{fetched_response, hit_response, hit_response_at};
 use super::settings::Settings;
 use super::stale::{Expired, Refreshing, Stale};
 use super::status::CacheStatus;
@@ -127,10 +127,12 @@ impl UserRoute {
         match directive(headers) {
             Directive::Normal => {
                 let key = inner.cache.key(caller.org(), id);
-                if let Some(u) = inner.cache.get(&key).await {
-                    if u.is_fresh(Instant::now()) {
+                // One clock read for the lookup, the freshness and the Age.
+                let now = Instant::now();
+                if let Some(u) = inner.cache.get_at(&key, now).await {
+                    if u.is_fresh(now) {
                         inner.metrics.cache_hit(caller.org().metric());
-                        return Ok((hit_response(u), CacheStatus::Hit));
+                        return Ok((hit_response_at(u, now), CacheStatus::Hit));
                     }
                     return Box::pin(self.stale(caller, headers, rest, id, key, u)).await;
                 }

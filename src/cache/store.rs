@@ -140,10 +140,15 @@ impl UserCache {
     /// from moka is copied into it. Nothing is found while the cache is not
     /// [serving](Self::serving): entries may be stale then.
     pub async fn get(&self, key: &CacheKey) -> Option<CachedUser> {
+        self.get_at(key, Instant::now()).await
+    }
+
+    /// [`get`](Self::get) as of `now`, for a caller that reads the clock
+    /// once per request (a clock read is a system call on some hosts).
+    pub async fn get_at(&self, key: &CacheKey, now: Instant) -> Option<CachedUser> {
         if !self.serving() {
             return None;
         }
-        let now = Instant::now();
         let Some(front) = self.front else {
             let stored = self.shard(key).get(key).await?;
             if self.life.is_dead(&stored, now) {
