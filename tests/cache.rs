@@ -106,12 +106,8 @@ async fn entries_expire_after_ttl_secs() {
     assert_eq!(upstream.count("GET", USER_PATH), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_cold_misses_make_one_upstream_call() {
-    let (upstream, gw) = start_pair().await;
-    // A slow upstream keeps the first fetch in flight while the others arrive.
-    upstream.inject("GET", USER_PATH, Fault::new().delay_ms(600));
-    let gw = Arc::new(gw);
+/// 50 GETs of `USER`, released together, and their answers.
+async fn fifty_reads_at_once(gw: &Arc<TestGateway>) -> Vec<TestResponse> {
     let barrier = Arc::new(tokio::sync::Barrier::new(50));
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -122,9 +118,21 @@ async fn fifty_concurrent_cold_misses_make_one_upstream_call() {
             })
         })
         .collect();
-    let expected = upstream.user_body(USER);
+    let mut out = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let resp = within(60, "50 concurrent GETs", task).await.expect("task");
+        out.push(within(60, "50 concurrent GETs", task).await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_cold_misses_make_one_upstream_call() {
+    let (upstream, gw) = start_pair().await;
+    // A slow upstream keeps the first fetch in flight while the others arrive.
+    upstream.inject("GET", USER_PATH, Fault::new().delay_ms(600));
+    let gw = Arc::new(gw);
+    let expected = upstream.user_body(USER);
+    for resp in fifty_reads_at_once(&gw).await {
         resp.assert_status(200);
         assert_eq!(resp.body, expected);
     }
@@ -144,18 +152,7 @@ async fn fifty_concurrent_reads_of_an_expired_user_make_one_upstream_call() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     upstream.inject("GET", USER_PATH, Fault::new().delay_ms(600));
     let gw = Arc::new(gw);
-    let barrier = Arc::new(tokio::sync::Barrier::new(50));
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let (gw, barrier) = (gw.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                gw.get_user(USER).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        let resp = within(60, "50 concurrent GETs", task).await.expect("task");
+    for resp in fifty_reads_at_once(&gw).await {
         resp.assert_status(200);
         let status = resp.cache_status();
         assert!(
