@@ -150,7 +150,12 @@ impl UserCache {
             return None;
         }
         let Some(front) = self.front else {
-            return self.read_live(key, now).await.map(CachedUser::from);
+            let stored = self.shard(key).get(key).await?;
+            if self.life.is_dead(&stored, now) {
+                Box::pin(self.drop_dead(key, now)).await;
+                return None;
+            }
+            return Some(stored.into());
         };
         // Read before moka: a replacement bumps it after, so a copy taken
         // across one carries the old version and is dropped at next read.
@@ -159,25 +164,18 @@ impl UserCache {
             return Some(u);
         }
         // moka's read is a copy of its own: this thread's bytes.
-        let stored = self.read_live(key, now).await?;
-        if !stored.is_fresh(now) {
-            return Some(stored.into());
-        }
-        let u = stored.into_front_copy();
-        front::put(self.id, front, *key, version, u.clone());
-        Some(u)
-    }
-
-    /// moka's entry under `key`, unless it is dead at `now` (then it is
-    /// dropped, and this is `None`).
-    async fn read_live(&self, key: &CacheKey, now: Instant) -> Option<Stored> {
         let stored = self.shard(key).get(key).await?;
         if self.life.is_dead(&stored, now) {
             // Boxed: the hit path's future stays small.
             Box::pin(self.drop_dead(key, now)).await;
             return None;
         }
-        Some(stored)
+        if !stored.is_fresh(now) {
+            return Some(stored.into());
+        }
+        let u = stored.into_front_copy();
+        front::put(self.id, front, *key, version, u.clone());
+        Some(u)
     }
 
     /// Drops the entry under `key` if it is still a dead one (past its TTL
