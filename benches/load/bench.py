@@ -7,6 +7,9 @@ Starts, on 127.0.0.1 only:
   gateway    openai-admin-gateway (RUST_LOG=warn)
   nginx      proxy_cache doing the same job
   ceiling    bench_ceiling   (same stored bytes for every request)
+  floor_*    bench_proxy     (pass-through only: a bare hyper proxy, through
+                              hyper-util's pool or one upstream connection
+                              per client connection; hyper's own floor)
 then runs every scenario with wrk, interleaved, REPEATS times, measures the
 server's CPU and RSS from /proc, runs the memory test, and writes one JSON file
 that report.py turns into benches/README.md. Any wrk error or non-2xx aborts.
@@ -19,12 +22,13 @@ Scenarios (--only picks some):
                       its own upstream, wrk with --unpinned-threads threads
   miss                every request a new id, pinned
   pass_get, pass_post pass-through, pinned: GET /v1/organization/users?limit=1
-                      and a 1 KiB (1,024-byte) JSON POST /v1/organization/invites
+                      and a 1 KiB (1,024-byte) JSON POST /v1/organization/invites,
+                      beside hyper's floor (floor_pool, floor_conn)
 
 Options worth knowing:
   --bin-dir DIR       where the binaries are (default <repo>/target/release);
-                      bench_upstream / bench_ceiling / cache_floor are looked
-                      up in DIR/examples, then DIR
+                      bench_upstream / bench_ceiling / bench_proxy / cache_floor
+                      are looked up in DIR/examples, then DIR
   --before-bin PATH   an older gateway binary: adds the target gateway_before,
                       same config and scenarios, interleaved with the others in
                       every repeat (before/after from one machine and run)
@@ -437,11 +441,12 @@ SCENARIOS = {
     "hit_10k": ("spread", "/", ["gateway", "nginx", "ceiling", "ceiling_spread", "ceiling_contract"], True, "hk"),
     "hit_10k_unpinned": ("spread", "/", ["gateway", "nginx"], False, "hu"),
     "miss": ("seq", "/", ["gateway", "nginx", "direct"], True, "ms"),
-    "pass_get": ("static", LIST_PATH, ["gateway", "nginx", "direct"], True, "pg"),
-    "pass_post": ("post", "/v1/organization/invites", ["gateway", "nginx", "direct"], True, "pp"),
+    "pass_get": ("static", LIST_PATH, ["gateway", "nginx", "floor_pool", "floor_conn", "direct"], True, "pg"),
+    "pass_post": ("post", "/v1/organization/invites", ["gateway", "nginx", "floor_pool", "floor_conn", "direct"],
+                  True, "pp"),
 }
 TARGET_CODES = {"gateway": "gw", "gateway_before": "gb", "nginx": "ng", "ceiling": "ce", "ceiling_spread": "cs",
-                "ceiling_contract": "cc", "direct": "di"}
+                "ceiling_contract": "cc", "floor_pool": "fp", "floor_conn": "fc", "direct": "di"}
 # Instances of the unpinned scenarios carry this suffix.
 FREE = "@free"
 
@@ -485,7 +490,7 @@ class Bench:
         bins.mkdir()
         bin_dir = Path(args.bin_dir)
         want = {"openai-admin-gateway": True, "bench_upstream": True, "bench_ceiling": True,
-                "cache_floor": args.memory}
+                "bench_proxy": True, "cache_floor": args.memory}
         self.bin = {}
         for name, required in want.items():
             src = find_bin(bin_dir, name)
@@ -498,6 +503,7 @@ class Bench:
         self.gw_bin = self.bin["openai-admin-gateway"]
         self.up_bin = self.bin["bench_upstream"]
         self.ceil_bin = self.bin["bench_ceiling"]
+        self.proxy_bin = self.bin["bench_proxy"]
         self.floor_bin = self.bin.get("cache_floor")
         self.source = source_revision(self.gw_bin)
         if args.before_bin:
@@ -654,6 +660,25 @@ class Bench:
         )
         wait_port(port, p, "ceiling_contract")
         self.inst["ceiling_contract"] = {"proc": p, "port": port, "admin": None, "upstream": None}
+        if self.a.profile or any(s.startswith("pass") for s in plan):
+            self.start_floors()
+
+    def start_floors(self):
+        """hyper's floor for pass-through (bench_proxy): a bare hyper server
+        forwarding with hyper's client, through hyper-util's pool
+        (floor_pool) or one upstream connection per client connection in the
+        same task (floor_conn)."""
+        for mode in ("pool", "conn"):
+            name = "floor_" + mode
+            port = free_port()
+            p = self.procs.start(
+                name,
+                [str(self.proxy_bin), "--listen", f"127.0.0.1:{port}", "--upstream",
+                 f"127.0.0.1:{self.ports['up']}", "--admin-key", self.admin_key, "--mode", mode],
+                self.server_cpus,
+            )
+            wait_port(port, p, name)
+            self.inst[name] = {"proc": p, "port": port, "admin": None, "upstream": None}
 
     def check_list_upstream(self):
         """pass_get needs the fake upstream to answer GET /organization/users;
@@ -774,6 +799,19 @@ class Bench:
                               {"Authorization": "Bearer oag_wrong"})
             if s != 401:
                 raise BenchError("ceiling_contract accepted a wrong key")
+        for floor in ("floor_pool", "floor_conn"):
+            if floor not in self.inst:
+                continue
+            # Forwards with the admin key in place of the client's, both ways.
+            before = self.upstream_stats()
+            s, _, echo = request(self.port(floor), "POST", "/v1/organization/invites",
+                                 dict(ck, **{"Content-Type": "application/json"}), body)
+            s2, _, lb = request(self.port(floor), "GET", LIST_PATH, ck)
+            after = self.upstream_stats()
+            if s != 200 or echo != body or s2 != 200 or not lb:
+                raise BenchError(f"{floor}: POST gave {s}, GET list {s2}, or a different body")
+            if after["unauthorized"] != before["unauthorized"] or after["posts"] - before["posts"] != 1:
+                raise BenchError(f"{floor}: the upstream saw {after} after {before}")
         s, _, _ = request(self.ports["up_direct"], "GET", path)
         if s != 401:
             raise BenchError("upstream accepted a request without the admin key")
@@ -1030,7 +1068,8 @@ class Bench:
     def profile(self):
         """perf profiles at 64 connections, 6 s each: the gateway on hits over
         10k ids, misses and pass-through, and beside it the server it is
-        compared with (the ceiling on hits, nginx on pass-through). Self time
+        compared with (the ceiling on hits, nginx and hyper's floor on
+        pass-through). Self time
         per component and symbol, plus CPU-µs per request (from the server's
         CPU time and wrk's request count over the same 6 s), so the two
         profiles can be set side by side."""
@@ -1041,10 +1080,14 @@ class Bench:
                 ("miss", "gateway", "seq", "/"),
                 ("pass_get", "gateway", "static", LIST_PATH),
                 ("pass_get", "nginx", "static", LIST_PATH),
+                ("pass_get", "floor_pool", "static", LIST_PATH),
+                ("pass_get", "floor_conn", "static", LIST_PATH),
                 ("pass_post", "gateway", "post", "/v1/organization/invites"),
-                ("pass_post", "nginx", "post", "/v1/organization/invites"))
+                ("pass_post", "nginx", "post", "/v1/organization/invites"),
+                ("pass_post", "floor_pool", "post", "/v1/organization/invites"),
+                ("pass_post", "floor_conn", "post", "/v1/organization/invites"))
         for scen, target, script, path in plan:
-            tag = f"prof{scen[:4]}{target[:2]}".ljust(12, "z")
+            tag = f"prof{scen[:4]}{TARGET_CODES[target]}".ljust(12, "z")
             env = {"BENCH_TAG": tag, "BENCH_IDS": str(HOT_IDS) if scen == "hit_10k" else "0",
                    "BENCH_START": "0"}
             if scen == "hit_10k" and target == "gateway":
@@ -1177,7 +1220,7 @@ def main():
     ap.add_argument("--command", default="benches/load/run.sh", help="how the run was started, for the report")
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
                     help="directory holding openai-admin-gateway and (in it or its examples/) bench_upstream, "
-                         "bench_ceiling, cache_floor (default: <repo>/target/release)")
+                         "bench_ceiling, bench_proxy, cache_floor (default: <repo>/target/release)")
     ap.add_argument("--before-bin", default="", help="an older gateway binary: adds the target gateway_before")
     ap.add_argument("--before-label", default="", help="what --before-bin was built from (e.g. a commit)")
     ap.add_argument("--workers", type=int, default=None,
@@ -1263,7 +1306,10 @@ def main():
         b.procs.stop_all()
         for d in getattr(b, "cache_dirs", []):
             shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP"):
+        log(f"kept the work directory (perf data, logs): {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ SCENARIOS = {
     "pass_post": "Pass-through, 1 KiB POST /v1/organization/invites",
 }
 PASS_NAMES = {"pass_get": "GET list (`?limit=1`)", "pass_post": "POST 1 KiB"}
-TARGETS = ["gateway", "gateway_before", "nginx", "ceiling", "ceiling_spread", "ceiling_contract", "direct"]
+TARGETS = ["gateway", "gateway_before", "nginx", "ceiling", "ceiling_spread", "ceiling_contract", "floor_pool",
+           "floor_conn", "direct"]
 TARGET_NAMES = {
     "gateway": "gateway",
     "gateway_before": "gateway (before)",
@@ -35,6 +36,8 @@ TARGET_NAMES = {
     "ceiling": "ceiling (bare hyper)",
     "ceiling_spread": "ceiling, 10k bodies",
     "ceiling_contract": "ceiling, 10k bodies, key check + hit headers",
+    "floor_pool": "hyper floor (server + pooled client)",
+    "floor_conn": "hyper floor (server + own connection)",
     "direct": "upstream direct",
 }
 # The performance issue's goals (the Goals table).
@@ -55,7 +58,7 @@ HOW_TO_RUN = [
      "after from one machine and run (`BEFORE_LABEL=<commit>` names it in the report)"),
     ("SCALING=<file.json>", "the in-process thread-scaling bench's results, for goal 1 (else *not run*)"),
     ("BIN_DIR=<dir>", "use prebuilt binaries from that directory (`openai-admin-gateway`, and `bench_upstream`, "
-     "`bench_ceiling`, `cache_floor` in it or its `examples/`) instead of building"),
+     "`bench_ceiling`, `bench_proxy`, `cache_floor` in it or its `examples/`) instead of building"),
     ("WORKERS=N", "`server.workers = N` in the unpinned gateway's config (default: unset, the gateway's own "
      "default); UNPINNED_THREADS=2 sets wrk's threads there"),
     ("ONLY=scenario,...", "a subset of " + ", ".join(f"`{s}`" for s in SCENARIOS)),
@@ -234,6 +237,16 @@ def main(src, dst, scaling=None):
         "(a ~500-byte `OrganizationUser` per id, POST echo, admin key checked)."
     )
     w(
+        "- hyper floor (pass-through only): `examples/bench_proxy.rs`, a bare hyper HTTP/1.1 server that "
+        "forwards every request to the same upstream with hyper's client, the credential replaced by the "
+        "admin key, and nothing else (no auth, routing, limits, budget, metrics, logs). *pooled client*: "
+        "hyper-util's legacy client, as the gateway reaches its upstream (a connection task per upstream "
+        "connection and a channel to it). *own connection*: each client connection gets its own upstream "
+        "connection (`hyper::client::conn::http1`), driven in the client connection's task: the leanest "
+        "exchange hyper offers. What the gateway spends above the floor is its own work; what the floor "
+        "spends above nginx is hyper's."
+    )
+    w(
         "- Pass-through: *POST 1 KiB* sends a 1,024-byte JSON body (asserted in `lua/post.lua`) to "
         "`/v1/organization/invites`, echoed by the upstream"
         + ("; *GET list* requests `/v1/organization/users?limit=1`, which neither proxy caches. Both"
@@ -314,6 +327,12 @@ def main(src, dst, scaling=None):
             if t == "gateway_before":
                 ab = eff_ratio(scen, gc, "gateway", "gateway_before")
                 extra = f" (after / before {ab:.2f}×)" if ab is not None else ""
+            if t == "gateway":
+                # Where hyper itself stands on the same requests (bench_proxy).
+                floors = [(f, eff_ratio(scen, gc, f, "nginx")) for f in ("floor_pool", "floor_conn")]
+                floors = [f"{f.split('_')[1]} {v:.2f}×" for f, v in floors if v is not None]
+                if floors:
+                    extra = f" (hyper floor: {', '.join(floors)})"
             parts.append(f"{name} {r:.2f}×{extra}")
         # Not met if one is below the target; not run if one is missing.
         return "; ".join(parts), (False if False in oks else None if None in oks else True)
@@ -351,7 +370,11 @@ def main(src, dst, scaling=None):
                 oks.append(None)
                 continue
             oks.append(ga <= na)
-            parts.append(f"{name} +{ms(ga)} ms vs nginx +{ms(na)} ms")
+            extra = ""
+            if t == "gateway":
+                fa = paired(scen, gc, "floor_conn", "direct", lambda x, y: x["p50_us"] - y["p50_us"])
+                extra = f" (hyper floor, own connection: +{ms(fa)} ms)" if fa is not None else ""
+            parts.append(f"{name} +{ms(ga)} ms vs nginx +{ms(na)} ms{extra}")
         return "; ".join(parts), (False if False in oks else None if None in oks else True)
 
     cells = {t: added_p50_cell(t) for t in targets_ab}

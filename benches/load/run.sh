@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark on 127.0.0.1: the gateway (release) vs nginx
-# proxy_cache doing the same job vs a bare hyper server (the ceiling) vs the
-# fake upstream itself. Writes benches/load/results.json and benches/README.md.
+# proxy_cache doing the same job vs a bare hyper server (the ceiling on hits,
+# a bare hyper proxy on pass-through) vs the fake upstream itself. Writes benches/load/results.json and benches/README.md.
 #
 # Usage: benches/load/run.sh            (the run of record: every scenario, 3 repeats)
 #        BEFORE_BIN=old/openai-admin-gateway SCALING=scaling.json benches/load/run.sh
