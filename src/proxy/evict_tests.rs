@@ -65,6 +65,38 @@ fn user_rows_name_the_user_segment_and_other_rows_do_not() {
 }
 
 #[test]
+fn every_template_fits_the_split_path() {
+    for rule in RULES {
+        let n = rule.path.split('/').count();
+        assert!(n <= MAX_SEGMENTS, "{} has {n} segments", rule.path);
+    }
+}
+
+#[test]
+fn a_write_longer_than_every_template_falls_to_the_prefixes() {
+    let deep = "/organization/projects/x1/users/u1/a/b/c/d";
+    assert!(deep.split('/').count() > MAX_SEGMENTS);
+    assert_eq!(plan(&Method::POST, &cp(deep)), Plan::All { listed: false });
+    assert_eq!(
+        plan(&Method::POST, &cp("/organization/invites/a/b/c/d/e/f/g")),
+        Plan::Nothing
+    );
+}
+
+#[test]
+fn an_empty_id_segment_matches_no_row() {
+    // `/organization/users//roles`: the `{user_id}` segment is empty.
+    assert_eq!(
+        plan(&Method::POST, &cp("/organization/users//roles")),
+        Plan::All { listed: false }
+    );
+    assert_eq!(
+        plan(&Method::DELETE, &cp("/organization/projects//spend_limit")),
+        Plan::All { listed: false }
+    );
+}
+
+#[test]
 fn rows_are_unique() {
     for (i, a) in RULES.iter().enumerate() {
         for b in &RULES[i + 1..] {
