@@ -22,6 +22,10 @@
 //! Worker threads = the CPUs it may run on (`taskset` restricts them), the
 //! same rule the gateway's runtime follows.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::arg;
+
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,16 +41,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
-}
 
 fn main() -> std::io::Result<()> {
     let listen: SocketAddr = arg("--listen")
@@ -73,15 +67,7 @@ fn main() -> std::io::Result<()> {
             let listener = TcpListener::bind(listen).await?;
             eprintln!("bench_ceiling listening on {}", listener.local_addr()?);
             loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+                let stream = support::accept(&listener).await;
                 let bodies = bodies.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {

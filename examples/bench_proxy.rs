@@ -19,6 +19,10 @@
 //! --admin-key KEY [--mode pool|conn]`. Worker threads = the CPUs it may
 //! run on (`taskset` restricts them), as for the gateway.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::arg;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,16 +41,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 type Body = BoxBody<Bytes, hyper::Error>;
-
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
-}
 
 fn bad_gateway() -> Response<Body> {
     let mut r = Response::new(
@@ -110,15 +104,7 @@ fn main() -> std::io::Result<()> {
             let listener = TcpListener::bind(listen).await?;
             eprintln!("bench_proxy listening on {}", listener.local_addr()?);
             loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+                let stream = support::accept(&listener).await;
                 let (client, key, authority) = (client.clone(), key.clone(), authority.clone());
                 if conn_mode {
                     tokio::spawn(serve_paired(stream, upstream, key, authority));

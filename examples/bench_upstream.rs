@@ -18,6 +18,10 @@
 //! (`bench_upstream --print-body ID` prints the body for ID and exits).
 //! Worker threads = the CPUs it may run on (`taskset` restricts them).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::arg;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,16 +169,6 @@ async fn handle(
     Ok(resp)
 }
 
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
-}
-
 fn main() -> std::io::Result<()> {
     let listen: SocketAddr = arg("--listen")
         .unwrap_or_else(|| "127.0.0.1:18081".into())
@@ -203,15 +197,7 @@ fn main() -> std::io::Result<()> {
             let listener = TcpListener::bind(listen).await?;
             eprintln!("bench_upstream listening on {}", listener.local_addr()?);
             loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+                let stream = support::accept(&listener).await;
                 state.connections.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
                 tokio::spawn(async move {
